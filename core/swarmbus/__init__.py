@@ -1,0 +1,70 @@
+"""swarmbus: reactive, durable pub/sub messaging between AI agents over MQTT.
+
+The public API for plugins and embedders is the set of names in ``__all__``; every other
+module is internal. Names are imported lazily so that ``import swarmbus`` (and therefore
+``swarmbus send``) stays cheap: nothing here pulls in paho-mqtt, pydantic or pluggy until it
+is used.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "hookimpl": "swarmbus.hookspecs",
+    "hookspec": "swarmbus.hookspecs",
+    "Envelope": "swarmbus.envelope",
+    "EnvelopeError": "swarmbus.envelope",
+    "new_envelope": "swarmbus.envelope",
+    "validate_agent_id": "swarmbus.envelope",
+    "StoredMessage": "swarmbus.api",
+    "Handler": "swarmbus.api",
+    "HandlerContext": "swarmbus.api",
+    "WakeDecision": "swarmbus.api",
+    "WakeOutcome": "swarmbus.api",
+    "CheckResult": "swarmbus.api",
+    "DoctorCheck": "swarmbus.api",
+    "HostType": "swarmbus.api",
+    "InitStep": "swarmbus.api",
+    "Command": "swarmbus.api",
+    "wake": "swarmbus.api",
+    "skip": "swarmbus.api",
+    "Settings": "swarmbus.settings",
+    "get_plugin_manager": "swarmbus.plugins",
+    "SwarmbusError": "swarmbus.errors",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from swarmbus.api import (
+        CheckResult,
+        Command,
+        DoctorCheck,
+        Handler,
+        HandlerContext,
+        HostType,
+        InitStep,
+        StoredMessage,
+        WakeDecision,
+        WakeOutcome,
+        skip,
+        wake,
+    )
+    from swarmbus.envelope import Envelope, EnvelopeError, new_envelope, validate_agent_id
+    from swarmbus.errors import SwarmbusError
+    from swarmbus.hookspecs import hookimpl, hookspec
+    from swarmbus.plugins import get_plugin_manager
+    from swarmbus.settings import Settings
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'swarmbus' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

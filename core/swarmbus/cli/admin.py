@@ -1,0 +1,122 @@
+"""``swarmbus config | plugins | broker``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from swarmbus.cli.common import load_settings_for, print_json, raw_config
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"config": _config, "plugins": _plugins, "broker": _broker}[args.command](args)
+
+
+def _flatten(model: Any, prefix: str = "") -> dict[str, Any]:
+    from pydantic import BaseModel, SecretStr
+
+    out: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            out.update(_flatten(value, key + "."))
+        elif isinstance(value, SecretStr):
+            out[key] = "********"
+        elif isinstance(value, Path):
+            out[key] = str(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.action == "path":
+        raw = raw_config(args)
+        print(raw.config_path)
+        return 0
+    from swarmbus.config import FIELD_BY_KEY
+    from swarmbus.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    settings = load_settings_for(args, pm=pm)
+    raw = raw_config(args)
+    if args.action == "check":
+        settings.broker.resolved_password()  # a password file must be readable
+        if args.json:
+            print_json({"ok": True, "config_file": str(raw.config_path), "config_file_exists": raw.config_exists})
+        else:
+            where = raw.config_path if raw.config_exists else f"{raw.config_path} (absent: defaults and environment only)"
+            print(f"configuration is valid ({where})")
+        return 0
+    values = _flatten(settings)
+    values.pop("plugins", None)
+    values["broker.url"] = settings.broker.url
+    rows = []
+    for key, value in values.items():
+        spec = FIELD_BY_KEY.get(key)
+        if spec is not None and spec.secret and value is not None:
+            value = "********"
+        source = raw.sources.get(key, "default")
+        if key == "broker.url":
+            source = "derived"
+        rows.append({"key": key, "value": value, "source": source})
+    plugin_rows = {
+        name: {"values": _flatten(section) if hasattr(section, "model_fields") else section,
+               "source": raw.plugin_sources.get(name, "default")}
+        for name, section in settings.plugins.items()
+    }
+    if args.json:
+        print_json({"config_file": str(raw.config_path), "config_file_exists": raw.config_exists,
+                    "settings": rows, "plugins": plugin_rows})
+        return 0
+    print(f"# config file: {raw.config_path}{'' if raw.config_exists else ' (absent)'}")
+    width = max(len(r["key"]) for r in rows)
+    for r in rows:
+        print(f"{r['key']:<{width}}  {r['value']!s:<30}  {r['source']}")
+    for name, info in plugin_rows.items():
+        for key, value in info["values"].items():
+            print(f"plugins.{name}.{key}  {value!s:<30}  {info['source']}")
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from swarmbus.plugins import get_plugin_manager
+
+    infos = [i for i in get_plugin_manager().infos.values() if args.all or not i.builtin]
+    if args.json:
+        print_json([i.to_json() for i in infos])
+        return 0
+    if not infos:
+        print("no plugins installed (built-ins: swarmbus plugins --all)")
+        return 0
+    for i in infos:
+        state = "" if i.status == "loaded" else f" [{i.status}{': ' + i.error if i.error else ''}]"
+        label = i.name if i.builtin else f"{i.name} ({i.distribution} {i.version})"
+        print(f"{label}{state}")
+        if i.hooks:
+            print(f"    hooks: {', '.join(i.hooks)}")
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from swarmbus.broker import BrokerConfig, MosquittoNotFound, find_mosquitto, render_mosquitto_conf, write_mosquitto_conf
+    from swarmbus.errors import SwarmbusError
+    from swarmbus.paths import default_state_dir
+
+    state = Path(args.state_dir).expanduser() if args.state_dir else (
+        Path(os.environ["SWARMBUS_STATE_DIR"]) if os.environ.get("SWARMBUS_STATE_DIR") else default_state_dir())
+    cfg = BrokerConfig(state_dir=state / "broker" / str(args.port), port=args.port, bind=args.bind)
+    if args.print_config:
+        sys.stdout.write(render_mosquitto_conf(cfg))
+        return 0
+    binary = find_mosquitto()
+    if binary is None:
+        raise SwarmbusError(str(MosquittoNotFound()), hint="apt-get install mosquitto  (or: brew install mosquitto)")
+    conf = write_mosquitto_conf(cfg)
+    print(f"swarmbus broker: mosquitto on {args.bind}:{args.port}, config {conf}", file=sys.stderr, flush=True)
+    os.execv(binary, [binary, "-c", str(conf)])  # noqa: S606 - replace ourselves with mosquitto
+    return 0  # pragma: no cover

@@ -1,0 +1,292 @@
+"""Argument parsing, dispatch and error reporting for the ``swarmbus`` CLI.
+
+Exit codes (stable, documented in ``docs/cli.md``): 0 success; 1 failure or timeout;
+2 usage error, invalid configuration, or broker unreachable; 130 interrupted.
+User mistakes print one line on stderr (``swarmbus: error: ...``) and never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from swarmbus import __version__
+
+CORE_COMMANDS = (
+    "send", "start", "read", "watch", "tail", "list", "inbox", "config", "plugins",
+    "doctor", "broker",
+)
+
+DESCRIPTION = """\
+Reactive, durable messaging between AI agents over MQTT.
+
+Every agent runs a listener daemon (`swarmbus start`) that keeps each message in a local
+store before acknowledging it, and wakes its host agent when policy says so. Other commands
+send, read, and inspect.
+
+  swarmbus broker                       run a local development broker (mosquitto)
+  swarmbus start --agent-id coder       run coder's listener daemon
+  swarmbus send --agent-id planner --to coder --subject hi --body "got a minute?"
+  swarmbus read --agent-id coder        print coder's new messages
+  swarmbus list                         who is online
+  swarmbus doctor --agent-id coder      check everything, with a fix for each failure
+"""
+
+EPILOG = """\
+Settings come from flags, then environment (SWARMBUS_*, MQTT_*), then the config file
+(`swarmbus config path`), then defaults; `swarmbus config show` says which won.
+Exit codes: 0 ok, 1 failure or timeout, 2 usage error or broker unreachable.
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line plus a pointer to --help, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"swarmbus: error: {message}\n(see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("general")
+    g.add_argument("--config", metavar="PATH", help="config file (default: `swarmbus config path`; env SWARMBUS_CONFIG)")
+    g.add_argument("--state-dir", metavar="DIR", help="local state directory (env SWARMBUS_STATE_DIR)")
+    g.add_argument("--log-format", choices=("text", "json"), help="log format on stderr (default text)")
+    g.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log level (default info)")
+
+
+def _agent(p: argparse.ArgumentParser, *, required_hint: str = "") -> None:
+    p.add_argument("--agent-id", metavar="ID", help="this agent's id: 1-64 of a-z 0-9 _ - (env SWARMBUS_AGENT_ID)" + required_hint)
+
+
+def _broker(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("broker (env SWARMBUS_BROKER_* or MQTT_*)")
+    g.add_argument("--broker", metavar="URL", help="mqtt://, mqtts://, ws://, wss:// URL, or HOST[:PORT] (default localhost:1883)")
+    g.add_argument("--port", type=int, help="broker port")
+    g.add_argument("--username", help="broker user name")
+    g.add_argument("--password", help="broker password (prefer --password-file: arguments are visible in ps)")
+    g.add_argument("--password-file", metavar="PATH", help="file holding the broker password")
+    g.add_argument("--tls", dest="tls", action="store_const", const=True, help="use TLS")
+    g.add_argument("--no-tls", dest="tls", action="store_const", const=False, help="do not use TLS")
+    g.add_argument("--ca-cert", metavar="PATH", help="CA bundle to verify the broker (implies --tls)")
+    g.add_argument("--client-cert", metavar="PATH", help="client certificate for mTLS (with --client-key)")
+    g.add_argument("--client-key", metavar="PATH", help="client private key for mTLS")
+    g.add_argument("--client-id-prefix", metavar="PREFIX", help="MQTT client id prefix (default swarmbus)")
+    g.add_argument("--mqtt-version", choices=("auto", "5", "3.1.1"), help="MQTT protocol (default auto: 5, else 3.1.1)")
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+
+
+def _consumer(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--consumer", default="default", metavar="NAME",
+                   help="cursor name: each consumer sees every message once (default: default)")
+
+
+def build_parser(plugin_commands: dict[str, Any] | None = None) -> Parser:
+    parser = Parser(prog="swarmbus", description=DESCRIPTION, epilog=EPILOG,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="store_true", help="print the version of swarmbus and of each plugin")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    def add(name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=description or help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        return p
+
+    p = add("send", "send a message to an agent or to everyone",
+            "Send a message. Through the local daemon when one runs for --agent-id (fast, and\n"
+            "spooled durably while the broker is down); otherwise over a direct connection.\n\n"
+            "  swarmbus send --agent-id planner --to coder --subject hi --body 'got a minute?'\n"
+            "  git diff | swarmbus send --agent-id planner --to coder --subject review --body-file -\n"
+            "  swarmbus send --agent-id planner --to broadcast --subject standup --body 'in 5'")
+    _agent(p)
+    p.add_argument("--to", required=True, metavar="ID", help="recipient agent id, or `broadcast`")
+    p.add_argument("--subject", required=True, help="one line, at most 256 characters")
+    body = p.add_mutually_exclusive_group(required=True)
+    body.add_argument("--body", help="message text (at most 64 KiB of UTF-8)")
+    body.add_argument("--body-file", metavar="PATH", help="read the body from a file, or `-` for stdin")
+    p.add_argument("--priority", default="normal", type=str.lower, choices=("low", "normal", "high"),
+                   help="high wakes agents under the default wake policy (default normal)")
+    p.add_argument("--content-type", default="text/plain", help="rendering hint: text/plain, text/markdown, application/json")
+    p.add_argument("--reply-to", metavar="ID", help="agent id replies should go to")
+    p.add_argument("--in-reply-to", metavar="MESSAGE_ID", help="id of the message this answers (threads)")
+    p.add_argument("--expires-in", type=float, metavar="SECONDS", help="receivers keep but do not act on it after this")
+    p.add_argument("--outbox", metavar="PATH", help="append to this archive file ({agent_id} expands); env SWARMBUS_OUTBOX_<ID>, SWARMBUS_OUTBOX")
+    p.add_argument("--wait", type=float, default=5.0, metavar="SECONDS", help="how long to wait for the broker's PUBACK (default 5)")
+    p.add_argument("--direct", action="store_true", help="bypass the local daemon and connect to the broker directly")
+    _json(p)
+    _broker(p)
+    _common(p)
+
+    p = add("start", "run the listener daemon for an agent",
+            "Run the listener daemon: the single MQTT receive owner for --agent-id. It stores\n"
+            "every message before acknowledging it, archives it to the inbox file, and wakes\n"
+            "the host agent when the wake policy says so. Stop it with SIGINT or SIGTERM.")
+    _agent(p)
+    p.add_argument("--inbox", metavar="PATH", help="markdown inbox archive ({agent_id} expands; default in the state dir)")
+    p.add_argument("--no-archive", dest="archive", action="store_const", const=False, help="do not write the inbox file")
+    p.add_argument("--wake-policy", choices=("high", "all", "none", "priority-high"), help="when to wake the host (default high)")
+    p.add_argument("--invoke", metavar="CMD", help="command to run per wake, body on stdin (split like a shell, never run by one)")
+    p.add_argument("--handler-timeout", type=float, metavar="SECONDS", help="per-handler timeout (default 600)")
+    p.add_argument("--handler-concurrency", type=int, metavar="N", help="concurrent runs per handler (default 8)")
+    p.add_argument("--heartbeat-interval", type=float, metavar="SECONDS", help="presence heartbeat (default 60)")
+    p.add_argument("--session-expiry", type=int, metavar="SECONDS", help="MQTT 5 session expiry (default 604800)")
+    _broker(p)
+    _common(p)
+
+    for name, help_text, extra in (
+        ("read", "print new messages and advance the cursor", "read"),
+        ("watch", "wait for the next message and print it", "watch"),
+        ("tail", "print new messages; --follow keeps streaming", "tail"),
+    ):
+        p = add(name, help_text,
+                help_text + ".\n\nReads the daemon's store when a daemon runs for --agent-id; otherwise takes\n"
+                "the agent's session for a moment to fetch what the broker queued, without ever\n"
+                "racing a running daemon. Each --consumer has its own cursor.")
+        _agent(p)
+        _consumer(p)
+        if extra == "read":
+            p.add_argument("--max", type=int, default=10, metavar="N", help="at most N messages (default 10)")
+            p.add_argument("--peek", action="store_true", help="do not advance the cursor")
+        if extra == "watch":
+            p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="give up after this (exit 1; default 30)")
+        if extra == "tail":
+            p.add_argument("--follow", "-f", action="store_true", help="keep printing new messages until interrupted")
+            p.add_argument("--reset", action="store_true", help="start again from the first stored message")
+        _json(p)
+        _broker(p)
+        _common(p)
+
+    p = add("list", "list agents and their presence",
+            "List agents from their retained presence records: online, offline, or stale\n"
+            "(online but no heartbeat for three intervals), with when each was last seen.")
+    p.add_argument("--all", action="store_true", help="include offline agents")
+    _agent(p)
+    _json(p)
+    _broker(p)
+    _common(p)
+
+    p = add("inbox", "show the stored messages, their handler outcomes, and the quarantine")
+    _agent(p)
+    p.add_argument("--quarantined", action="store_true", help="show quarantined (rejected) publishes and why")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="newest N (default 20)")
+    _json(p)
+    _common(p)
+
+    p = add("config", "show or check the effective configuration")
+    p.add_argument("action", choices=("show", "check", "path"), help="show: values and sources; check: validate; path: the config file")
+    _agent(p)
+    _json(p)
+    _broker(p)
+    _common(p)
+
+    p = add("plugins", "list plugins, their versions and hooks")
+    p.add_argument("--all", action="store_true", help="include built-in plugins")
+    _json(p)
+
+    p = add("doctor", "check configuration, broker, daemon, store and plugins",
+            "Run every check (core and installed plugins) and print a fix for each failure.\n"
+            "Exit 0 when nothing failed (warnings allowed), 1 otherwise.")
+    _agent(p)
+    _json(p)
+    _broker(p)
+    _common(p)
+
+    p = add("broker", "run a local mosquitto for development and single-machine use",
+            "Run mosquitto in the foreground with a generated config: loopback only,\n"
+            "persistence with a 1 s autosave, no per-client queue cap, TCP_NODELAY.")
+    p.add_argument("--port", type=int, default=1883, help="listen port (default 1883)")
+    p.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--print-config", action="store_true", help="print the generated config and exit")
+    _common(p)
+
+    for command in (plugin_commands or {}).values():
+        p = add(command.name, command.help)
+        command.configure(p)
+        _common(p)
+    return parser
+
+
+def _plugin_commands() -> dict[str, Any]:
+    from swarmbus.plugins import HookRelay, get_plugin_manager
+
+    return HookRelay(get_plugin_manager()).commands(frozenset(CORE_COMMANDS))
+
+
+def _version() -> int:
+    print(f"swarmbus {__version__}")
+    from swarmbus.plugins import get_plugin_manager
+
+    for info in get_plugin_manager().infos.values():
+        if not info.builtin:
+            state = "" if info.status == "loaded" else f" ({info.status})"
+            print(f"  {info.distribution} {info.version} [{info.name}]{state}")
+    return 0
+
+
+def run(argv: Sequence[str]) -> int:
+    wants_plugins = bool(argv) and argv[0] not in CORE_COMMANDS and not argv[0].startswith("-")
+    wants_help = not argv or argv[0] in ("-h", "--help")
+    plugin_commands = _plugin_commands() if (wants_plugins or wants_help) else {}
+    parser = build_parser(plugin_commands)
+    args = parser.parse_args(argv)
+    if args.version:
+        return _version()
+    if not args.command:
+        parser.print_help()
+        return 0
+    if args.command in plugin_commands:
+        from swarmbus.cli.common import load_settings_for
+
+        from swarmbus.plugins import get_plugin_manager
+
+        settings = load_settings_for(args, pm=get_plugin_manager())
+        return int(plugin_commands[args.command].run(args, settings))
+    module = {
+        "send": "send", "start": "start", "read": "reading", "watch": "reading", "tail": "reading",
+        "inbox": "reading", "list": "presence", "config": "admin", "plugins": "admin",
+        "doctor": "doctor", "broker": "admin",
+    }[args.command]
+    from importlib import import_module
+
+    handler = import_module(f"swarmbus.cli.{module}")
+    return int(handler.run(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point. Returns the exit code (see the module docstring)."""
+    from swarmbus.envelope import EnvelopeError
+    from swarmbus.errors import SwarmbusError
+
+    try:
+        return run(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        sys.stderr.write("swarmbus: interrupted\n")
+        return 130
+    except SwarmbusError as exc:
+        sys.stderr.write(f"swarmbus: error: {exc}\n")
+        if exc.hint:
+            sys.stderr.write(f"  hint: {exc.hint}\n")
+        return exc.exit_code
+    except EnvelopeError as exc:
+        sys.stderr.write(f"swarmbus: error: {exc}\n")
+        return 2
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:
+        if os.environ.get("SWARMBUS_DEBUG"):
+            raise
+        sys.stderr.write(
+            f"swarmbus: internal error: {type(exc).__name__}: {exc}\n"
+            "  (this is a bug; run with SWARMBUS_DEBUG=1 for a traceback and report it)\n"
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

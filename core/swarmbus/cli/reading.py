@@ -1,0 +1,171 @@
+"""``swarmbus read | watch | tail | inbox``: reading an agent's store.
+
+When a daemon runs for the agent id, these read its store directly (SQLite WAL allows
+concurrent readers) and ask the daemon over its socket to be woken for new messages. When
+none runs, ``read``/``watch``/``tail`` first fetch what the broker queued for the agent with a
+one-shot receive (see :mod:`swarmbus.oneshot`), which takes the same ownership lock as the
+daemon, so the two never race. ``inbox`` only ever reads the local store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from datetime import UTC, datetime
+
+from swarmbus.cli.common import load_settings_for, print_json, print_message
+from swarmbus.control import daemon_status, request
+from swarmbus.errors import TimeoutExpired, UsageError
+from swarmbus.paths import AgentPaths
+from swarmbus.settings import Settings
+from swarmbus.store import Store
+
+_CONSUMER_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
+
+
+def _setup(args: argparse.Namespace) -> tuple[Settings, str, AgentPaths]:
+    settings = load_settings_for(args)
+    agent_id = settings.require_agent_id()
+    consumer = getattr(args, "consumer", "default")
+    if not _CONSUMER_RE.match(consumer):
+        raise UsageError(f"--consumer {consumer!r}: use 1-64 of A-Z a-z 0-9 _ -")
+    return settings, agent_id, AgentPaths.for_agent(agent_id, settings.state_dir)
+
+
+def _daemon_running(paths: AgentPaths) -> bool:
+    status = daemon_status(paths.socket)
+    return bool(status and status.get("ok"))
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"read": _read, "watch": _watch, "tail": _tail, "inbox": _inbox}[args.command](args)
+
+
+def _emit(args: argparse.Namespace, messages: list) -> None:  # type: ignore[type-arg]
+    if args.json:
+        for m in messages:
+            print_json(m.to_json())
+    else:
+        for m in messages:
+            print_message(m)
+
+
+def _read(args: argparse.Namespace) -> int:
+    settings, agent_id, paths = _setup(args)
+    if args.max < 1:
+        raise UsageError("--max must be at least 1")
+    if not _daemon_running(paths):
+        from swarmbus.oneshot import receive_once
+
+        receive_once(settings, agent_id)
+    with Store(paths.store) as store:
+        cursor = store.cursor(args.consumer)
+        messages = store.messages_after(cursor, args.max)
+        if messages and not args.peek:
+            store.set_cursor(args.consumer, messages[-1].seq)
+    if args.json:
+        print_json([m.to_json() for m in messages])
+    elif not messages:
+        print("no new messages")
+    else:
+        _emit(args, messages)
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    settings, agent_id, paths = _setup(args)
+    deadline = time.monotonic() + args.timeout
+    daemon = _daemon_running(paths)
+    while True:
+        with Store(paths.store) as store:
+            cursor = store.cursor(args.consumer)
+            messages = store.messages_after(cursor, 1)
+            if messages:
+                store.set_cursor(args.consumer, messages[0].seq)
+                _emit(args, messages)
+                return 0
+            last = store.last_seq()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutExpired(f"timeout after {args.timeout:g}s: no new message for {agent_id}")
+        if daemon:
+            request(paths.socket, {"op": "wait", "after": last, "timeout": remaining}, timeout=remaining + 5)
+        else:
+            from swarmbus.oneshot import receive_once
+
+            receive_once(settings, agent_id, wait_for_new=remaining)
+            if time.monotonic() >= deadline:
+                with Store(paths.store) as store:
+                    if not store.messages_after(store.cursor(args.consumer), 1):
+                        raise TimeoutExpired(f"timeout after {args.timeout:g}s: no new message for {agent_id}")
+
+
+def _tail(args: argparse.Namespace) -> int:
+    settings, agent_id, paths = _setup(args)
+    daemon = _daemon_running(paths)
+    if not daemon:
+        from swarmbus.oneshot import receive_once
+
+        receive_once(settings, agent_id)
+    while True:
+        with Store(paths.store) as store:
+            if args.reset:
+                store.set_cursor(args.consumer, 0)
+                args.reset = False
+            messages = store.messages_after(store.cursor(args.consumer))
+            if messages:
+                store.set_cursor(args.consumer, messages[-1].seq)
+            last = store.last_seq()
+        _emit(args, messages)
+        if not args.follow:
+            return 0
+        if daemon or _daemon_running(paths):
+            daemon = True
+            request(paths.socket, {"op": "wait", "after": last, "timeout": 30}, timeout=35)
+        else:
+            from swarmbus.oneshot import receive_once
+
+            receive_once(settings, agent_id, wait_for_new=30)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _inbox(args: argparse.Namespace) -> int:
+    _settings, agent_id, paths = _setup(args)
+    if not paths.store.exists():
+        raise UsageError(f"no store for {agent_id} at {paths.store}: has a daemon ever run for it?")
+    with Store(paths.store) as store:
+        counters = store.counters()
+        if args.quarantined:
+            rows = store.quarantined(args.limit)
+            if args.json:
+                print_json({"counters": counters, "quarantined": [r.to_json() for r in rows]})
+                return 0
+            print(f"{counters.get('quarantined', 0)} quarantined in all; newest {len(rows)}:")
+            for r in rows:
+                print(f"  #{r.qid} {_when(r.received_at)} on {r.topic}: {r.reason}")
+                preview = r.payload[:120].decode("utf-8", "backslashreplace")
+                print(f"      payload ({len(r.payload)} bytes): {preview!r}")
+            return 0
+        messages = store.recent(args.limit)
+        deliveries = {m.seq: store.deliveries(m.seq) for m in messages}
+    if args.json:
+        print_json({
+            "counters": counters,
+            "messages": [
+                {**m.to_json(), "deliveries": [vars(d) for d in deliveries[m.seq]]} for m in messages
+            ],
+        })
+        return 0
+    print(
+        f"{counters.get('stored', 0)} stored, {counters.get('duplicates', 0)} duplicates ignored, "
+        f"{counters.get('quarantined', 0)} quarantined (see --quarantined), "
+        f"{counters.get('self_echo', 0)} own broadcasts skipped"
+    )
+    for m in messages:
+        states = ", ".join(f"{d.handler}: {d.status}" for d in deliveries[m.seq]) or "not dispatched"
+        print(f"  #{m.seq} {_when(m.received_at)} from {m.from_agent} [{m.priority}] {m.subject!r} — {states}")
+    return 0

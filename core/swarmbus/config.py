@@ -1,0 +1,259 @@
+"""Layered configuration sources, with provenance, before any validation.
+
+Sources, highest first: command-line flags, environment variables, the TOML config file,
+built-in defaults. This module only *gathers* raw values and remembers where each came from;
+:mod:`swarmbus.settings` validates them into the typed :class:`~swarmbus.settings.Settings`.
+It is stdlib-only so the ``send`` fast path can read ``agent_id`` and ``state_dir`` without
+importing pydantic.
+
+The config file is ``<platformdirs user_config_dir>/swarmbus/config.toml`` unless
+``SWARMBUS_CONFIG`` names another path. A broker URL (``mqtt://``, ``mqtts://``, ``ws://``,
+``wss://``) is expanded here into host, port, TLS and transport, keeping its source label.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from swarmbus.errors import ConfigError
+
+CONFIG_ENV = "SWARMBUS_CONFIG"
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One setting: its dotted key, the environment names that set it (first wins), whether
+    it is secret (masked in output) and how to coerce environment strings."""
+
+    key: str
+    env: tuple[str, ...] = ()
+    secret: bool = False
+    kind: str = "str"  # str | int | float | bool | list
+
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("agent_id", ("SWARMBUS_AGENT_ID",)),
+    FieldSpec("host_type", ("SWARMBUS_HOST_TYPE",)),
+    FieldSpec("state_dir", ("SWARMBUS_STATE_DIR",)),
+    FieldSpec("log_format", ("SWARMBUS_LOG_FORMAT",)),
+    FieldSpec("log_level", ("SWARMBUS_LOG_LEVEL",)),
+    FieldSpec("outbox", ("SWARMBUS_OUTBOX",)),
+    FieldSpec("broker.url", ("SWARMBUS_BROKER_URL",)),
+    FieldSpec("broker.host", ("SWARMBUS_BROKER_HOST", "MQTT_BROKER")),
+    FieldSpec("broker.port", ("SWARMBUS_BROKER_PORT", "MQTT_PORT"), kind="int"),
+    FieldSpec("broker.transport", ("SWARMBUS_BROKER_TRANSPORT",)),
+    FieldSpec("broker.ws_path", ("SWARMBUS_BROKER_WS_PATH",)),
+    FieldSpec("broker.tls", ("SWARMBUS_BROKER_TLS", "MQTT_TLS"), kind="bool"),
+    FieldSpec("broker.ca_certs", ("SWARMBUS_BROKER_CA_CERT", "MQTT_CA_CERTS")),
+    FieldSpec("broker.certfile", ("SWARMBUS_BROKER_CLIENT_CERT", "MQTT_CERTFILE")),
+    FieldSpec("broker.keyfile", ("SWARMBUS_BROKER_CLIENT_KEY", "MQTT_KEYFILE")),
+    FieldSpec("broker.username", ("SWARMBUS_BROKER_USERNAME", "MQTT_USERNAME")),
+    FieldSpec("broker.password", ("SWARMBUS_BROKER_PASSWORD", "MQTT_PASSWORD"), secret=True),
+    FieldSpec("broker.password_file", ("SWARMBUS_BROKER_PASSWORD_FILE",)),
+    FieldSpec("broker.client_id_prefix", ("SWARMBUS_CLIENT_ID_PREFIX", "MQTT_CLIENT_ID_PREFIX")),
+    FieldSpec("broker.protocol", ("SWARMBUS_BROKER_PROTOCOL",)),
+    FieldSpec("broker.keepalive", ("SWARMBUS_BROKER_KEEPALIVE",), kind="int"),
+    FieldSpec("broker.connect_timeout", ("SWARMBUS_BROKER_CONNECT_TIMEOUT",), kind="float"),
+    FieldSpec("daemon.session_expiry", ("SWARMBUS_SESSION_EXPIRY",), kind="int"),
+    FieldSpec("daemon.heartbeat_interval", ("SWARMBUS_HEARTBEAT_INTERVAL",), kind="float"),
+    FieldSpec("daemon.handler_concurrency", ("SWARMBUS_HANDLER_CONCURRENCY",), kind="int"),
+    FieldSpec("daemon.handler_timeout", ("SWARMBUS_HANDLER_TIMEOUT",), kind="float"),
+    FieldSpec("daemon.inbox_file", ("SWARMBUS_INBOX",)),
+    FieldSpec("daemon.archive", ("SWARMBUS_ARCHIVE",), kind="bool"),
+    FieldSpec("daemon.store_sync", ("SWARMBUS_STORE_SYNC",)),
+    FieldSpec("daemon.reconnect_min", ("SWARMBUS_RECONNECT_MIN",), kind="float"),
+    FieldSpec("daemon.reconnect_max", ("SWARMBUS_RECONNECT_MAX",), kind="float"),
+    FieldSpec("wake.policy", ("SWARMBUS_WAKE_POLICY",)),
+    FieldSpec("wake.command", ("SWARMBUS_INVOKE",), kind="list"),
+)
+FIELD_BY_KEY = {f.key: f for f in FIELDS}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_bool(text: str, *, name: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{name}={text!r} is not a boolean: use 1/0, true/false, yes/no or on/off")
+
+
+def _coerce(spec: FieldSpec, text: str, name: str) -> Any:
+    if spec.kind == "bool":
+        return parse_bool(text, name=name)
+    if spec.kind == "list":
+        import shlex
+
+        return shlex.split(text)
+    if spec.kind in ("int", "float"):
+        try:
+            return int(text) if spec.kind == "int" else float(text)
+        except ValueError:
+            raise ConfigError(f"{name}={text!r} is not a number") from None
+    return text
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    override = env.get(CONFIG_ENV)
+    if override:
+        return Path(override).expanduser()
+    from platformdirs import user_config_path
+
+    return user_config_path("swarmbus", appauthor=False) / "config.toml"
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and dotted != "plugins":
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def expand_broker_url(url: str) -> dict[str, Any]:
+    """``mqtts://user:pw@host:8883`` -> ``{"broker.host": ..., "broker.port": ..., ...}``.
+
+    A bare ``host`` or ``host:port`` is accepted too. Raises ConfigError for other schemes.
+    """
+    text = url.strip()
+    if "://" not in text:
+        text = "mqtt://" + text
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    schemes = {
+        "mqtt": ("tcp", False, 1883),
+        "tcp": ("tcp", False, 1883),
+        "mqtts": ("tcp", True, 8883),
+        "ssl": ("tcp", True, 8883),
+        "ws": ("websockets", False, 80),
+        "wss": ("websockets", True, 443),
+    }
+    if scheme not in schemes:
+        raise ConfigError(
+            f"broker URL {url!r}: scheme must be mqtt://, mqtts://, ws:// or wss://"
+        )
+    transport, tls, default_port = schemes[scheme]
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"broker URL {url!r} has an invalid port") from None
+    if not parts.hostname:
+        raise ConfigError(f"broker URL {url!r} has no host")
+    out: dict[str, Any] = {
+        "broker.host": parts.hostname,
+        "broker.port": port or default_port,
+        "broker.transport": transport,
+        "broker.tls": tls,
+    }
+    if transport == "websockets" and parts.path:
+        out["broker.ws_path"] = parts.path
+    if parts.username:
+        out["broker.username"] = unquote(parts.username)
+    if parts.password:
+        out["broker.password"] = unquote(parts.password)
+    return out
+
+
+@dataclass
+class RawConfig:
+    """Raw values by dotted key, each with the label of the source that set it."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    plugin_sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plugin_sources: dict[str, str] = field(default_factory=dict)
+    config_path: Path | None = None
+    config_exists: bool = False
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def set(self, key: str, value: Any, source: str) -> None:
+        if key == "broker.url":
+            for sub, sub_value in expand_broker_url(str(value)).items():
+                self.values[sub] = sub_value
+                self.sources[sub] = source
+            return
+        self.values[key] = value
+        self.sources[key] = source
+
+    def nested(self) -> dict[str, Any]:
+        """Values as nested dicts, ready for the Settings model."""
+        out: dict[str, Any] = {}
+        for key, value in self.values.items():
+            node = out
+            *parents, leaf = key.split(".")
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value
+        if self.plugin_sections:
+            out["plugins"] = dict(self.plugin_sections)
+        return out
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse the TOML file. Raises ConfigError with the file name and TOML error position."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+
+
+def load_raw(
+    cli: Mapping[str, tuple[Any, str]] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+) -> RawConfig:
+    """Gather file, environment and CLI values (in rising precedence).
+
+    ``cli`` maps dotted keys to ``(value, "--flag")``; None values are ignored. Unknown keys
+    in the file are kept so that validation can name them. Raises ConfigError for an
+    unreadable file or an uncoercible environment value.
+    """
+    env = os.environ if env is None else env
+    raw = RawConfig()
+    path = config_path or default_config_path(env)
+    raw.config_path = path
+    if path.is_file():
+        raw.config_exists = True
+        data = read_config_file(path)
+        plugins = data.pop("plugins", {})
+        if not isinstance(plugins, Mapping) or not all(isinstance(v, Mapping) for v in plugins.values()):
+            raise ConfigError(f"{path}: [plugins.<name>] sections must be tables")
+        for name, section in plugins.items():
+            raw.plugin_sections[name] = dict(section)
+            raw.plugin_sources[name] = f"file:{path}"
+        for key, value in _flatten(data).items():
+            raw.set(key, value, f"file:{path}")
+    elif env.get(CONFIG_ENV):
+        raise ConfigError(f"{CONFIG_ENV}={env[CONFIG_ENV]} does not exist")
+    # MQTT_* (seed 000 names) first, then SWARMBUS_* so ours win; a URL is expanded last in
+    # its pass so that it beats a bare host from the same pass.
+    ordered = sorted(FIELDS, key=lambda spec: spec.key == "broker.url")
+    for prefix in ("MQTT_", "SWARMBUS_"):
+        for spec in ordered:
+            for name in reversed(spec.env):
+                text = env.get(name)
+                if name.startswith(prefix) and text is not None and text != "":
+                    raw.set(spec.key, _coerce(spec, text, name), f"env:{name}")
+    for key, (value, flag) in (cli or {}).items():
+        if value is not None:
+            raw.set(key, value, f"cli:{flag}")
+    return raw

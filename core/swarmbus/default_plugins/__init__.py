@@ -1,0 +1,1 @@
+"""Built-in behaviour, written as ordinary plugins and registered by ``get_plugin_manager``."""

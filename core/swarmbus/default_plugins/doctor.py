@@ -1,0 +1,203 @@
+"""Built-in ``swarmbus doctor`` checks.
+
+Each returns a :class:`swarmbus.CheckResult` with a fix hint for every warning or failure.
+Checks that need the broker share one probe connection result through ``context.cache`` and
+are skipped (not failed again) when the broker check failed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from swarmbus import __version__
+from swarmbus.api import CheckResult, DoctorCheck, DoctorContext
+from swarmbus.hookspecs import hookimpl
+from swarmbus.settings import Settings
+
+DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+
+
+def check_config(ctx: DoctorContext) -> CheckResult:
+    b = ctx.settings.broker
+    try:
+        b.resolved_password()
+    except Exception as exc:
+        return CheckResult("fail", f"configuration unusable: {exc}", fix="fix the path in the config or environment")
+    for label, path in (("CA bundle", b.ca_certs), ("client certificate", b.certfile), ("client key", b.keyfile)):
+        if path is not None and not path.is_file():
+            return CheckResult("fail", f"{label} {path} does not exist", fix="point it at an existing file")
+    return CheckResult("ok", f"configuration valid (broker {b.url})")
+
+
+def _probe(ctx: DoctorContext) -> dict[str, object]:
+    if "probe" in ctx.cache:
+        return ctx.cache["probe"]  # type: ignore[no-any-return]
+    from swarmbus.errors import BrokerUnreachable
+    from swarmbus.transport import MqttLink, Subscription, one_shot_client_id
+
+    b = ctx.settings.broker
+    dropped: list[int] = []
+    got_sys = threading.Event()
+
+    def on_message(topic: str, payload: bytes, mid: int, qos: int) -> None:
+        if topic == DROPPED_TOPIC:
+            try:
+                dropped.append(int(payload))
+            except ValueError:
+                pass
+            got_sys.set()
+
+    link = MqttLink(b, client_id=one_shot_client_id(b.client_id_prefix, ctx.agent_id, "doctor"),
+                    subscriptions=[Subscription(DROPPED_TOPIC, 0)], on_message=on_message,
+                    reconnect_min=0.2, reconnect_max=1.0)
+    started = time.monotonic()
+    link.start()
+    result: dict[str, object]
+    try:
+        link.wait_connected(b.connect_timeout)
+        elapsed = (time.monotonic() - started) * 1000
+        got_sys.wait(1.5)
+        result = {"ok": True, "protocol": link.protocol, "ms": elapsed, "dropped": dropped[-1] if dropped else None}
+    except BrokerUnreachable as exc:
+        result = {"ok": False, "error": str(exc)}
+    finally:
+        link.stop(timeout=2.0)
+    ctx.cache["probe"] = result
+    return result
+
+
+def check_broker(ctx: DoctorContext) -> CheckResult:
+    probe = _probe(ctx)
+    b = ctx.settings.broker
+    if not probe["ok"]:
+        return CheckResult(
+            "fail", str(probe["error"]),
+            fix=f"start a broker (`swarmbus broker --port {b.effective_port}`) or fix --broker/auth/TLS settings",
+        )
+    auth = "with auth" if b.username else "anonymous"
+    tls = "TLS" if b.tls else "plain TCP"
+    return CheckResult("ok", f"broker {b.url} reachable ({tls}, {auth}) in {probe['ms']:.0f} ms")
+
+
+def check_protocol(ctx: DoctorContext) -> CheckResult:
+    probe = _probe(ctx)
+    if not probe["ok"]:
+        return CheckResult("skip", "MQTT version not negotiated (broker unreachable)")
+    if probe["protocol"] == "5":
+        return CheckResult("ok", "MQTT 5 negotiated (session expiry, no-local)")
+    return CheckResult("warn", "MQTT 3.1.1 negotiated: own broadcasts are filtered locally; sessions never expire",
+                       fix="use a broker with MQTT 5 (mosquitto >= 1.6) if you can")
+
+
+def check_dropped(ctx: DoctorContext) -> CheckResult:
+    probe = _probe(ctx)
+    if not probe["ok"]:
+        return CheckResult("skip", "broker counters not read (broker unreachable)")
+    if probe["dropped"] is None:
+        return CheckResult("skip", f"{DROPPED_TOPIC} not readable (no $SYS access)")
+    if probe["dropped"]:
+        return CheckResult("warn", f"the broker has dropped {probe['dropped']} messages since it started",
+                           fix="set `max_queued_messages 0` in mosquitto.conf (swarmbus broker does)")
+    return CheckResult("ok", "broker reports 0 dropped messages")
+
+
+def check_daemon(ctx: DoctorContext) -> CheckResult:
+    if not ctx.agent_id:
+        return CheckResult("skip", "no agent id: daemon not checked", fix="pass --agent-id ID")
+    from swarmbus.control import daemon_status
+    from swarmbus.paths import AgentPaths
+
+    paths = AgentPaths.for_agent(ctx.agent_id, ctx.settings.state_dir)
+    status = daemon_status(paths.socket)
+    ctx.cache["daemon"] = status
+    if not status:
+        return CheckResult("fail", f"no daemon running for {ctx.agent_id}",
+                           fix=f"swarmbus start --agent-id {ctx.agent_id}  (or start its user service)")
+    if status.get("version") != __version__:
+        return CheckResult("fail", f"daemon pid {status['pid']} runs swarmbus {status.get('version')}, installed is {__version__}",
+                           fix="restart the daemon so it runs the installed code")
+    if not status.get("connected"):
+        return CheckResult("fail", f"daemon pid {status['pid']} is not connected: {status.get('last_error')}",
+                           fix="check the broker and the daemon's log")
+    if not status.get("link_thread_alive"):
+        return CheckResult("fail", "daemon's MQTT thread is not running", fix="restart the daemon")
+    beat = ctx.settings.daemon.heartbeat_interval
+    last = status.get("last_puback_at")
+    if last is None or time.time() - float(last) > 3 * beat + 5:
+        return CheckResult("warn", "daemon has had no broker acknowledgement recently",
+                           fix="check the broker; the daemon reconnects by itself")
+    return CheckResult("ok", f"daemon pid {status['pid']} connected over MQTT {status.get('protocol')}, "
+                             f"{status.get('last_seq')} messages stored")
+
+
+def check_store(ctx: DoctorContext) -> CheckResult:
+    if not ctx.agent_id:
+        return CheckResult("skip", "no agent id: store not checked")
+    from swarmbus.paths import AgentPaths
+    from swarmbus.store import Store
+
+    paths = AgentPaths.for_agent(ctx.agent_id, ctx.settings.state_dir)
+    try:
+        paths.ensure()
+        with Store(paths.store) as store:
+            store.set_cursor("_doctor", store.last_seq())
+            counters = store.counters()
+    except Exception as exc:
+        return CheckResult("fail", f"store {paths.store} not writable: {exc}", fix="check permissions and free disk space")
+    quarantined = counters.get("quarantined", 0)
+    if quarantined:
+        return CheckResult("warn", f"store writable; {quarantined} messages quarantined",
+                           fix=f"inspect them: swarmbus inbox --agent-id {ctx.agent_id} --quarantined")
+    return CheckResult("ok", f"store {paths.store} writable")
+
+
+def check_presence(ctx: DoctorContext) -> CheckResult:
+    if not ctx.agent_id:
+        return CheckResult("skip", "no agent id: presence not checked")
+    if not _probe(ctx)["ok"]:
+        return CheckResult("skip", "presence not checked (broker unreachable)")
+    from swarmbus.oneshot import scan_presence, stale
+
+    try:
+        records = {r.agent: r for r in scan_presence(ctx.settings)}
+    except Exception as exc:
+        return CheckResult("fail", f"presence scan failed: {exc}", fix="check ACLs: agents/+/presence must be readable")
+    own = records.get(ctx.agent_id)
+    if own is None:
+        return CheckResult("warn", f"no presence record for {ctx.agent_id}", fix=f"swarmbus start --agent-id {ctx.agent_id}")
+    if not own.online:
+        return CheckResult("warn", f"{ctx.agent_id} is offline to its peers", fix=f"swarmbus start --agent-id {ctx.agent_id}")
+    if stale(own):
+        return CheckResult("warn", f"{ctx.agent_id}'s presence is stale (no heartbeat)", fix="restart the daemon")
+    others = sum(1 for r in records.values() if r.online and r.agent != ctx.agent_id)
+    return CheckResult("ok", f"{ctx.agent_id} is online to its peers ({others} other agents online)")
+
+
+def check_plugins(ctx: DoctorContext) -> CheckResult:
+    infos = ctx.cache.get("plugin_infos") or {}
+    failed = [i for i in infos.values() if getattr(i, "status", "") == "failed"]
+    if failed:
+        names = ", ".join(f"{i.name} ({i.error})" for i in failed)
+        return CheckResult("fail", f"plugins failed to load: {names}", fix="reinstall or remove them (pip)")
+    loaded = [i.name for i in infos.values() if not getattr(i, "builtin", True) and i.status == "loaded"]
+    return CheckResult("ok", f"{len(loaded)} plugins loaded" + (f": {', '.join(loaded)}" if loaded else ""))
+
+
+CORE_CHECKS = (
+    DoctorCheck("config", check_config, 10),
+    DoctorCheck("broker", check_broker, 20),
+    DoctorCheck("mqtt-version", check_protocol, 30),
+    DoctorCheck("broker-drops", check_dropped, 40),
+    DoctorCheck("daemon", check_daemon, 50),
+    DoctorCheck("store", check_store, 60),
+    DoctorCheck("presence", check_presence, 70),
+    DoctorCheck("plugins", check_plugins, 80),
+)
+
+
+@hookimpl
+def swarmbus_doctor_checks(register: Callable[[DoctorCheck], None], settings: Settings) -> None:
+    for check in CORE_CHECKS:
+        register(check)

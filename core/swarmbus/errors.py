@@ -1,0 +1,55 @@
+"""The swarmbus exception tree and the CLI exit codes it maps to.
+
+::
+
+    SwarmbusError                 exit 1  (anything swarmbus raises on purpose)
+    ├── UsageError                exit 2  a user mistake: bad flag value, invalid id, oversize body
+    │   └── ConfigError           exit 2  the config file or environment cannot be used
+    ├── BrokerUnreachable         exit 2  no MQTT connection could be made (DNS, refused, TLS, auth)
+    ├── TimeoutExpired            exit 1  nothing arrived / nothing was acknowledged in time
+    ├── OwnershipError            exit 1  another process already owns the agent id's receive session
+    └── StoreError                exit 1  the local SQLite store cannot be opened or written
+
+``swarmbus.envelope.EnvelopeError`` (a ``ValueError``) is raised for invalid envelopes; the CLI
+reports it as a usage error (exit 2).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class SwarmbusError(Exception):
+    """Base class. ``exit_code`` is what the CLI exits with when this escapes a command."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class UsageError(SwarmbusError):
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    pass
+
+
+class BrokerUnreachable(SwarmbusError):
+    exit_code = EXIT_USAGE
+
+
+class TimeoutExpired(SwarmbusError):
+    exit_code = EXIT_FAILURE
+
+
+class OwnershipError(SwarmbusError):
+    exit_code = EXIT_FAILURE
+
+
+class StoreError(SwarmbusError):
+    exit_code = EXIT_FAILURE

@@ -1,0 +1,167 @@
+"""The plugin contract: every hook swarmbus calls, in one file.
+
+Plugins write ``from swarmbus import hookimpl`` and implement any subset of these hooks, with
+any subset of each hook's arguments (pluggy passes only the names an implementation asks
+for). Hooks are called with keyword arguments only. They are synchronous and should be fast;
+IO belongs in the async ``Handler.handle`` callables and wake awaitables they hand back.
+
+Lifecycle:
+
+1. CLI start: ``swarmbus_commands`` (only when the subcommand is not a core one, or for
+   ``--help``), ``swarmbus_settings_sections`` (before the config is validated).
+2. Daemon start: ``swarmbus_register_handlers``.
+3. Per stored message: ``swarmbus_route`` selects handlers; the built-in ``wake`` handler
+   asks ``swarmbus_wake_decision`` and, on a wake, ``swarmbus_wake``.
+4. ``swarmbus doctor``: ``swarmbus_doctor_checks``. ``swarmbus init``: ``swarmbus_host_types``.
+
+``docs/plugin-hooks.md`` documents each hook; ``tests/test_hookspecs.py`` fails when a hook
+is missing there or has no ``test_hook_<name>`` test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from swarmbus.api import (
+        Command,
+        DoctorCheck,
+        Handler,
+        HandlerContext,
+        HostType,
+        StoredMessage,
+        WakeDecision,
+        WakeOutcome,
+    )
+    from swarmbus.settings import Settings
+
+PROJECT = "swarmbus"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def swarmbus_settings_sections(register: Callable[[str, type[BaseModel]], None]) -> None:
+    """Register a pydantic model for a plugin's config section ``[plugins.<name>]``.
+
+    Called once per settings load, before validation, by every command that loads settings.
+
+    :param register: ``register(name, model)``; ``name`` is the section name (use the plugin's
+        entry-point name), ``model`` a pydantic v2 ``BaseModel`` subclass with defaults for
+        every field. The validated instance is then ``settings.plugins[name]``.
+    :returns: nothing; all implementations are called. Registering a name twice is an error.
+    """
+
+
+@hookspec
+def swarmbus_register_handlers(register: Callable[[Handler], None], settings: Settings) -> None:
+    """Register the message handlers this plugin provides.
+
+    Called once when the daemon starts, after settings are valid.
+
+    :param register: ``register(handler)`` with a :class:`swarmbus.Handler` (unique ``name``).
+    :param settings: the validated :class:`swarmbus.Settings`.
+    :returns: nothing; all implementations are called. A handler only runs for messages that
+        ``swarmbus_route`` routes to it.
+    """
+
+
+@hookspec
+def swarmbus_route(
+    message: StoredMessage, handlers: frozenset[str], settings: Settings
+) -> Iterable[str] | None:
+    """Choose the handlers a stored message goes to.
+
+    Called once per message after it is committed to the store (and again after a restart
+    for messages whose dispatch had not finished).
+
+    :param message: the :class:`swarmbus.StoredMessage`.
+    :param handlers: the names of every registered handler.
+    :param settings: the validated settings.
+    :returns: handler names for this message, or None for no opinion. All results are
+        collected; the message goes to the union of the names (unknown names are logged and
+        ignored). The built-in router sends every message to ``archive`` and ``wake``.
+    """
+
+
+@hookspec(firstresult=True)
+def swarmbus_wake_decision(message: StoredMessage, settings: Settings) -> WakeDecision | None:
+    """Decide whether this message should wake the host agent.
+
+    Called by the built-in ``wake`` handler once per message routed to it.
+
+    :param message: the stored message.
+    :param settings: the validated settings (``settings.wake.policy`` is the configured policy).
+    :returns: ``swarmbus.wake(reason)``, ``swarmbus.skip(reason)``, or None for no opinion.
+        Stops at first non-None result. The built-in policy (``trylast``) applies
+        ``wake.policy``, never wakes for expired messages, and always answers.
+    """
+
+
+@hookspec(firstresult=True)
+def swarmbus_wake(
+    message: StoredMessage, decision: WakeDecision, context: HandlerContext
+) -> WakeOutcome | Awaitable[WakeOutcome] | None:
+    """Wake the host agent for a message the wake decision accepted.
+
+    Called by the built-in ``wake`` handler, inside the handler's timeout and concurrency
+    limit, only when ``swarmbus_wake_decision`` returned a wake.
+
+    :param message: the stored message.
+    :param decision: the :class:`swarmbus.WakeDecision` (its ``reason`` is worth logging).
+    :param context: the :class:`swarmbus.HandlerContext` (agent id, settings, logger, send).
+    :returns: a :class:`swarmbus.WakeOutcome`, an awaitable of one, or None when this plugin
+        does not wake this host (for example it is configured for another host type).
+        Stops at first non-None result. The built-in command waker (``trylast``) runs
+        ``wake.command`` when that is set.
+    """
+
+
+@hookspec
+def swarmbus_doctor_checks(register: Callable[[DoctorCheck], None], settings: Settings) -> None:
+    """Add checks to ``swarmbus doctor``.
+
+    Called once per doctor run.
+
+    :param register: ``register(check)`` with a :class:`swarmbus.DoctorCheck`; checks run in
+        ascending ``order``, then name. A check returns a :class:`swarmbus.CheckResult` and
+        should give a ``fix`` hint for every fail or warn.
+    :param settings: the validated settings.
+    :returns: nothing; all implementations are called.
+    """
+
+
+@hookspec
+def swarmbus_host_types(register: Callable[[HostType], None]) -> None:
+    """Declare host types for ``swarmbus init --host-type NAME``.
+
+    Called once when the CLI needs the list of host types.
+
+    :param register: ``register(host_type)`` with a :class:`swarmbus.HostType`.
+    :returns: nothing; all implementations are called. Names must be unique.
+    """
+
+
+@hookspec
+def swarmbus_commands(register: Callable[[Command], None]) -> None:
+    """Add CLI subcommands.
+
+    Called when the CLI builds its parser for a subcommand that is not a core one, and for
+    ``swarmbus --help``.
+
+    :param register: ``register(command)`` with a :class:`swarmbus.Command`.
+    :returns: nothing; all implementations are called. A name that clashes with a core
+        command or another plugin's command is refused with a warning.
+    """
+
+
+def _all_hook_names() -> list[str]:
+    return sorted(n for n, v in globals().items() if n.startswith("swarmbus_") and callable(v))
+
+
+HOOK_NAMES: tuple[str, ...] = tuple(_all_hook_names())

@@ -1,0 +1,172 @@
+"""Short-lived MQTT work for the CLI: direct sends, one-shot receives and presence scans.
+
+A one-shot receive is used only when no daemon owns the agent id. It takes the same
+ownership lock the daemon takes, connects with the daemon's persistent session
+(``swarmbus-<id>``) so messages queued for the agent while nothing ran are delivered, commits
+each to the agent's store before acknowledging it (exactly as the daemon does, but without
+running handlers), and lets the caller read from the store.
+
+"Everything queued has arrived" is detected with a sentinel, not a sleep: after subscribing,
+we publish to a private sync topic we are subscribed to; the broker queues it behind the
+session's queued messages, so its arrival means they have all been delivered.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+from swarmbus.envelope import Envelope
+from swarmbus.errors import TimeoutExpired
+from swarmbus.ownership import Ownership
+from swarmbus.paths import AgentPaths
+from swarmbus.settings import Settings
+from swarmbus.store import Store
+from swarmbus.topics import PRESENCE_FILTER, Presence, parse_presence, topic_for_recipient
+from swarmbus.transport import MqttLink, Subscription, one_shot_client_id
+
+
+def send_direct(settings: Settings, envelope: Envelope, *, timeout: float = 10.0) -> None:
+    """Connect, publish at QoS 1, wait for the PUBACK, disconnect.
+
+    :raises BrokerUnreachable: no connection within ``broker.connect_timeout``.
+    :raises TimeoutExpired: no PUBACK within ``timeout`` seconds.
+    """
+    broker = settings.broker
+    link = MqttLink(broker, client_id=one_shot_client_id(broker.client_id_prefix, envelope.from_agent, "send"),
+                    reconnect_min=0.2, reconnect_max=1.0)
+    link.start()
+    try:
+        link.wait_connected(broker.connect_timeout)
+        link.publish_and_wait(topic_for_recipient(envelope.to), envelope.to_wire(), timeout=timeout)
+    finally:
+        link.stop(timeout=2.0)
+
+
+class _Sentinel:
+    def __init__(self, prefix: str) -> None:
+        self.topic = f"{prefix}/sync/{secrets.token_hex(8)}"
+        self.arrived = threading.Event()
+
+
+def receive_once(
+    settings: Settings,
+    agent_id: str,
+    *,
+    wait_for_new: float = 0.0,
+    drain_timeout: float = 10.0,
+) -> int:
+    """Receive what the broker holds for ``agent_id`` into its store; return how many new
+    messages were stored. With ``wait_for_new`` > 0, keep listening up to that many seconds
+    until at least one new message is stored.
+
+    :raises OwnershipError: a daemon (or another reader) owns the id.
+    :raises BrokerUnreachable: the broker cannot be reached.
+    """
+    from swarmbus.daemon import receive_subscriptions
+
+    paths = AgentPaths.for_agent(agent_id, settings.state_dir)
+    paths.ensure()
+    broker = settings.broker
+    stored = threading.Event()
+    count = 0
+    sentinel = _Sentinel(broker.client_id_prefix)
+    with Ownership(paths.lock, "one-shot reader"), Store(paths.store, sync=settings.daemon.store_sync) as store:
+        link: MqttLink
+
+        def on_message(topic: str, payload: bytes, mid: int, qos: int) -> None:
+            nonlocal count
+            if topic == sentinel.topic:
+                link.ack(mid, qos)
+                sentinel.arrived.set()
+                return
+            result = store.accept(topic, payload, agent_id, dispatch=False)
+            link.ack(mid, qos)
+            if result.outcome == "stored":
+                count += 1
+                stored.set()
+
+        def on_connected(session_present: bool) -> None:
+            link.publish(sentinel.topic, b"sync", qos=1)
+
+        link = MqttLink(
+            broker,
+            client_id=f"{broker.client_id_prefix}-{agent_id}",
+            persistent=True,
+            session_expiry=settings.daemon.session_expiry,
+            manual_ack=True,
+            subscriptions=[*receive_subscriptions(agent_id), Subscription(sentinel.topic, 1)],
+            on_message=on_message,
+            on_connected=on_connected,
+            reconnect_min=0.2,
+            reconnect_max=2.0,
+        )
+        link.start()
+        try:
+            link.wait_connected(broker.connect_timeout)
+            if not sentinel.arrived.wait(drain_timeout):
+                raise TimeoutExpired(f"queued messages did not finish arriving within {drain_timeout:.0f}s")
+            if wait_for_new > 0 and count == 0:
+                stored.wait(wait_for_new)
+            link._client.unsubscribe(sentinel.topic)
+        finally:
+            link.stop(timeout=2.0)
+    return count
+
+
+def scan_presence(settings: Settings, *, timeout: float = 5.0) -> list[Presence]:
+    """Every retained presence record on the broker, sorted by agent id.
+
+    :raises BrokerUnreachable: the broker cannot be reached.
+    :raises TimeoutExpired: the retained set did not arrive within ``timeout`` seconds.
+    """
+    broker = settings.broker
+    sentinel = _Sentinel(broker.client_id_prefix)
+    found: dict[str, Presence] = {}
+    link: MqttLink
+
+    def on_message(topic: str, payload: bytes, mid: int, qos: int) -> None:
+        if topic == sentinel.topic:
+            sentinel.arrived.set()
+            return
+        record = parse_presence(topic, payload)
+        if record is not None:
+            found[record.agent] = record
+
+    def on_connected(session_present: bool) -> None:
+        link.publish(sentinel.topic, b"sync", qos=1)
+
+    link = MqttLink(
+        broker,
+        client_id=one_shot_client_id(broker.client_id_prefix, settings.agent_id, "list"),
+        subscriptions=[Subscription(PRESENCE_FILTER, 1), Subscription(sentinel.topic, 1)],
+        on_message=on_message,
+        on_connected=on_connected,
+        reconnect_min=0.2,
+        reconnect_max=1.0,
+    )
+    link.start()
+    try:
+        link.wait_connected(broker.connect_timeout)
+        if not sentinel.arrived.wait(timeout):
+            raise TimeoutExpired(f"presence scan did not complete within {timeout:.0f}s")
+    finally:
+        link.stop(timeout=2.0)
+    return [found[k] for k in sorted(found)]
+
+
+def stale(record: Presence, now: float | None = None) -> bool:
+    """An online record whose last heartbeat is older than three intervals."""
+    from swarmbus.envelope import parse_timestamp
+
+    if not record.online or record.ts is None or record.heartbeat_s is None:
+        return False
+    try:
+        age = (now or time.time()) - parse_timestamp(record.ts).timestamp()
+    except ValueError:
+        return False
+    return age > 3 * record.heartbeat_s
+
+

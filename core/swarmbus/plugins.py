@@ -1,0 +1,223 @@
+"""Building the plugin manager, and the typed relay the core calls hooks through.
+
+:func:`get_plugin_manager` is a factory: each call returns a new, validated manager with the
+built-in plugins (``DEFAULT_PLUGINS``) and the installed entry points of group ``swarmbus``.
+``SWARMBUS_LOAD_PLUGINS`` (comma-separated distribution or entry-point names; empty means
+none) restricts which installed plugins load. A plugin that fails to import is skipped, and
+its error is kept in :attr:`PluginManager.infos` for ``swarmbus plugins`` and ``doctor``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from swarmbus import __version__, hookspecs
+from swarmbus.hookspecs import PROJECT
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from swarmbus.api import (
+        Command,
+        DoctorCheck,
+        Handler,
+        HandlerContext,
+        HostType,
+        StoredMessage,
+        WakeDecision,
+        WakeOutcome,
+    )
+    from swarmbus.settings import Settings
+
+log = logging.getLogger("swarmbus.plugins")
+
+GROUP = "swarmbus"
+LOAD_ENV = "SWARMBUS_LOAD_PLUGINS"
+TRACE_ENV = "SWARMBUS_TRACE_PLUGINS"
+DEFAULT_PLUGINS = (
+    "swarmbus.default_plugins.routing",
+    "swarmbus.default_plugins.archive",
+    "swarmbus.default_plugins.policy",
+    "swarmbus.default_plugins.wake",
+    "swarmbus.default_plugins.doctor",
+)
+
+
+@dataclass
+class PluginInfo:
+    """What ``swarmbus plugins`` shows for one plugin."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    builtin: bool
+    status: str = "loaded"  # loaded | blocked | failed
+    error: str | None = None
+    hooks: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "distribution": self.distribution, "version": self.version,
+            "module": self.module, "builtin": self.builtin, "status": self.status,
+            "error": self.error, "hooks": self.hooks,
+        }
+
+
+class PluginManager(pluggy.PluginManager):
+    """A pluggy manager that also remembers each plugin's load status."""
+
+    def __init__(self) -> None:
+        super().__init__(PROJECT)
+        self.infos: dict[str, PluginInfo] = {}
+
+
+def _allowed(env: Mapping[str, str]) -> set[str] | None:
+    value = env.get(LOAD_ENV)
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def _hooks_of(pm: pluggy.PluginManager, plugin: object) -> list[str]:
+    return sorted(caller.name for caller in (pm.get_hookcallers(plugin) or []))
+
+
+def get_plugin_manager(*, entry_points: bool = True, env: Mapping[str, str] | None = None) -> PluginManager:
+    """Return a new plugin manager with built-ins and (optionally) installed plugins.
+
+    :param entry_points: load installed plugins (group ``swarmbus``); tests pass False and
+        register their own plugin objects.
+    :param env: environment to read ``SWARMBUS_LOAD_PLUGINS``/``SWARMBUS_TRACE_PLUGINS`` from.
+    :raises pluggy.PluginValidationError: a built-in plugin does not match the hookspecs.
+    """
+    env = os.environ if env is None else env
+    pm = PluginManager()
+    pm.add_hookspecs(hookspecs)
+    for module_name in DEFAULT_PLUGINS:
+        module = import_module(module_name)
+        pm.register(module, name=module_name)
+        pm.infos[module_name] = PluginInfo(
+            module_name, "swarmbus", __version__, module_name, True, hooks=_hooks_of(pm, module)
+        )
+    if entry_points:
+        _load_entry_points(pm, _allowed(env))
+    pm.check_pending()
+    if env.get(TRACE_ENV):
+        def before(name: str, impls: Any, kwargs: Any) -> None:
+            log.warning("hook %s(%s)", name, ", ".join(sorted(kwargs)))
+
+        def after(outcome: Any, name: str, impls: Any, kwargs: Any) -> None:
+            log.warning("hook %s -> %r", name, outcome.get_result() if outcome.exception is None else outcome.exception)
+
+        pm.add_hookcall_monitoring(before, after)
+    return pm
+
+
+def _load_entry_points(pm: PluginManager, allowed: set[str] | None) -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=GROUP):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        version = ep.dist.version if ep.dist is not None else "?"
+        info = PluginInfo(ep.name, dist, version, ep.value, False)
+        pm.infos[ep.name] = info
+        if allowed is not None and ep.name not in allowed and dist not in allowed:
+            info.status = "blocked"
+            pm.set_blocked(ep.name)
+            continue
+        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as exc:  # a broken plugin must not take the daemon down
+            info.status = "failed"
+            info.error = f"{type(exc).__name__}: {exc}"
+            log.error("failed to load swarmbus plugin %s (%s %s): %s", ep.name, dist, version, info.error)
+            continue
+        info.hooks = _hooks_of(pm, plugin)
+
+
+class HookRelay:
+    """Typed calls into the hooks: the core calls hooks only through this class."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self.hook = pm.hook
+
+    def settings_sections(self) -> dict[str, type[BaseModel]]:
+        sections: dict[str, type[BaseModel]] = {}
+
+        def register(name: str, model: type[BaseModel]) -> None:
+            if name in sections:
+                raise ValueError(f"settings section {name!r} registered twice")
+            sections[name] = model
+
+        self.hook.swarmbus_settings_sections(register=register)
+        return sections
+
+    def handlers(self, settings: Settings) -> dict[str, Handler]:
+        found: dict[str, Handler] = {}
+
+        def register(handler: Handler) -> None:
+            if handler.name in found:
+                raise ValueError(f"handler {handler.name!r} registered twice")
+            found[handler.name] = handler
+
+        self.hook.swarmbus_register_handlers(register=register, settings=settings)
+        return found
+
+    def route(self, message: StoredMessage, handlers: frozenset[str], settings: Settings) -> list[str]:
+        names: list[str] = []
+        for result in self.hook.swarmbus_route(message=message, handlers=handlers, settings=settings):
+            for name in result or ():
+                if name not in names:
+                    names.append(name)
+        return names
+
+    def wake_decision(self, message: StoredMessage, settings: Settings) -> WakeDecision:
+        decision: WakeDecision = self.hook.swarmbus_wake_decision(message=message, settings=settings)
+        return decision
+
+    async def wake(self, message: StoredMessage, decision: WakeDecision, context: HandlerContext) -> WakeOutcome | None:
+        result = self.hook.swarmbus_wake(message=message, decision=decision, context=context)
+        if inspect.isawaitable(result):
+            result = await result
+        return result  # type: ignore[no-any-return]
+
+    def doctor_checks(self, settings: Settings) -> list[DoctorCheck]:
+        checks: list[DoctorCheck] = []
+        self.hook.swarmbus_doctor_checks(register=checks.append, settings=settings)
+        return sorted(checks, key=lambda c: (c.order, c.name))
+
+    def host_types(self) -> dict[str, HostType]:
+        found: dict[str, HostType] = {}
+
+        def register(host: HostType) -> None:
+            if host.name in found:
+                raise ValueError(f"host type {host.name!r} registered twice")
+            found[host.name] = host
+
+        self.hook.swarmbus_host_types(register=register)
+        return found
+
+    def commands(self, reserved: frozenset[str] = frozenset()) -> dict[str, Command]:
+        found: dict[str, Command] = {}
+
+        def register(command: Command) -> None:
+            if command.name in reserved or command.name in found:
+                log.warning("plugin command %r clashes with an existing command; ignored", command.name)
+                return
+            found[command.name] = command
+
+        self.hook.swarmbus_commands(register=register)
+        return found

@@ -1,0 +1,426 @@
+"""The only module that talks to paho-mqtt: a supervised MQTT connection.
+
+:class:`MqttLink` owns one paho ``Client`` and one thread of its own that connects, drives
+``client.loop()`` and reconnects with jittered exponential backoff. It designs around the
+paho-mqtt 2.x traps recorded in ``../shared/reference/mqtt-brokers-and-clients.md`` §6:
+
+- every callback is wrapped, and the loop runs in our own thread under a ``try``, so an
+  exception in a callback is logged and counted instead of silently killing the network
+  thread while ``is_connected()`` keeps answering True;
+- ``TCP_NODELAY`` is set on every new socket (paho never sets it; without it a
+  receive-then-send exchange stalls ~40 ms on delayed ACK);
+- MQTT 5 sessions that must survive a disconnect connect with ``clean_start=False`` *and*
+  a Session Expiry Interval (without it the broker discards the session at every disconnect);
+- MQTT 5 is tried first and 3.1.1 is used when the broker refuses 5 (CONNACK "Unsupported
+  protocol version", reason 132, or a 3.1.1-style return code 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from swarmbus.errors import BrokerUnreachable, TimeoutExpired
+from swarmbus.settings import BrokerSettings
+
+log = logging.getLogger("swarmbus.transport")
+
+V5 = "5"
+V311 = "3.1.1"
+_UNSUPPORTED_PROTOCOL = 132
+
+
+def backoff_delay(attempt: int, minimum: float, maximum: float) -> float:
+    """Full-jitter exponential backoff: uniform in [min/2, min * 2**attempt], capped at max.
+
+    ``attempt`` counts consecutive failures from 1. Jitter keeps a fleet from reconnecting
+    in lockstep after a broker restart (the predecessor's bug B12).
+    """
+    ceiling = min(maximum, minimum * (2 ** max(0, attempt - 1)))
+    return random.uniform(minimum / 2, max(minimum / 2, ceiling))
+
+
+def one_shot_client_id(prefix: str, agent_id: str | None, role: str) -> str:
+    """A unique client id for short-lived connections, so they never take over the
+    daemon's persistent session ``<prefix>-<agent_id>``."""
+    return f"{prefix}-{agent_id or 'anon'}-{role}-{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class Subscription:
+    topic: str
+    qos: int = 1
+    no_local: bool = False
+
+
+@dataclass
+class PublishTicket:
+    """Tracks one QoS 1 publish until its PUBACK."""
+
+    mid: int
+    done: threading.Event = field(default_factory=threading.Event)
+    acked_at: float | None = None
+    _callbacks: list[Callable[[], None]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wait(self, timeout: float) -> bool:
+        return self.done.wait(timeout)
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once the PUBACK arrives (now, if it already has); it runs in
+        the link's thread and must be quick."""
+        with self._lock:
+            if not self.done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def _complete(self) -> None:
+        with self._lock:
+            self.acked_at = time.time()
+            self.done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("error in PUBACK callback")
+
+
+MessageCallback = Callable[[str, bytes, int, int], None]  # topic, payload, mid, qos
+
+
+class MqttLink:
+    """One supervised connection to the broker.
+
+    :param client_id: the MQTT client identifier.
+    :param persistent: keep the session across disconnects (MQTT 5: clean_start=False plus
+        ``session_expiry`` seconds; 3.1.1: clean_session=False).
+    :param manual_ack: acknowledge inbound QoS 1 publishes only when :meth:`ack` is called.
+    :param subscriptions: (re)subscribed after every successful connect.
+    :param on_message: ``(topic, payload, mid, qos)``, called in the link's thread.
+    :param on_connected: ``(session_present: bool)``, called after subscribing.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerSettings,
+        *,
+        client_id: str,
+        persistent: bool = False,
+        session_expiry: int = 0,
+        manual_ack: bool = False,
+        will: Will | None = None,
+        subscriptions: Iterable[Subscription] = (),
+        on_message: MessageCallback | None = None,
+        on_connected: Callable[[bool], None] | None = None,
+        on_disconnected: Callable[[str], None] | None = None,
+        reconnect_min: float = 0.5,
+        reconnect_max: float = 60.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self.persistent = persistent
+        self.session_expiry = session_expiry
+        self.manual_ack = manual_ack
+        self.will = will
+        self.subscriptions = list(subscriptions)
+        self.on_message = on_message
+        self.on_connected = on_connected
+        self.on_disconnected = on_disconnected
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.log = logger or log
+        self.protocol = V311 if broker.protocol == V311 else V5
+        self._password = broker.resolved_password()
+        self._lock = threading.Lock()
+        self._tickets: dict[int, PublishTicket] = {}
+        self._early_acks: set[int] = set()
+        self._connected = threading.Event()
+        self._no_reconnect = threading.Event()
+        self._halt = threading.Event()
+        self._kick = threading.Event()
+        self._fallback = False
+        self._thread: threading.Thread | None = None
+        self._client = self._new_client()
+        self.last_error: str | None = None
+        self.connect_count = 0
+        self.callback_errors = 0
+        self.connected_since: float | None = None
+        self.last_inbound_at: float | None = None
+        self.last_puback_at: float | None = None
+        self.session_present: bool | None = None
+
+    # -- client construction ----------------------------------------------------------------
+    def _new_client(self) -> mqtt.Client:
+        b = self.broker
+        v5 = self.protocol == V5
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=None if v5 else not self.persistent,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            transport=b.transport,
+            reconnect_on_failure=False,
+            manual_ack=self.manual_ack,
+        )
+        client.suppress_exceptions = True
+        client.connect_timeout = b.connect_timeout
+        client.max_queued_messages_set(0)
+        if b.transport == "websockets":
+            client.ws_set_options(path=b.ws_path)
+        if b.tls:
+            client.tls_set(
+                ca_certs=str(b.ca_certs) if b.ca_certs else None,
+                certfile=str(b.certfile) if b.certfile else None,
+                keyfile=str(b.keyfile) if b.keyfile else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        if b.username is not None or self._password is not None:
+            client.username_pw_set(b.username or "", self._password)
+        if self.will is not None:
+            client.will_set(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
+        client.on_connect = self._guard(self._handle_connect)
+        client.on_disconnect = self._guard(self._handle_disconnect)
+        client.on_message = self._guard(self._handle_message)
+        client.on_publish = self._guard(self._handle_publish)
+        client.on_socket_open = self._guard(self._handle_socket_open)
+        return client
+
+    def _guard(self, fn: Callable[..., None]) -> Callable[..., None]:
+        def guarded(*args: Any) -> None:
+            try:
+                fn(*args)
+            except Exception:
+                self.callback_errors += 1
+                self.log.exception("error in MQTT callback %s (connection kept)", fn.__name__)
+
+        return guarded
+
+    # -- paho callbacks (link thread) -------------------------------------------------------
+    def _handle_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        raw = getattr(sock, "_socket", sock)  # the websocket wrapper keeps the TCP socket here
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            self.log.debug("could not set TCP_NODELAY")
+
+    def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            value = int(reason.value) if hasattr(reason, "value") else int(reason)
+            if self.protocol == V5 and value in (_UNSUPPORTED_PROTOCOL, 1) and self.broker.protocol == "auto":
+                self.last_error = "broker refused MQTT 5; falling back to 3.1.1"
+                self._fallback = True
+            else:
+                self.last_error = f"connection refused: {reason}"
+            return
+        self.session_present = bool(getattr(flags, "session_present", False))
+        subs = []
+        for sub in self.subscriptions:
+            if self.protocol == V5:
+                subs.append((sub.topic, SubscribeOptions(qos=sub.qos, noLocal=sub.no_local)))
+            else:
+                subs.append((sub.topic, sub.qos))
+        if subs:
+            client.subscribe(subs)
+        self.connect_count += 1
+        self.connected_since = time.time()
+        self.last_error = None
+        self._connected.set()
+        self.log.info(
+            "connected to %s as %s (MQTT %s, session present: %s)",
+            self.broker.url, self.client_id, self.protocol, self.session_present,
+        )
+        if self.on_connected:
+            self.on_connected(self.session_present)
+
+    def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        self.connected_since = None
+        if was and not self._no_reconnect.is_set():
+            self.log.warning("disconnected from %s: %s", self.broker.url, reason)
+            if self.on_disconnected:
+                self.on_disconnected(str(reason))
+
+    def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.last_inbound_at = time.time()
+        if self.on_message is not None:
+            self.on_message(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        elif self.manual_ack:
+            client.ack(msg.mid, msg.qos)
+
+    def _handle_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        now = time.time()
+        self.last_puback_at = now
+        with self._lock:
+            ticket = self._tickets.pop(mid, None)
+            if ticket is None:
+                self._early_acks.add(mid)
+                return
+        ticket._complete()
+
+    # -- the supervised loop ----------------------------------------------------------------
+    def start(self) -> None:
+        """Start the link's thread; it connects and keeps reconnecting until :meth:`stop`."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name=f"swarmbus-mqtt-{self.client_id}", daemon=True)
+        self._thread.start()
+
+    def _connect_once(self) -> None:
+        b = self.broker
+        client = self._client
+        if self.protocol == V5:
+            props = None
+            if self.persistent and self.session_expiry:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self.session_expiry
+            client.connect(
+                b.host, b.effective_port, b.keepalive,
+                clean_start=not self.persistent, properties=props,
+            )
+        else:
+            client.connect(b.host, b.effective_port, b.keepalive)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._no_reconnect.is_set():
+            self._fallback = False
+            try:
+                self._connect_once()
+            except (OSError, ssl.SSLError, ValueError, mqtt.WebsocketConnectionError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                failures += 1
+                delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
+                self.log.warning("cannot connect to %s (%s); retrying in %.1fs", self.broker.url, self.last_error, delay)
+                self._wait(delay)
+                continue
+            started = time.monotonic()
+            try:
+                while not self._halt.is_set():
+                    rc = self._client.loop(timeout=0.2)
+                    if rc != mqtt.MQTT_ERR_SUCCESS:
+                        break
+                    if self._kick.is_set():
+                        self._kick.clear()
+                        self._client.disconnect()
+            except Exception:
+                self.callback_errors += 1
+                self.log.exception("MQTT network loop failed; reconnecting")
+                try:
+                    self._client.disconnect()
+                except Exception:  # noqa: S110 - best effort on a broken socket
+                    pass
+            self._connected.clear()
+            if self._halt.is_set() or self._no_reconnect.is_set():
+                break
+            if self._fallback:
+                self.log.info("broker does not speak MQTT 5; using MQTT 3.1.1")
+                self.protocol = V311
+                self._client = self._new_client()
+                continue
+            failures = 1 if time.monotonic() - started > 30 else failures + 1
+            delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
+            self.log.info("reconnecting to %s in %.1fs", self.broker.url, delay)
+            self._wait(delay)
+
+    def _wait(self, seconds: float) -> None:
+        self._no_reconnect.wait(seconds)
+
+    # -- public API ---------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def thread_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait_connected(self, timeout: float) -> None:
+        """Block until connected. Raises BrokerUnreachable (with the last error) on timeout."""
+        if not self._connected.wait(timeout):
+            raise BrokerUnreachable(
+                f"broker unreachable ({self.broker.url}): {self.last_error or 'no CONNACK within %.0fs' % timeout}",
+                hint="is the broker running? check `swarmbus config show` and `swarmbus doctor`",
+            )
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> PublishTicket:
+        """Queue a publish (sent now if connected, else after reconnect). Thread-safe."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        ticket = PublishTicket(info.mid)
+        with self._lock:
+            if info.mid in self._early_acks:
+                self._early_acks.discard(info.mid)
+                ticket._complete()
+            elif qos == 0:
+                ticket._complete()
+            else:
+                self._tickets[info.mid] = ticket
+        return ticket
+
+    def publish_and_wait(self, topic: str, payload: bytes, *, retain: bool = False, timeout: float = 10.0) -> None:
+        """Publish at QoS 1 and wait for the PUBACK. Raises TimeoutExpired."""
+        ticket = self.publish(topic, payload, retain=retain)
+        if not ticket.wait(timeout):
+            raise TimeoutExpired(f"no PUBACK from {self.broker.url} within {timeout:.0f}s")
+
+    def subscribe(self, subs: Iterable[Subscription]) -> None:
+        """Add subscriptions now (if connected) and after every reconnect."""
+        new = list(subs)
+        self.subscriptions.extend(new)
+        if self.connected:
+            if self.protocol == V5:
+                self._client.subscribe([(s.topic, SubscribeOptions(qos=s.qos, noLocal=s.no_local)) for s in new])
+            else:
+                self._client.subscribe([(s.topic, s.qos) for s in new])
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Send the PUBACK for an inbound publish (manual-ack mode)."""
+        self._client.ack(mid, qos)
+
+    def reconnect_soon(self) -> None:
+        """Drop the connection so the broker redelivers unacknowledged messages after the
+        backoff (used when the store cannot commit)."""
+        self._kick.set()
+
+    def stop(self, *, final: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
+        """Stop reconnecting; publish ``final`` (retained, QoS 1) and wait for its PUBACK
+        when connected; send DISCONNECT; join the thread."""
+        self._no_reconnect.set()
+        if final is not None and self.connected:
+            try:
+                self.publish_and_wait(final[0], final[1], retain=True, timeout=timeout)
+            except TimeoutExpired:
+                self.log.warning("final presence was not acknowledged within %.0fs", timeout)
+        try:
+            self._client.disconnect()
+        except Exception:  # noqa: S110 - already closed
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._halt.set()
+                self._thread.join(timeout)
+        self._connected.clear()
