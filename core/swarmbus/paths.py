@@ -11,10 +11,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 # sun_path is 108 bytes on Linux, 104 on macOS; keep a margin.
@@ -27,10 +24,14 @@ def default_state_dir() -> Path:
     return user_state_path("swarmbus", appauthor=False)
 
 
-@dataclass(frozen=True)
 class AgentPaths:
-    agent_id: str
-    root: Path
+    """The files of one agent id under a state dir (no IO until :meth:`ensure`)."""
+
+    __slots__ = ("agent_id", "root")
+
+    def __init__(self, agent_id: str, root: Path) -> None:
+        self.agent_id = agent_id
+        self.root = root
 
     @classmethod
     def for_agent(cls, agent_id: str, state_dir: str | Path | None = None) -> AgentPaths:
@@ -55,6 +56,9 @@ class AgentPaths:
         natural = self.root / "daemon.sock"
         if len(os.fsencode(natural)) <= _MAX_SOCKET_PATH:
             return natural
+        import hashlib
+        import tempfile
+
         digest = hashlib.sha256(os.fsencode(natural)).hexdigest()[:20]
         runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
         return Path(runtime) / f"swarmbus-{os.getuid()}" / f"{digest}.sock"
