@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from brokers import *  # noqa: E402,F403 - the broker fixtures
 
 REPO = Path(__file__).resolve().parent.parent
+_SIGTERM = signal.SIGTERM
+_SIGKILL = signal.SIGKILL
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
@@ -109,10 +111,10 @@ class Daemon:
 
     def kill9(self) -> None:
         """SIGKILL the daemon's whole process group (the daemon and any wake children)."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        os.killpg(self.proc.pid, _SIGKILL)
         self.proc.wait(10)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    def stop(self, sig: int = _SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
