@@ -17,12 +17,12 @@ import os
 from collections import namedtuple
 from collections.abc import Mapping
 from pathlib import Path
-TYPE_CHECKING = False  # not from typing: importing typing costs the send fast path ~4 ms
-
-if TYPE_CHECKING:
-    from typing import Any
 
 from swarmbus.errors import ConfigError
+
+TYPE_CHECKING = False  # not from typing: importing typing costs the send fast path ~4 ms
+if TYPE_CHECKING:
+    from typing import Any
 
 CONFIG_ENV = "SWARMBUS_CONFIG"
 
@@ -30,7 +30,7 @@ CONFIG_ENV = "SWARMBUS_CONFIG"
 # One setting: its dotted key, the environment names that set it (first wins), whether it is
 # secret (masked in output) and how to coerce environment strings (str|int|float|bool|list).
 # A plain namedtuple: typing.NamedTuple would cost the send fast path ~15 ms of imports.
-FieldSpec = namedtuple("FieldSpec", "key env secret kind", defaults=((), False, "str"))  # noqa: PYI024
+FieldSpec = namedtuple("FieldSpec", "key env secret kind", defaults=((), False, "str"))
 
 
 FIELDS: tuple[FieldSpec, ...] = (

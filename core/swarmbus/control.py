@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+
 TYPE_CHECKING = False  # typing costs the send fast path ~4 ms
 if TYPE_CHECKING:
     from typing import Any

@@ -26,6 +26,7 @@ import os
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+
 TYPE_CHECKING = False  # not from typing: importing typing costs the send fast path ~4 ms
 
 if TYPE_CHECKING:
@@ -160,8 +161,20 @@ class Envelope:
     would cost the ``send`` fast path ~10 ms.)
     """
 
-    __slots__ = ("id", "from_agent", "to", "ts", "subject", "body", "content_type", "priority",
-                 "reply_to", "in_reply_to", "expires_at", "extra")
+    __slots__ = (
+        "body",
+        "content_type",
+        "expires_at",
+        "extra",
+        "from_agent",
+        "id",
+        "in_reply_to",
+        "priority",
+        "reply_to",
+        "subject",
+        "to",
+        "ts",
+    )
 
     id: str
     from_agent: str
@@ -178,7 +191,7 @@ class Envelope:
 
     def __init__(
         self,
-        id: str,  # noqa: A002 - the wire name
+        id: str,
         from_agent: str,
         to: str,
         ts: str,
@@ -340,7 +353,7 @@ def new_envelope(
     reply_to: str | None = None,
     in_reply_to: str | None = None,
     expires_at: str | None = None,
-    id: str | None = None,  # noqa: A002 - the wire name
+    id: str | None = None,
     ts: str | None = None,
 ) -> Envelope:
     """Build a new outgoing envelope with a fresh uuid4 id and the current UTC time.

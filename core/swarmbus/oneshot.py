@@ -16,7 +16,6 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable
 
 from swarmbus.envelope import Envelope
 from swarmbus.errors import TimeoutExpired

@@ -231,8 +231,8 @@ class Store:
                     return AcceptResult("duplicate", row["seq"], "already stored")
                 if row is not None:
                     conflict = "conflicting duplicate: this id was already stored with different content"
-                    qid = self._insert_quarantine(db, topic, payload, conflict, envelope.id, now)
-                    return AcceptResult("quarantined", None, conflict, None) if qid else AcceptResult("quarantined")
+                    self._insert_quarantine(db, topic, payload, conflict, envelope.id, now)
+                    return AcceptResult("quarantined", None, conflict)
                 cur = db.execute(
                     "INSERT INTO messages (id, digest, topic, from_agent, to_agent, subject, priority,"
                     " ts, received_at, envelope, dispatch) VALUES (?,?,?,?,?,?,?,?,?,?,?)",

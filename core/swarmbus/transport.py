@@ -17,6 +17,7 @@ paho-mqtt 2.x traps recorded in ``../shared/reference/mqtt-brokers-and-clients.m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import secrets
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -178,7 +180,7 @@ class MqttLink:
         b = self.broker
         v5 = self.protocol == V5
         client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=None if v5 else not self.persistent,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -237,7 +239,7 @@ class MqttLink:
                 self.last_error = f"connection refused: {reason}"
             return
         self.session_present = bool(getattr(flags, "session_present", False))
-        subs = []
+        subs: list[tuple[str, Any]] = []
         for sub in self.subscriptions:
             if self.protocol == V5:
                 subs.append((sub.topic, SubscribeOptions(qos=sub.qos, noLocal=sub.no_local)))
@@ -296,7 +298,7 @@ class MqttLink:
         if self.protocol == V5:
             props = None
             if self.persistent and self.session_expiry:
-                props = Properties(PacketTypes.CONNECT)
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = self.session_expiry
             client.connect(
                 b.host, b.effective_port, b.keepalive,
@@ -330,10 +332,8 @@ class MqttLink:
             except Exception:
                 self.callback_errors += 1
                 self.log.exception("MQTT network loop failed; reconnecting")
-                try:
+                with contextlib.suppress(Exception):  # best effort on a broken socket
                     self._client.disconnect()
-                except Exception:  # noqa: S110 - best effort on a broken socket
-                    pass
             self._connected.clear()
             if self._halt.is_set() or self._no_reconnect.is_set():
                 break
@@ -362,7 +362,7 @@ class MqttLink:
         """Block until connected. Raises BrokerUnreachable (with the last error) on timeout."""
         if not self._connected.wait(timeout):
             raise BrokerUnreachable(
-                f"broker unreachable ({self.broker.url}): {self.last_error or 'no CONNACK within %.0fs' % timeout}",
+                f"broker unreachable ({self.broker.url}): {self.last_error or f'no CONNACK within {timeout:.0f}s'}",
                 hint="is the broker running? check `swarmbus config show` and `swarmbus doctor`",
             )
 
@@ -414,10 +414,8 @@ class MqttLink:
                 self.publish_and_wait(final[0], final[1], retain=True, timeout=timeout)
             except TimeoutExpired:
                 self.log.warning("final presence was not acknowledged within %.0fs", timeout)
-        try:
+        with contextlib.suppress(Exception):  # already closed
             self._client.disconnect()
-        except Exception:  # noqa: S110 - already closed
-            pass
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():

@@ -64,7 +64,7 @@ def _config(args: argparse.Namespace) -> int:
         if key == "broker.url":
             source = "derived"
         rows.append({"key": key, "value": value, "source": source})
-    plugin_rows = {
+    plugin_rows: dict[str, dict[str, Any]] = {
         name: {"values": _flatten(section) if hasattr(section, "model_fields") else section,
                "source": raw.plugin_sources.get(name, "default")}
         for name, section in settings.plugins.items()
@@ -102,8 +102,14 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _broker(args: argparse.Namespace) -> int:
-    from swarmbus.broker import BrokerConfig, MosquittoNotFound, find_mosquitto, render_mosquitto_conf, write_mosquitto_conf
+def _broker(args: argparse.Namespace) -> int:  # returns only via print-config or an error
+    from swarmbus.broker import (
+        BrokerConfig,
+        MosquittoNotFound,
+        find_mosquitto,
+        render_mosquitto_conf,
+        write_mosquitto_conf,
+    )
     from swarmbus.errors import SwarmbusError
     from swarmbus.paths import default_state_dir
 
@@ -119,4 +125,3 @@ def _broker(args: argparse.Namespace) -> int:
     conf = write_mosquitto_conf(cfg)
     print(f"swarmbus broker: mosquitto on {args.bind}:{args.port}, config {conf}", file=sys.stderr, flush=True)
     os.execv(binary, [binary, "-c", str(conf)])  # noqa: S606 - replace ourselves with mosquitto
-    return 0  # pragma: no cover

@@ -7,10 +7,10 @@ import json
 import re
 import sys
 from pathlib import Path
-TYPE_CHECKING = False  # not from typing: importing typing costs the send fast path ~4 ms
 
 from swarmbus.config import RawConfig, load_raw
 
+TYPE_CHECKING = False  # not from typing: importing typing costs the send fast path ~4 ms
 if TYPE_CHECKING:
     from typing import Any
 

@@ -96,11 +96,10 @@ def build_parser(plugin_commands: dict[str, Any] | None = None, only: str | None
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     def add(name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
-        target = sub if only in (None, name) else argparse.ArgumentParser(add_help=False)
-        if target is sub:
+        if only in (None, name):
             return sub.add_parser(name, help=help_text, description=description or help_text,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-        return target  # a throw-away parser: arguments added to it are never used
+        return argparse.ArgumentParser(add_help=False)  # a throw-away parser, never used
 
     p = add("send", "send a message to an agent or to everyone",
             "Send a message. Through the local daemon when one runs for --agent-id (fast, and\n"
@@ -247,7 +246,6 @@ def run(argv: Sequence[str]) -> int:
         return 0
     if args.command in plugin_commands:
         from swarmbus.cli.common import load_settings_for
-
         from swarmbus.plugins import get_plugin_manager
 
         settings = load_settings_for(args, pm=get_plugin_manager())

@@ -26,10 +26,7 @@ def _read_body(args: argparse.Namespace) -> str:
     if args.body is not None:
         return str(args.body)
     try:
-        if args.body_file == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            data = Path(args.body_file).expanduser().read_bytes()
+        data = sys.stdin.buffer.read() if args.body_file == "-" else Path(args.body_file).expanduser().read_bytes()
     except OSError as exc:
         raise UsageError(f"--body-file {args.body_file}: {exc.strerror}") from None
     try:

@@ -7,6 +7,7 @@ are skipped (not failed again) when the broker check failed.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -43,10 +44,8 @@ def _probe(ctx: DoctorContext) -> dict[str, object]:
 
     def on_message(topic: str, payload: bytes, mid: int, qos: int) -> None:
         if topic == DROPPED_TOPIC:
-            try:
+            with contextlib.suppress(ValueError):
                 dropped.append(int(payload))
-            except ValueError:
-                pass
             got_sys.set()
 
     link = MqttLink(b, client_id=one_shot_client_id(b.client_id_prefix, ctx.agent_id, "doctor"),

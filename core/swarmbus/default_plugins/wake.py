@@ -71,7 +71,7 @@ async def run_command(argv: list[str], stdin: bytes, env: dict[str, str]) -> tup
         stderr=asyncio.subprocess.STDOUT,
         env=env,
         start_new_session=True,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
+        preexec_fn=_die_with_parent,
     )
     try:
         out, _ = await proc.communicate(stdin)
