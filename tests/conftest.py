@@ -18,6 +18,9 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+pytest.register_assert_rewrite("brokers")
+
+import contextlib
 
 from brokers import *  # noqa: E402,F403 - the broker fixtures
 
@@ -152,10 +155,8 @@ def swarm(tmp_path_factory: pytest.TempPathFactory, broker: Any) -> Iterator[Swa
     yield env
     for daemon in env.daemons:
         if daemon.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(daemon.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             daemon.proc.wait(10)
 
 

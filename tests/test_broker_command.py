@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from conftest import SwarmEnv, _base_env, wait_for
-
 from swarmbus.broker import free_port
 
 

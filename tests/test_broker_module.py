@@ -10,7 +10,6 @@ import os
 import socket
 import ssl
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+# The fixtures come from tests/brokers.py, which tests/conftest.py imports (and puts on sys.path).
+import brokers
 from swarmbus import broker as broker_mod
 from swarmbus.broker import (
     BrokerConfig,
@@ -35,17 +36,6 @@ from swarmbus.broker import (
     wait_until_listening,
     write_mosquitto_conf,
 )
-
-# tests/ is not a package and --import-mode=importlib does not put it on sys.path. The
-# fixtures come from the `brokers` plugin module next to this file.
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-pytest.register_assert_rewrite("brokers")
-import brokers  # noqa: E402
-
-pytest_plugins = ["brokers"]
 
 DEADLINE = 15.0  # seconds; generous for slow CI, never slept through
 
