@@ -4,6 +4,7 @@ real state: every test gets its own state dir, config path and broker port."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,8 +20,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 pytest.register_assert_rewrite("brokers")
-
-import contextlib
 
 from brokers import *  # noqa: E402,F403 - the broker fixtures
 
