@@ -46,7 +46,7 @@ def timed(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
 
 
 def row(name: str, values: list[float], unit: str = "ms") -> str:
-    return (f"| {name} | {statistics.median(values):.1f} {unit} | {min(values):.1f}–{max(values):.1f} | "
+    return (f"| {name} | {statistics.median(values):.1f} {unit} | {min(values):.1f}-{max(values):.1f} | "
             f"{len(values)} |")
 
 

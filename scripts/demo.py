@@ -105,7 +105,7 @@ def main() -> int:
                     print(f"   from {m['from']} to {m['to']} [{m['priority']}] {m['subject']!r}{thread}: {m['body']}")
             print("\n   (planner did not receive its own broadcast)")
         finally:
-            for agent, proc in daemons.items():
+            for proc in daemons.values():
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
                     proc.wait(15)

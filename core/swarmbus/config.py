@@ -122,6 +122,19 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def redact_url(url: str) -> str:
+    """``url`` with the password of any ``user:password@`` replaced by ``********`` (for
+    error messages: a broker URL may carry credentials)."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{head}{sep}{userinfo.split(':', 1)[0]}:********@{host}{slash}{tail}"
+
+
 def expand_broker_url(url: str) -> dict[str, Any]:
     """``mqtts://user:pw@host:8883`` -> ``{"broker.host": ..., "broker.port": ..., ...}``.
 
@@ -146,15 +159,15 @@ def expand_broker_url(url: str) -> dict[str, Any]:
     }
     if scheme not in schemes:
         raise ConfigError(
-            f"broker URL {url!r}: scheme must be mqtt://, mqtts://, ws:// or wss://"
+            f"broker URL {redact_url(url)!r}: scheme must be mqtt://, mqtts://, ws:// or wss://"
         )
     transport, tls, default_port = schemes[scheme]
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(f"broker URL {url!r} has an invalid port") from None
+        raise ConfigError(f"broker URL {redact_url(url)!r} has an invalid port") from None
     if not parts.hostname:
-        raise ConfigError(f"broker URL {url!r} has no host")
+        raise ConfigError(f"broker URL {redact_url(url)!r} has no host")
     out: dict[str, Any] = {"broker.host": parts.hostname}
     if bare:
         # HOST[:PORT] names only the host (and port): TLS and transport from other layers stay

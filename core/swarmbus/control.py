@@ -44,13 +44,18 @@ def request(path: Path, payload: dict[str, Any], *, timeout: float = 10.0) -> di
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError, PermissionError, OSError) as exc:
             raise DaemonUnavailable(str(exc)) from None
-        sock.sendall(json.dumps(payload).encode("utf-8") + b"\n")
+        try:
+            sock.sendall(json.dumps(payload).encode("utf-8") + b"\n")
+        except ConnectionError as exc:  # the listener went away between connect and send
+            raise DaemonUnavailable(str(exc)) from None
         chunks = []
         while True:
             try:
                 chunk = sock.recv(65536)
             except TimeoutError:
                 raise TimeoutError(f"daemon did not answer within {timeout:.0f}s") from None
+            except ConnectionError as exc:  # reset: the socket's last holder (a dead daemon's) closed
+                raise DaemonUnavailable(f"the daemon closed the connection: {exc}") from None
             if not chunk:
                 break
             chunks.append(chunk)

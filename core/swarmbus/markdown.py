@@ -21,7 +21,8 @@ from pathlib import Path
 
 from swarmbus.envelope import Envelope, parse_timestamp
 
-_FORGEABLE = re.compile(r"^(\\*)(## \[|<!-- swarmbus)", re.MULTILINE)
+# a "line start" is after \n or after a lone \r (which some editors also show as a line break)
+_FORGEABLE = re.compile(r"(?:^|(?<=\r))(\\*)(## \[|<!-- swarmbus)", re.MULTILINE)
 
 
 def escape_body(body: str) -> str:
@@ -31,7 +32,7 @@ def escape_body(body: str) -> str:
 
 def unescape_body(text: str) -> str:
     """Inverse of :func:`escape_body`."""
-    return re.sub(r"^\\(\\*)(## \[|<!-- swarmbus)", r"\1\2", text, flags=re.MULTILINE)
+    return re.sub(r"(?:^|(?<=\r))\\(\\*)(## \[|<!-- swarmbus)", r"\1\2", text, flags=re.MULTILINE)
 
 
 def format_entry(envelope: Envelope, *, direction: str = "in") -> str:

@@ -13,6 +13,7 @@ session's queued messages, so its arrival means they have all been delivered.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -36,6 +37,7 @@ def send_direct(settings: Settings, envelope: Envelope, *, timeout: float = 10.0
     broker = settings.broker
     link = MqttLink(broker, client_id=one_shot_client_id(broker.client_id_prefix, envelope.from_agent, "send"),
                     reconnect_min=0.2, reconnect_max=1.0)
+    link.retry_log_level = logging.DEBUG  # the one-line error at the end says it all
     link.start()
     try:
         link.wait_connected(broker.connect_timeout)
@@ -102,6 +104,7 @@ def receive_once(
             reconnect_min=0.2,
             reconnect_max=2.0,
         )
+        link.retry_log_level = logging.DEBUG
         link.start()
         try:
             link.wait_connected(broker.connect_timeout)
@@ -146,6 +149,7 @@ def scan_presence(settings: Settings, *, timeout: float = 5.0) -> list[Presence]
         reconnect_min=0.2,
         reconnect_max=1.0,
     )
+    link.retry_log_level = logging.DEBUG
     link.start()
     try:
         link.wait_connected(broker.connect_timeout)

@@ -139,6 +139,12 @@ def _load_entry_points(pm: PluginManager, allowed: set[str] | None) -> None:
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
+            # an unknown hook name (a typo) would make check_pending() fail for everyone: refuse this plugin
+            unknown = sorted(c.name for c in (pm.get_hookcallers(plugin) or []) if c.spec is None and any(
+                i.plugin is plugin and not i.optionalhook for i in c.get_hookimpls()))
+            if unknown:
+                pm.unregister(plugin)
+                raise pluggy.PluginValidationError(plugin, f"unknown hook(s) {', '.join(unknown)}")
         except Exception as exc:  # a broken plugin must not take the daemon down
             info.status = "failed"
             info.error = f"{type(exc).__name__}: {exc}"

@@ -43,6 +43,11 @@ log = logging.getLogger("swarmbus.transport")
 V5 = "5"
 V311 = "3.1.1"
 _UNSUPPORTED_PROTOCOL = 132
+# CONNACK codes that retrying will not fix: 3.1.1 bad user name or password (4) / not
+# authorized (5); MQTT 5 bad user name or password (134), not authorized (135), banned (138),
+# bad authentication method (140). One-shot commands fail at once on these; the daemon
+# keeps retrying (the broker's configuration may be fixed while it runs).
+_PERMANENT_REFUSALS = frozenset({4, 5, 134, 135, 138, 140})
 
 
 def backoff_delay(attempt: int, minimum: float, maximum: float) -> float:
@@ -51,8 +56,9 @@ def backoff_delay(attempt: int, minimum: float, maximum: float) -> float:
     ``attempt`` counts consecutive failures from 1. Jitter keeps a fleet from reconnecting
     in lockstep after a broker restart (the predecessor's bug B12).
     """
+    floor = min(minimum / 2, maximum)
     ceiling = min(maximum, minimum * (2 ** max(0, attempt - 1)))
-    return random.uniform(minimum / 2, max(minimum / 2, ceiling))
+    return random.uniform(floor, max(floor, ceiling))
 
 
 def one_shot_client_id(prefix: str, agent_id: str | None, role: str) -> str:
@@ -164,7 +170,9 @@ class MqttLink:
         self._no_reconnect = threading.Event()
         self._halt = threading.Event()
         self._kick = threading.Event()
+        self._refused = threading.Event()
         self._fallback = False
+        self.retry_log_level = logging.WARNING
         self._thread: threading.Thread | None = None
         self._client = self._new_client()
         self.last_error: str | None = None
@@ -237,6 +245,8 @@ class MqttLink:
                 self._fallback = True
             else:
                 self.last_error = f"connection refused: {reason}"
+                if value in _PERMANENT_REFUSALS:
+                    self._refused.set()
             return
         self.session_present = bool(getattr(flags, "session_present", False))
         subs: list[tuple[str, Any]] = []
@@ -315,9 +325,12 @@ class MqttLink:
                 self._connect_once()
             except (OSError, ssl.SSLError, ValueError, mqtt.WebsocketConnectionError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    self._refused.set()
                 failures += 1
                 delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
-                self.log.warning("cannot connect to %s (%s); retrying in %.1fs", self.broker.url, self.last_error, delay)
+                self.log.log(self.retry_log_level, "cannot connect to %s (%s); retrying in %.1fs",
+                             self.broker.url, self.last_error, delay)
                 self._wait(delay)
                 continue
             started = time.monotonic()
@@ -359,8 +372,12 @@ class MqttLink:
         return self._thread is not None and self._thread.is_alive()
 
     def wait_connected(self, timeout: float) -> None:
-        """Block until connected. Raises BrokerUnreachable (with the last error) on timeout."""
-        if not self._connected.wait(timeout):
+        """Block until connected. Raises BrokerUnreachable (with the last error) on timeout,
+        or at once when the broker refused the credentials or its certificate failed to verify."""
+        deadline = time.monotonic() + timeout
+        while not self._connected.wait(0.05) and not self._refused.is_set() and time.monotonic() < deadline:
+            pass
+        if not self._connected.is_set():
             raise BrokerUnreachable(
                 f"broker unreachable ({self.broker.url}): {self.last_error or f'no CONNACK within {timeout:.0f}s'}",
                 hint="is the broker running? check `swarmbus config show` and `swarmbus doctor`",

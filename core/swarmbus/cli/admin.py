@@ -34,9 +34,10 @@ def _flatten(model: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _config(args: argparse.Namespace) -> int:
-    if args.action == "path":
-        raw = raw_config(args)
-        print(raw.config_path)
+    if args.action == "path":  # the path, whether or not the file exists yet
+        from swarmbus.config import default_config_path
+
+        print(Path(args.config).expanduser() if args.config else default_config_path())
         return 0
     from swarmbus.config import FIELD_BY_KEY
     from swarmbus.plugins import get_plugin_manager

@@ -42,6 +42,9 @@ Exit codes: 0 ok, 1 failure or timeout, 2 usage error or broker unreachable.
 """
 
 
+SUB_EPILOG = "Exit codes: 0 ok, 1 failure or timeout, 2 usage error or broker unreachable."
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line plus a pointer to --help, exit code 2."""
 
@@ -97,7 +100,7 @@ def build_parser(plugin_commands: dict[str, Any] | None = None, only: str | None
 
     def add(name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
         if only in (None, name):
-            return sub.add_parser(name, help=help_text, description=description or help_text,
+            return sub.add_parser(name, help=help_text, description=description or help_text, epilog=SUB_EPILOG,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         return argparse.ArgumentParser(add_help=False)  # a throw-away parser, never used
 

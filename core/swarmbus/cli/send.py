@@ -36,6 +36,8 @@ def _read_body(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.wait < 0:
+        raise UsageError("--wait must be 0 or more seconds")
     raw = raw_config(args)
     agent_id = raw.get("agent_id")
     if not agent_id:
@@ -43,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
     validate_own_id(agent_id)
     expires_at = None
     if args.expires_in is not None:
-        expires_at = (datetime.now(UTC) + timedelta(seconds=args.expires_in)).isoformat()
+        try:  # nan, inf and huge values cannot become a timestamp
+            expires_at = (datetime.now(UTC) + timedelta(seconds=args.expires_in)).isoformat()
+        except (OverflowError, ValueError):
+            raise UsageError(f"--expires-in {args.expires_in:g}: not a usable number of seconds") from None
     envelope = new_envelope(
         agent_id, args.to, args.subject, _read_body(args),
         content_type=args.content_type, priority=args.priority, reply_to=args.reply_to,

@@ -8,6 +8,7 @@ are skipped (not failed again) when the broker check failed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +52,7 @@ def _probe(ctx: DoctorContext) -> dict[str, object]:
     link = MqttLink(b, client_id=one_shot_client_id(b.client_id_prefix, ctx.agent_id, "doctor"),
                     subscriptions=[Subscription(DROPPED_TOPIC, 0)], on_message=on_message,
                     reconnect_min=0.2, reconnect_max=1.0)
+    link.retry_log_level = logging.DEBUG
     started = time.monotonic()
     link.start()
     result: dict[str, object]

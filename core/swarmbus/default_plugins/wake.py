@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -53,12 +54,14 @@ def child_environment(message: StoredMessage, agent_id: str, base: Mapping[str, 
     return env
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def _die_with_parent(parent: int | None = None) -> None:  # pragma: no cover - runs in the child
     if sys.platform.startswith("linux"):
         import ctypes
 
         with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if parent is not None and os.getppid() != parent:  # the daemon died before prctl: no signal comes
+            os._exit(1)
 
 
 async def run_command(argv: list[str], stdin: bytes, env: dict[str, str]) -> tuple[int, bytes]:
@@ -71,7 +74,7 @@ async def run_command(argv: list[str], stdin: bytes, env: dict[str, str]) -> tup
         stderr=asyncio.subprocess.STDOUT,
         env=env,
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=functools.partial(_die_with_parent, os.getpid()),
     )
     try:
         out, _ = await proc.communicate(stdin)

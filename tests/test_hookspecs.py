@@ -1,0 +1,437 @@
+"""The plugin contract: every hook is documented, tested, and says how its results combine;
+then one ``test_hook_<name>`` per hook, checking its observable effect through ``HookRelay``.
+
+Each hook test registers inline class plugins into a fresh ``get_plugin_manager(entry_points=False)``
+so installed plugins never change the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from swarmbus import (
+    CheckResult,
+    Command,
+    DoctorCheck,
+    DoctorContext,
+    Handler,
+    HandlerContext,
+    HookRelay,
+    HostType,
+    InitStep,
+    Settings,
+    StoredMessage,
+    WakeDecision,
+    WakeOutcome,
+    get_plugin_manager,
+    hookimpl,
+    hookspecs,
+    new_envelope,
+    skip,
+    wake,
+)
+from swarmbus.config import RawConfig
+from swarmbus.errors import ConfigError
+from swarmbus.settings import build_settings
+
+REPO = Path(__file__).resolve().parent.parent
+HOOKS_DOC = REPO / "docs" / "plugin-hooks.md"
+HOOK_NAMES = hookspecs.HOOK_NAMES
+AGENT = "coder"
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def fresh(*plugins: object) -> HookRelay:
+    """A new manager with the built-ins and ``plugins`` (registered in order), no entry points."""
+    pm = get_plugin_manager(entry_points=False, env={})
+    for plugin in plugins:
+        pm.register(plugin)
+    return HookRelay(pm)
+
+
+def message(subject: str = "hello", *, priority: str = "normal", seq: int = 1, **fields: Any) -> StoredMessage:
+    envelope = new_envelope("planner", AGENT, subject, "body text", priority=priority, **fields)
+    return StoredMessage(seq, envelope, f"agents/{AGENT}/inbox", time.time())
+
+
+def raw_with_sections(**sections: dict[str, Any]) -> RawConfig:
+    """Raw config as if the file had ``[plugins.<name>]`` tables."""
+    raw = RawConfig()
+    for name, values in sections.items():
+        raw.plugin_sections[name] = values
+        raw.plugin_sources[name] = "file:test.toml"
+    return raw
+
+
+def settings_for(**values: Any) -> Settings:
+    return Settings.model_validate(values)
+
+
+async def _no_send(to: str, subject: str, body: str, **fields: Any) -> str:
+    raise AssertionError("send must not be called")
+
+
+def context(relay: HookRelay, settings: Settings) -> HandlerContext:
+    return HandlerContext(agent_id=AGENT, settings=settings, logger=logging.getLogger("test.hookspecs"),
+                          send=_no_send, hooks=relay)
+
+
+def _doc_sections() -> dict[str, str]:
+    text = HOOKS_DOC.read_text(encoding="utf-8")
+    parts = re.split(r"^## +(\S+) *$", text, flags=re.M)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+
+
+def _signature_argnames(section: str, name: str) -> tuple[str, ...] | None:
+    block = re.search(r"```[a-z]*\n(.*?)```", section, re.S)
+    if block is None:
+        return None
+    call = re.search(rf"\b{re.escape(name)}\(([^)]*)\)", block.group(1))
+    if call is None:
+        return None
+    params = [p.strip() for p in call.group(1).split(",") if p.strip()]
+    return tuple(re.split(r"[:=\s]", p, maxsplit=1)[0] for p in params)
+
+
+# -- the contract -----------------------------------------------------------------------------
+def test_hook_names_are_the_registered_specs() -> None:
+    pm = get_plugin_manager(entry_points=False, env={})
+    specced = sorted(n for n, caller in vars(pm.hook).items() if getattr(caller, "spec", None) is not None)
+    assert list(HOOK_NAMES) == specced
+    assert HOOK_NAMES, "no hooks found"
+
+
+@pytest.mark.parametrize("name", HOOK_NAMES)
+def test_hook_is_documented_with_its_signature(name: str) -> None:
+    sections = _doc_sections()
+    assert name in sections, f"docs/plugin-hooks.md has no `## {name}` heading"
+    expected = getattr(get_plugin_manager(entry_points=False, env={}).hook, name).spec.argnames
+    found = _signature_argnames(sections[name], name)
+    assert found is not None, f"`## {name}` must open with a code block showing `{name}(...)`"
+    assert found == tuple(expected), f"docs/plugin-hooks.md shows {name}{found}, the hookspec is {name}{expected}"
+
+
+def test_docs_document_no_unknown_hooks() -> None:
+    documented = {n for n in _doc_sections() if n.startswith("swarmbus_")}
+    assert documented == set(HOOK_NAMES)
+
+
+@pytest.mark.parametrize("name", HOOK_NAMES)
+def test_every_hook_has_a_test(name: str) -> None:
+    assert callable(globals().get(f"test_hook_{name}")), f"tests/test_hookspecs.py has no test_hook_{name}"
+
+
+@pytest.mark.parametrize("name", HOOK_NAMES)
+def test_hookspec_docstring_says_how_results_combine(name: str) -> None:
+    spec = getattr(get_plugin_manager(entry_points=False, env={}).hook, name).spec
+    doc = " ".join((spec.function.__doc__ or "").split())
+    if spec.opts["firstresult"]:
+        assert "Stops at first non-None result" in doc, f"{name} is firstresult; its docstring must say so"
+    else:
+        assert "all implementations are called" in doc or "All results are collected" in doc, name
+        assert "Stops at first" not in doc, name
+
+
+# -- swarmbus_settings_sections ---------------------------------------------------------------
+class DemoSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    level: int = 1
+    label: str = "demo"
+
+
+class SectionPlugin:
+    @hookimpl
+    def swarmbus_settings_sections(self, register: Any) -> None:
+        register("demo", DemoSection)
+
+
+def test_hook_swarmbus_settings_sections() -> None:
+    relay = fresh(SectionPlugin())
+    sections = relay.settings_sections()
+    assert sections["demo"] is DemoSection
+
+    settings = build_settings(raw_with_sections(demo={"level": 3}, other={"x": 1}), sections)
+    assert settings.plugins["demo"] == DemoSection(level=3)
+    assert settings.plugin_config("demo").label == "demo"
+    assert settings.plugin_config("other") == {"x": 1}  # no model registered: stays a dict
+    assert build_settings(RawConfig(), sections).plugin_config("demo") == DemoSection()  # absent: defaults
+
+    with pytest.raises(ConfigError) as bad_value:
+        build_settings(raw_with_sections(demo={"level": "very"}), sections)
+    assert "plugins.demo.level" in str(bad_value.value)
+    with pytest.raises(ConfigError) as bad_key:
+        build_settings(raw_with_sections(demo={"levle": 2}), sections)
+    assert "plugins.demo.levle" in str(bad_key.value)
+
+    with pytest.raises(ValueError, match="'demo' registered twice"):
+        fresh(SectionPlugin(), SectionPlugin()).settings_sections()
+
+
+# -- swarmbus_register_handlers ---------------------------------------------------------------
+async def _ok_handler(message: StoredMessage, context: HandlerContext) -> str:
+    return "ok"
+
+
+class HandlerPlugin:
+    @hookimpl
+    def swarmbus_register_handlers(self, register: Any, settings: Settings) -> None:
+        register(Handler("demo", _ok_handler, timeout=5))
+        if settings.wake.policy == "all":
+            register(Handler("demo-all", _ok_handler))
+
+
+def test_hook_swarmbus_register_handlers() -> None:
+    relay = fresh(HandlerPlugin())
+    handlers = relay.handlers(Settings())
+    assert {"archive", "wake", "demo"} <= set(handlers)
+    assert "demo-all" not in handlers
+    assert handlers["demo"].timeout == 5
+    assert "demo-all" in relay.handlers(settings_for(wake={"policy": "all"}))  # settings are passed
+    assert "archive" not in relay.handlers(settings_for(daemon={"archive": False}))
+
+    class Duplicate:
+        @hookimpl
+        def swarmbus_register_handlers(self, register: Any) -> None:  # a subset of the arguments
+            register(Handler("archive", _ok_handler))
+
+    with pytest.raises(ValueError, match="'archive' registered twice"):
+        fresh(Duplicate()).handlers(Settings())
+
+
+# -- swarmbus_route ---------------------------------------------------------------------------
+class RoutePlugin:
+    @hookimpl
+    def swarmbus_route(self, message: StoredMessage, handlers: frozenset[str]) -> list[str] | None:
+        if message.subject == "no-opinion":
+            return None
+        return ["demo", "ghost", "archive"]
+
+
+def test_hook_swarmbus_route(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    relay = fresh(RoutePlugin())
+    settings = Settings()
+    all_handlers = frozenset({"archive", "wake", "demo"})
+    names = relay.route(message(), all_handlers, settings)
+    assert sorted(names) == ["archive", "demo", "ghost", "wake"]  # the union, each name once
+    assert relay.route(message("no-opinion"), all_handlers, settings) == ["archive", "wake"]
+    assert relay.route(message("no-opinion"), frozenset({"demo"}), settings) == []  # built-in: only registered
+
+    # the dispatcher runs the known names and logs and ignores the unknown ones
+    from swarmbus.dispatch import Dispatcher
+    from swarmbus.store import Store
+
+    ran: list[str] = []
+
+    async def demo(msg: StoredMessage, ctx: HandlerContext) -> str:
+        ran.append(msg.id)
+        return "demo ran"
+
+    caplog.set_level(logging.WARNING, logger="swarmbus")
+    with Store(tmp_path / "store.sqlite3") as store:
+        accepted = store.accept(f"agents/{AGENT}/inbox", message().envelope.to_wire(), AGENT)
+        assert accepted.message is not None
+
+        async def dispatch() -> None:
+            dispatcher = Dispatcher(store, relay, {"demo": Handler("demo", demo)}, context(relay, settings))
+            dispatcher.submit(accepted.message)
+            await dispatcher.drain(10)
+
+        asyncio.run(dispatch())
+        deliveries = store.deliveries(accepted.seq)
+        assert [(d.handler, d.status, d.detail) for d in deliveries] == [("demo", "ok", "demo ran")]
+        assert store.undispatched() == []
+    assert ran == [accepted.message.id]
+    assert any("unknown handler(s) ghost" in r.getMessage() for r in caplog.records)
+
+
+# -- swarmbus_wake_decision -------------------------------------------------------------------
+PAST = "2000-01-01T00:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("policy", "priority", "expires_at", "wakes", "reason"),
+    [
+        ("high", "high", None, True, "priority is high"),
+        ("high", "normal", None, False, "below the wake policy"),
+        ("high", "low", None, False, "below the wake policy"),
+        ("priority-high", "high", None, True, "priority is high"),
+        ("all", "low", None, True, "wake policy is all"),
+        ("all", "high", PAST, False, "expired"),
+        ("high", "high", PAST, False, "expired"),
+        ("none", "high", None, False, "wake policy is none"),
+    ],
+)
+def test_default_wake_policy(policy: str, priority: str, expires_at: str | None, wakes: bool, reason: str) -> None:
+    decision = fresh().wake_decision(message(priority=priority, expires_at=expires_at), settings_for(wake={"policy": policy}))
+    assert isinstance(decision, WakeDecision)
+    assert decision.wake is wakes
+    assert reason in decision.reason
+
+
+def test_hook_swarmbus_wake_decision() -> None:
+    calls: list[str] = []
+
+    class Opinionated:
+        @hookimpl
+        def swarmbus_wake_decision(self, message: StoredMessage) -> WakeDecision | None:
+            calls.append(message.subject)
+            if message.subject == "loud":
+                return wake("loud messages always wake")
+            if message.subject == "quiet":
+                return skip("quiet messages never wake")
+            return None
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def swarmbus_wake_decision(self, message: StoredMessage) -> WakeDecision | None:
+            return skip("first says no") if message.subject == "loud" and message.priority == "low" else None
+
+    relay = fresh(Opinionated(), First())
+    never = settings_for(wake={"policy": "none"})
+    always = settings_for(wake={"policy": "all"})
+    assert relay.wake_decision(message("loud"), never) == wake("loud messages always wake")  # overrides the policy
+    assert relay.wake_decision(message("quiet"), always) == skip("quiet messages never wake")
+    assert relay.wake_decision(message("other"), always) == wake("wake policy is all")  # None: the policy decides
+    assert relay.wake_decision(message("other"), never) == skip("wake policy is none")
+
+    calls.clear()
+    assert relay.wake_decision(message("loud", priority="low"), never) == skip("first says no")
+    assert calls == []  # stops at the first non-None result
+
+
+# -- swarmbus_wake ----------------------------------------------------------------------------
+def test_hook_swarmbus_wake() -> None:
+    seen: list[tuple[str, str]] = []
+
+    class AsyncWaker:
+        @hookimpl
+        def swarmbus_wake(self, message: StoredMessage, decision: WakeDecision, context: HandlerContext) -> Any:
+            if message.subject != "async":
+                return None
+
+            async def do_wake() -> WakeOutcome:
+                await asyncio.sleep(0)
+                seen.append((decision.reason, context.agent_id))
+                return WakeOutcome(True, "woke asynchronously")
+
+            return do_wake()
+
+    class FailingWaker:
+        @hookimpl(tryfirst=True)
+        def swarmbus_wake(self, message: StoredMessage) -> WakeOutcome | None:
+            return WakeOutcome(False, "host is gone", exit_code=9) if message.subject == "fail" else None
+
+    relay = fresh(AsyncWaker(), FailingWaker())
+    settings = Settings()
+    ctx = context(relay, settings)
+    outcome = asyncio.run(relay.wake(message("async"), wake("because"), ctx))
+    assert outcome == WakeOutcome(True, "woke asynchronously")  # the awaitable was awaited
+    assert seen == [("because", AGENT)]
+    assert asyncio.run(relay.wake(message("fail"), wake("x"), ctx)) == WakeOutcome(False, "host is gone", 9)
+    assert asyncio.run(relay.wake(message("other"), wake("x"), ctx)) is None  # nobody wakes; no wake.command
+
+    # the built-in command waker (trylast) answers when wake.command is set
+    with_command = settings_for(wake={"command": [sys.executable, "-c", "import sys; sys.exit(3)"]})
+    outcome = asyncio.run(relay.wake(message("other"), wake("x"), context(relay, with_command)))
+    assert outcome is not None and outcome.ok is False and outcome.exit_code == 3
+    assert asyncio.run(relay.wake(message("async"), wake("x"), context(relay, with_command))).ok  # plugin first
+
+    # through the built-in `wake` handler: decision, then wake
+    wake_handler = relay.handlers(settings_for(wake={"policy": "all"}))["wake"].handle
+    all_ctx = context(relay, settings_for(wake={"policy": "all"}))
+    assert asyncio.run(wake_handler(message("async"), all_ctx)) == "woken (wake policy is all): woke asynchronously"
+    assert "no waker is configured" in asyncio.run(wake_handler(message("other"), all_ctx))
+    with pytest.raises(Exception, match="host is gone"):
+        asyncio.run(wake_handler(message("fail"), all_ctx))
+    assert "not woken" in asyncio.run(wake_handler(message("async"), context(relay, Settings())))
+
+
+# -- swarmbus_doctor_checks -------------------------------------------------------------------
+def test_hook_swarmbus_doctor_checks() -> None:
+    def run_ok(ctx: DoctorContext) -> CheckResult:
+        return CheckResult("ok", f"agent {ctx.agent_id}, cache {sorted(ctx.cache)}")
+
+    class Checks:
+        @hookimpl
+        def swarmbus_doctor_checks(self, register: Any, settings: Settings) -> None:
+            register(DoctorCheck("zz-last", run_ok, order=10**6))
+            register(DoctorCheck("aa-first", run_ok, order=0))
+            register(DoctorCheck("a-tie", run_ok, order=80))  # same order as `plugins`: by name
+
+    checks = fresh(Checks()).doctor_checks(Settings())
+    names = [c.name for c in checks]
+    assert [(c.order, c.name) for c in checks] == sorted((c.order, c.name) for c in checks)
+    assert names[0] == "aa-first"
+    assert names[-1] == "zz-last"
+    assert names.index("a-tie") == names.index("plugins") - 1
+    assert {"config", "broker", "daemon", "store", "presence", "plugins"} <= set(names)
+    first = checks[0].run(DoctorContext(settings=Settings(), agent_id=AGENT, cache={"probe": {}}))
+    assert first == CheckResult("ok", f"agent {AGENT}, cache ['probe']")
+
+
+# -- swarmbus_host_types ----------------------------------------------------------------------
+def test_hook_swarmbus_host_types() -> None:
+    def steps(settings: Settings) -> list[InitStep]:
+        return [InitStep("bell", lambda: "would ring", lambda: f"rang for {settings.agent_id}")]
+
+    class Hosts:
+        @hookimpl
+        def swarmbus_host_types(self, register: Any) -> None:
+            register(HostType("demo-bell", "a desk bell", steps))
+            register(HostType("demo-plain", "no setup"))
+
+    hosts = fresh(Hosts()).host_types()
+    assert hosts["demo-bell"].description == "a desk bell"
+    [step] = hosts["demo-bell"].init_steps(settings_for(agent_id=AGENT))
+    assert (step.name, step.describe(), step.run()) == ("bell", "would ring", f"rang for {AGENT}")
+    assert hosts["demo-plain"].init_steps(Settings()) == []
+
+    class Clash:
+        @hookimpl
+        def swarmbus_host_types(self, register: Any) -> None:
+            register(HostType("demo-bell", "another bell"))
+
+    with pytest.raises(ValueError, match="'demo-bell' registered twice"):
+        fresh(Hosts(), Clash()).host_types()
+
+
+# -- swarmbus_commands ------------------------------------------------------------------------
+def test_hook_swarmbus_commands(caplog: pytest.LogCaptureFixture) -> None:
+    from swarmbus.cli.main import CORE_COMMANDS, build_parser
+
+    def configure(parser: Any) -> None:
+        parser.add_argument("--shout", action="store_true")
+
+    def run(args: Any, settings: Settings) -> int:
+        return 7 if args.shout else 0
+
+    class Commands:
+        @hookimpl
+        def swarmbus_commands(self, register: Any) -> None:
+            register(Command("demo-hello", "say hello", configure, run))
+            register(Command("send", "a clash with a core command", configure, run))
+
+    class Again:
+        @hookimpl
+        def swarmbus_commands(self, register: Any) -> None:
+            register(Command("demo-hello", "a clash with another plugin", configure, run))
+
+    caplog.set_level(logging.WARNING, logger="swarmbus")
+    commands = fresh(Commands(), Again()).commands(frozenset(CORE_COMMANDS))
+    assert set(commands) == {"demo-hello"}
+    assert any("'send' clashes" in r.getMessage() for r in caplog.records)
+    assert any("'demo-hello' clashes" in r.getMessage() for r in caplog.records)
+
+    args = build_parser(commands).parse_args(["demo-hello", "--shout", "--log-level", "debug"])
+    assert args.command == "demo-hello"
+    assert commands["demo-hello"].run(args, Settings()) == 7
