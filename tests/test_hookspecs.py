@@ -28,6 +28,7 @@ from swarmbus import (
     HookRelay,
     HostType,
     InitStep,
+    WriteFile,
     Settings,
     StoredMessage,
     WakeDecision,
@@ -382,7 +383,7 @@ def test_hook_swarmbus_doctor_checks() -> None:
 # -- swarmbus_host_types ----------------------------------------------------------------------
 def test_hook_swarmbus_host_types() -> None:
     def steps(settings: Settings) -> list[InitStep]:
-        return [InitStep("bell", lambda: "would ring", lambda: f"rang for {settings.agent_id}")]
+        return [InitStep("bell", [WriteFile(Path("/tmp/bellrc"), f"agent = {settings.agent_id}\n")])]
 
     class Hosts:
         @hookimpl
@@ -393,7 +394,9 @@ def test_hook_swarmbus_host_types() -> None:
     hosts = fresh(Hosts()).host_types()
     assert hosts["demo-bell"].description == "a desk bell"
     [step] = hosts["demo-bell"].init_steps(settings_for(agent_id=AGENT))
-    assert (step.name, step.describe(), step.run()) == ("bell", "would ring", f"rang for {AGENT}")
+    [change] = step.changes
+    assert step.name == "bell"
+    assert change.describe() == f"write /tmp/bellrc ({len(f'agent = {AGENT}') + 1} bytes)"
     assert hosts["demo-plain"].init_steps(Settings()) == []
 
     class Clash:

@@ -36,6 +36,13 @@ _EXPORTS: dict[str, str] = {
     "get_plugin_manager": "swarmbus.plugins",
     "HookRelay": "swarmbus.plugins",
     "SwarmbusError": "swarmbus.errors",
+    "render_wake_prompt": "swarmbus.prompts",
+    "render_message": "swarmbus.prompts",
+    "WriteFile": "swarmbus.provision",
+    "JsonEntry": "swarmbus.provision",
+    "RunCommand": "swarmbus.provision",
+    "Verify": "swarmbus.provision",
+    "ProvisionError": "swarmbus.provision",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -60,6 +67,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from swarmbus.errors import SwarmbusError
     from swarmbus.hookspecs import hookimpl, hookspec
     from swarmbus.plugins import HookRelay, get_plugin_manager
+    from swarmbus.prompts import render_message, render_wake_prompt
+    from swarmbus.provision import JsonEntry, ProvisionError, RunCommand, Verify, WriteFile
     from swarmbus.settings import Settings
 
 

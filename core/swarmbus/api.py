@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from swarmbus.envelope import Envelope
 
 if TYPE_CHECKING:
+    from swarmbus.provision import Change
     from swarmbus.settings import Settings
 
 
@@ -160,12 +161,13 @@ class DoctorCheck:
 
 @dataclass(frozen=True)
 class InitStep:
-    """One step of ``swarmbus init``: ``describe()`` says what it would do (for --dry-run),
-    ``run()`` does it and returns a one-line result; raising fails the step."""
+    """One step of ``swarmbus init`` for a host type: a name and the declarative changes
+    (``swarmbus.WriteFile``, ``JsonEntry``, ``RunCommand``, ``Verify``) that make it true.
+    Core applies them, skips those already in place, lists them for ``--dry-run``, and records
+    how to undo them for ``swarmbus uninit``."""
 
     name: str
-    describe: Callable[[], str]
-    run: Callable[[], str]
+    changes: Sequence[Change]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from swarmbus import __version__
 
 CORE_COMMANDS = (
     "send", "start", "read", "watch", "tail", "list", "inbox", "config", "plugins",
-    "doctor", "broker",
+    "doctor", "broker", "init", "uninit",
 )
 
 DESCRIPTION = """\
@@ -211,6 +211,24 @@ def build_parser(plugin_commands: dict[str, Any] | None = None, only: str | None
     p.add_argument("--print-config", action="store_true", help="print the generated config and exit")
     _common(p)
 
+    for name in ("init", "uninit"):
+        if name == "init":
+            p = add("init", "set this machine up as a swarmbus agent (daemon service, host integration)",
+                    "Set up an agent: check or start a broker, write the config file, install the daemon as a\n"
+                    "user service (systemd or launchd), run the host type's setup (e.g. Claude Code: skill,\n"
+                    "MCP server, hooks), then run doctor. Re-running changes nothing that is already right.\n\n"
+                    "  swarmbus init --agent-id coder --host-type cc --dry-run\n"
+                    "  swarmbus init --agent-id coder --host-type openclaw --broker mqtt://broker.lan:1883")
+            p.add_argument("--host-type", metavar="TYPE", help="host integration: cc, openclaw, ... or none (see `swarmbus plugins`)")
+            p.add_argument("--remove", action="store_true", help="undo what init wrote (same as `swarmbus uninit`)")
+            p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        else:
+            p = add("uninit", "undo what `swarmbus init` wrote for an agent")
+        _agent(p)
+        p.add_argument("--dry-run", action="store_true", help="print every file and command, change nothing")
+        _broker(p)
+        _common(p)
+
     for command in (plugin_commands or {}).values():
         p = add(command.name, command.help)
         command.configure(p)
@@ -256,7 +274,7 @@ def run(argv: Sequence[str]) -> int:
     module = {
         "send": "send", "start": "start", "read": "reading", "watch": "reading", "tail": "reading",
         "inbox": "reading", "list": "presence", "config": "admin", "plugins": "admin",
-        "doctor": "doctor", "broker": "admin",
+        "doctor": "doctor", "broker": "admin", "init": "init", "uninit": "init",
     }[args.command]
     from importlib import import_module
 

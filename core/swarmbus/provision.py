@@ -1,0 +1,359 @@
+"""Declarative changes for ``swarmbus init`` and their undo records for ``swarmbus uninit``.
+
+A setup step is a list of *changes*. Each change can say what it would do (``describe``, for
+``--dry-run``), whether anything is left to do (``pending``: False means the machine is already
+in the wanted state, which is how a second ``init`` changes nothing and says so), do it
+(``apply``, raising :class:`ProvisionError` with the reason on failure), and leave an undo
+record (plain JSON) that ``uninit`` replays without needing the plugin that planned it.
+
+Kinds: :class:`WriteFile` (atomic write, parents created), :class:`JsonEntry` (set one key path
+in a JSON file, keeping the rest), :class:`TomlEntries` (merge keys into a TOML file),
+:class:`RunCommand` (argv, never a shell), :class:`Verify` (a check that must pass).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ProvisionError(Exception):
+    """A change could not be applied; the message says why (one line)."""
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _home_relative(path: Path) -> str:
+    home = Path.home()
+    try:
+        return "~/" + str(path.relative_to(home))
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    """Write ``content`` to ``path`` (mode ``mode``). Undo removes the file if it still holds
+    what we wrote; a file the user changed since is left in place, and uninit says so."""
+
+    path: Path
+    content: str
+    mode: int = 0o644
+
+    def describe(self) -> str:
+        return f"write {_home_relative(self.path)} ({len(self.content.encode())} bytes)"
+
+    def pending(self) -> bool:
+        try:
+            return self.path.read_bytes() != self.content.encode()
+        except OSError:
+            return True
+
+    def apply(self) -> str:
+        try:
+            _atomic_write(self.path, self.content.encode(), self.mode)
+        except OSError as exc:
+            raise ProvisionError(f"cannot write {self.path}: {exc.strerror}") from None
+        return f"wrote {_home_relative(self.path)}"
+
+    def undo_record(self) -> dict[str, Any]:
+        return {"kind": "file", "path": str(self.path), "sha256": _sha(self.content.encode())}
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ProvisionError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if text.strip() else {}
+    except ValueError as exc:
+        raise ProvisionError(f"{path} is not valid JSON ({exc}); fix or move it, then re-run") from None
+    if not isinstance(data, dict):
+        raise ProvisionError(f"{path} does not hold a JSON object")
+    return data
+
+
+@dataclass(frozen=True)
+class JsonEntry:
+    """Set ``keys`` (a path of object keys) to ``value`` in the JSON file ``path``, keeping
+    every other key. Undo removes that key (and objects it leaves empty that init created)."""
+
+    path: Path
+    keys: tuple[str, ...]
+    value: Any
+    mode: int = 0o600
+
+    def describe(self) -> str:
+        return f"set {'.'.join(self.keys)} in {_home_relative(self.path)}"
+
+    def _current(self) -> Any:
+        node: Any = _load_json(self.path)
+        for key in self.keys:
+            if not isinstance(node, dict) or key not in node:
+                return _MISSING
+            node = node[key]
+        return node
+
+    def pending(self) -> bool:
+        return bool(self._current() != self.value)
+
+    def apply(self) -> str:
+        data = _load_json(self.path)
+        node = data
+        for key in self.keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[self.keys[-1]] = self.value
+        try:
+            mode = self.path.stat().st_mode & 0o777 if self.path.exists() else self.mode
+            _atomic_write(self.path, (json.dumps(data, indent=2) + "\n").encode(), mode)
+        except OSError as exc:
+            raise ProvisionError(f"cannot write {self.path}: {exc.strerror}") from None
+        return f"set {'.'.join(self.keys)} in {_home_relative(self.path)}"
+
+    def undo_record(self) -> dict[str, Any]:
+        return {"kind": "json", "path": str(self.path), "keys": list(self.keys)}
+
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class TomlEntries:
+    """Merge ``values`` (nested dicts) into the TOML file ``path``. Comments in an existing
+    file are not preserved (the merged file is rewritten). Undo removes those keys."""
+
+    path: Path
+    values: dict[str, Any]
+    mode: int = 0o600
+
+    def describe(self) -> str:
+        return f"set {', '.join(sorted(_flat(self.values)))} in {_home_relative(self.path)}"
+
+    def _load(self) -> dict[str, Any]:
+        import tomllib
+
+        try:
+            with self.path.open("rb") as fh:
+                return tomllib.load(fh)
+        except FileNotFoundError:
+            return {}
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ProvisionError(f"cannot read {self.path}: {exc}") from None
+
+    def pending(self) -> bool:
+        current = _flat(self._load())
+        return any(current.get(k, _MISSING) != v for k, v in _flat(self.values).items())
+
+    def apply(self) -> str:
+        import tomli_w
+
+        data = self._load()
+        for dotted, value in _flat(self.values).items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value
+        header = "# swarmbus configuration (swarmbus config show explains each value)\n"
+        try:
+            _atomic_write(self.path, (header + tomli_w.dumps(data)).encode(), self.mode)
+        except OSError as exc:
+            raise ProvisionError(f"cannot write {self.path}: {exc.strerror}") from None
+        return f"updated {_home_relative(self.path)}"
+
+    def undo_record(self) -> dict[str, Any]:
+        return {"kind": "toml", "path": str(self.path), "keys": sorted(_flat(self.values))}
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@dataclass(frozen=True)
+class RunCommand:
+    """Run ``argv`` (never through a shell). ``done`` (optional) tells whether it is needed;
+    ``undo`` is the argv uninit runs. A non-zero exit fails the step with its stderr."""
+
+    argv: tuple[str, ...]
+    done: Callable[[], bool] | None = None
+    undo: tuple[str, ...] | None = None
+    timeout: float = 120.0
+    env: dict[str, str] | None = None
+
+    def describe(self) -> str:
+        return "run " + shlex.join(self.argv)
+
+    def pending(self) -> bool:
+        return not (self.done is not None and self.done())
+
+    def apply(self) -> str:
+        try:
+            proc = subprocess.run(list(self.argv), capture_output=True, text=True, timeout=self.timeout,
+                                  env=self.env)
+        except FileNotFoundError:
+            raise ProvisionError(f"{self.argv[0]} not found") from None
+        except subprocess.TimeoutExpired:
+            raise ProvisionError(f"{shlex.join(self.argv)} did not finish within {self.timeout:.0f}s") from None
+        if proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            raise ProvisionError(f"{shlex.join(self.argv)} exited {proc.returncode}: {detail[-1] if detail else ''}")
+        return "ran " + shlex.join(self.argv)
+
+    def undo_record(self) -> dict[str, Any] | None:
+        return {"kind": "command", "argv": list(self.undo)} if self.undo else None
+
+
+@dataclass(frozen=True)
+class Verify:
+    """A check that must pass: ``check()`` returns a one-line result or raises ProvisionError.
+    It always runs (it changes nothing, so it never counts as a change)."""
+
+    label: str
+    check: Callable[[], str]
+
+    def describe(self) -> str:
+        return f"check {self.label}"
+
+    def pending(self) -> bool:
+        return False
+
+    def apply(self) -> str:
+        return self.check()
+
+    def undo_record(self) -> None:
+        return None
+
+
+Change = WriteFile | JsonEntry | TomlEntries | RunCommand | Verify
+
+
+@dataclass(frozen=True)
+class StepResult:
+    name: str
+    status: str  # changed | unchanged | would-change | failed
+    lines: list[str] = field(default_factory=list)
+    undo: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_step(name: str, changes: Sequence[Change], *, dry_run: bool) -> StepResult:
+    """Apply (or with ``dry_run`` only describe) one step's changes, in order. Verifies run
+    even when nothing else is pending, so a second init still proves the setup works."""
+    lines: list[str] = []
+    undo: list[dict[str, Any]] = []
+    changed = False
+    for change in changes:
+        if isinstance(change, Verify):
+            if dry_run:
+                lines.append(f"would {change.describe()}")
+                continue
+            try:
+                lines.append(change.apply())
+            except ProvisionError as exc:
+                return StepResult(name, "failed", [*lines, str(exc)], undo)
+            continue
+        record = change.undo_record()
+        if record is not None:
+            undo.append(record)
+        try:
+            pending = change.pending()
+        except ProvisionError as exc:
+            return StepResult(name, "failed", [*lines, str(exc)], undo)
+        if not pending:
+            continue
+        if dry_run:
+            lines.append(f"would {change.describe()}")
+            changed = True
+            continue
+        try:
+            lines.append(change.apply())
+        except ProvisionError as exc:
+            return StepResult(name, "failed", [*lines, str(exc)], undo)
+        changed = True
+    if dry_run:
+        return StepResult(name, "would-change" if changed else "unchanged", lines, undo)
+    return StepResult(name, "changed" if changed else "unchanged", lines, undo)
+
+
+def undo(record: dict[str, Any]) -> str | None:
+    """Replay one undo record. Returns a one-line result, or None when nothing was left."""
+    kind = record.get("kind")
+    path = Path(record.get("path", ""))
+    if kind == "file":
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if _sha(content) != record.get("sha256"):
+            return f"left {_home_relative(path)} in place: it was changed after init wrote it"
+        path.unlink()
+        return f"removed {_home_relative(path)}"
+    if kind == "json":
+        data = _load_json(path)
+        keys = record["keys"]
+        node: Any = data
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or keys[-1] not in node:
+            return None
+        del node[keys[-1]]
+        _atomic_write(path, (json.dumps(data, indent=2) + "\n").encode(), path.stat().st_mode & 0o777)
+        return f"removed {'.'.join(keys)} from {_home_relative(path)}"
+    if kind == "toml":
+        entries = TomlEntries(path, {})
+        data = entries._load()
+        removed = []
+        for dotted in record["keys"]:
+            node = data
+            *parents, leaf = dotted.split(".")
+            for parent in parents:
+                node = node.get(parent, {})
+            if leaf in node:
+                del node[leaf]
+                removed.append(dotted)
+        if not removed:
+            return None
+        import tomli_w
+
+        _atomic_write(path, tomli_w.dumps({k: v for k, v in data.items() if v != {}}).encode(), 0o600)
+        return f"removed {', '.join(removed)} from {_home_relative(path)}"
+    if kind == "command":
+        argv = record["argv"]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        status = "ran" if proc.returncode == 0 else f"exit {proc.returncode} from"
+        return f"{status} {shlex.join(argv)}"
+    return None
