@@ -125,9 +125,10 @@ class Daemon:
         # one line: key=value pairs in text logs, fields of the JSON object in JSON logs
         log.info("swarmbus daemon starting %s", " ".join(f"{k}={v}" for k, v in record.items() if k != "event"),
                  extra=record)
-        self.link.start()
+        # read before the link starts: a message stored meanwhile is dispatched by _on_stored, once
         for message in self.store.undispatched():
             self.dispatcher.submit(message)
+        self.link.start()
         heartbeat = loop.create_task(self._heartbeat())
         try:
             await self._stop.wait()

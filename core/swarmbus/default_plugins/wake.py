@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from swarmbus.api import Handler, HandlerContext, StoredMessage, WakeDecision, WakeOutcome
 from swarmbus.hookspecs import hookimpl
@@ -54,14 +55,27 @@ def child_environment(message: StoredMessage, agent_id: str, base: Mapping[str, 
     return env
 
 
-def _die_with_parent(parent: int | None = None) -> None:  # pragma: no cover - runs in the child
-    if sys.platform.startswith("linux"):
+_PRCTL: list[Any] = []
+
+
+def _prctl() -> Any:
+    """libc's prctl, loaded in the parent: importing or loading libraries in a child forked
+    from a multithreaded process can deadlock."""
+    if not _PRCTL and sys.platform.startswith("linux"):
         import ctypes
 
-        with contextlib.suppress(OSError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if parent is not None and os.getppid() != parent:  # the daemon died before prctl: no signal comes
-            os._exit(1)
+        try:
+            _PRCTL.append(ctypes.CDLL(None, use_errno=True).prctl)
+        except (OSError, AttributeError):
+            _PRCTL.append(None)
+    return _PRCTL[0] if _PRCTL else None
+
+
+def _die_with_parent(parent: int, prctl: Any) -> None:  # pragma: no cover - runs in the child
+    if prctl is not None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die when the daemon dies
+    if os.getppid() != parent:  # the daemon died before prctl took effect: no signal will come
+        os._exit(1)
 
 
 async def run_command(argv: list[str], stdin: bytes, env: dict[str, str]) -> tuple[int, bytes]:
@@ -74,7 +88,7 @@ async def run_command(argv: list[str], stdin: bytes, env: dict[str, str]) -> tup
         stderr=asyncio.subprocess.STDOUT,
         env=env,
         start_new_session=True,
-        preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+        preexec_fn=functools.partial(_die_with_parent, os.getpid(), _prctl()),
     )
     try:
         out, _ = await proc.communicate(stdin)
