@@ -38,6 +38,6 @@ say "installing swarmbus, its plugins and the dev tools into .venv"
 plugin_args=()
 for p in plugins/*/; do [ -f "$p/pyproject.toml" ] && plugin_args+=(-e "$p"); done
 # one pip call: the plugins pin swarmbus==<version>, which only this checkout provides
-.venv/bin/python -m pip install -q --disable-pip-version-check -e . "${plugin_args[@]}" \
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[mcp]" "${plugin_args[@]}" \
   "pytest>=8" "tox>=4" "ruff>=0.5" "mypy>=1.10"
 .venv/bin/python -c 'import swarmbus' >/dev/null

@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "RunCommand": "swarmbus.provision",
     "Verify": "swarmbus.provision",
     "ProvisionError": "swarmbus.provision",
+    "AgentPaths": "swarmbus.paths",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -66,6 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from swarmbus.envelope import Envelope, EnvelopeError, new_envelope, validate_agent_id
     from swarmbus.errors import SwarmbusError
     from swarmbus.hookspecs import hookimpl, hookspec
+    from swarmbus.paths import AgentPaths
     from swarmbus.plugins import HookRelay, get_plugin_manager
     from swarmbus.prompts import render_message, render_wake_prompt
     from swarmbus.provision import JsonEntry, ProvisionError, RunCommand, Verify, WriteFile

@@ -8,7 +8,12 @@ answers with one JSON object and a newline. Requests (``op``):
   spools it in the durable outbox, publishes it, answers ``{"ok": true, "id", "status":
   "published" | "queued"}``;
 - ``wait`` with ``after`` (a store seq) and ``timeout``: answers ``{"ok": true, "last_seq"}``
-  as soon as a message newer than ``after`` is stored, or at the timeout.
+  as soon as a message newer than ``after`` is stored, or at the timeout;
+- ``read`` with ``consumer``, ``ack_ids`` (message ids), ``max`` and ``wait`` (seconds): a
+  non-destructive read (used by the MCP server). It first acknowledges ``ack_ids`` for that
+  consumer, then answers ``{"ok": true, "acked": n, "messages": [...]}`` with up to ``max``
+  messages the consumer has not acknowledged (the same ones again until it does), waiting up
+  to ``wait`` seconds for one when there are none. ``max`` 0 only acknowledges.
 
 Errors answer ``{"ok": false, "error": "...", "kind": "usage" | "failure"}``. The socket is
 mode 0600 inside a 0700 directory: only the agent's own user can talk to it.

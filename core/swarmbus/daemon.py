@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import time
 from typing import Any
@@ -39,6 +40,7 @@ from swarmbus.topics import BROADCAST_TOPIC, QOS, inbox_topic, presence_payload,
 from swarmbus.transport import MqttLink, PublishTicket, Subscription, Will
 
 log = logging.getLogger("swarmbus.daemon")
+_CONSUMER_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 
 
 def receive_subscriptions(agent_id: str) -> list[Subscription]:
@@ -291,5 +293,34 @@ class Daemon:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._new_message.wait_for(lambda: store.last_seq() > after), timeout)
             return {"ok": True, "last_seq": store.last_seq()}
+        if op == "read":
+            return await self._read(req)
         return {"ok": False, "error": f"unknown op {op!r}", "kind": "usage"}
+
+    async def _read(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Non-destructive read for one consumer: acknowledge ``ack_ids``, then return up to
+        ``max`` unacknowledged messages, waiting up to ``wait`` seconds for one if none is."""
+        assert self._new_message is not None and self.store is not None
+        consumer, ack_ids = req.get("consumer"), req.get("ack_ids") or []
+        if not isinstance(consumer, str) or not _CONSUMER_RE.match(consumer):
+            return {"ok": False, "error": "consumer: use 1-64 of A-Z a-z 0-9 _ -", "kind": "usage"}
+        if not isinstance(ack_ids, list) or not all(isinstance(i, str) for i in ack_ids):
+            return {"ok": False, "error": "ack_ids must be a list of message ids", "kind": "usage"}
+        try:
+            limit, wait = int(req.get("max", 10)), float(req.get("wait", 0))
+        except (TypeError, ValueError):
+            return {"ok": False, "error": "max and wait must be numbers", "kind": "usage"}
+        if limit < 0 or not 0 <= wait <= 86400:
+            return {"ok": False, "error": "max must be >= 0 and wait between 0 and 86400 seconds", "kind": "usage"}
+        store = self.store
+        acked = store.ack(consumer, ack_ids)
+        if limit == 0:
+            return {"ok": True, "acked": acked, "messages": []}
+        messages = store.unacked(consumer, limit)
+        if not messages and wait > 0:
+            async with self._new_message:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._new_message.wait_for(lambda: bool(store.unacked(consumer, 1))), wait)
+            messages = store.unacked(consumer, limit)
+        return {"ok": True, "acked": acked, "messages": [m.to_json() for m in messages]}
 

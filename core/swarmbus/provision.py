@@ -102,7 +102,8 @@ def _load_json(path: Path) -> dict[str, Any]:
 @dataclass(frozen=True)
 class JsonEntry:
     """Set ``keys`` (a path of object keys) to ``value`` in the JSON file ``path``, keeping
-    every other key. Undo removes that key (and objects it leaves empty that init created)."""
+    every other key. Undo puts back the value the key had before (or removes the key, and the
+    objects and file init created for it once they are empty), unless it was changed since."""
 
     path: Path
     keys: tuple[str, ...]
@@ -140,7 +141,21 @@ class JsonEntry:
         return f"set {'.'.join(self.keys)} in {_home_relative(self.path)}"
 
     def undo_record(self) -> dict[str, Any]:
-        return {"kind": "json", "path": str(self.path), "keys": list(self.keys)}
+        """Called just before :meth:`apply`: records what was there, to put it back."""
+        record: dict[str, Any] = {"kind": "json", "path": str(self.path), "keys": list(self.keys), "value": self.value}
+        node: Any = _load_json(self.path)
+        if not self.path.exists():
+            record["created"] = True
+        for depth, key in enumerate(self.keys):
+            if not isinstance(node, dict) or key not in node:
+                if depth < len(self.keys) - 1:
+                    record["new_parents"] = depth  # keys[depth:-1] are objects init creates
+                break
+            node = node[key]
+        else:
+            if _jsonable(node):
+                record["previous"] = node
+        return record
 
 
 _MISSING = object()
@@ -149,7 +164,9 @@ _MISSING = object()
 @dataclass(frozen=True)
 class TomlEntries:
     """Merge ``values`` (nested dicts) into the TOML file ``path``. Comments in an existing
-    file are not preserved (the merged file is rewritten). Undo removes those keys."""
+    file are not preserved (the merged file is rewritten). Undo puts back the keys init changed
+    (their earlier value, or none; a file init created and left empty is removed), except keys
+    changed since."""
 
     path: Path
     values: dict[str, Any]
@@ -191,7 +208,24 @@ class TomlEntries:
         return f"updated {_home_relative(self.path)}"
 
     def undo_record(self) -> dict[str, Any]:
-        return {"kind": "toml", "path": str(self.path), "keys": sorted(_flat(self.values))}
+        """Called just before :meth:`apply`: records only the keys it changes, and what they were."""
+        current = _flat(self._load())
+        changed = {k: v for k, v in _flat(self.values).items() if current.get(k, _MISSING) != v}
+        record: dict[str, Any] = {"kind": "toml", "path": str(self.path), "keys": sorted(changed), "values": changed}
+        previous = {k: current[k] for k in changed if k in current and _jsonable(current[k])}
+        if previous:
+            record["previous"] = previous
+        if not self.path.exists():
+            record["created"] = True
+        return record
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -286,20 +320,21 @@ def run_step(name: str, changes: Sequence[Change], *, dry_run: bool) -> StepResu
             except ProvisionError as exc:
                 return StepResult(name, "failed", [*lines, str(exc)], undo)
             continue
-        record = change.undo_record()
-        if record is not None:
-            undo.append(record)
         try:
             pending = change.pending()
         except ProvisionError as exc:
             return StepResult(name, "failed", [*lines, str(exc)], undo)
         if not pending:
-            continue
+            continue  # already as wanted: not init's doing, so nothing for uninit to undo
         if dry_run:
             lines.append(f"would {change.describe()}")
             changed = True
             continue
         try:
+            # recorded before applying, so a change that fails half-way is still undone
+            record = change.undo_record()
+            if record is not None:
+                undo.append(record)
             lines.append(change.apply())
         except ProvisionError as exc:
             return StepResult(name, "failed", [*lines, str(exc)], undo)
@@ -323,37 +358,96 @@ def undo(record: dict[str, Any]) -> str | None:
         path.unlink()
         return f"removed {_home_relative(path)}"
     if kind == "json":
-        data = _load_json(path)
-        keys = record["keys"]
-        node: Any = data
-        for key in keys[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or keys[-1] not in node:
-            return None
-        del node[keys[-1]]
-        _atomic_write(path, (json.dumps(data, indent=2) + "\n").encode(), path.stat().st_mode & 0o777)
-        return f"removed {'.'.join(keys)} from {_home_relative(path)}"
+        return _undo_json(record, path)
     if kind == "toml":
-        entries = TomlEntries(path, {})
-        data = entries._load()
-        removed = []
-        for dotted in record["keys"]:
-            node = data
-            *parents, leaf = dotted.split(".")
-            for parent in parents:
-                node = node.get(parent, {})
-            if leaf in node:
-                del node[leaf]
-                removed.append(dotted)
-        if not removed:
-            return None
-        import tomli_w
-
-        _atomic_write(path, tomli_w.dumps({k: v for k, v in data.items() if v != {}}).encode(), 0o600)
-        return f"removed {', '.join(removed)} from {_home_relative(path)}"
+        return _undo_toml(record, path)
     if kind == "command":
         argv = record["argv"]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         status = "ran" if proc.returncode == 0 else f"exit {proc.returncode} from"
         return f"{status} {shlex.join(argv)}"
     return None
+
+
+def _undo_json(record: dict[str, Any], path: Path) -> str | None:
+    if not path.exists():
+        return None
+    data = _load_json(path)
+    keys = record["keys"]
+    where = f"{'.'.join(keys)} in {_home_relative(path)}"
+    chain: list[dict[str, Any]] = [data]
+    for key in keys[:-1]:
+        child = chain[-1].get(key)
+        if not isinstance(child, dict):
+            return None
+        chain.append(child)
+    node = chain[-1]
+    if keys[-1] not in node:
+        return None
+    if "value" in record and node[keys[-1]] != record["value"]:
+        return f"left {where} in place: it was changed after init wrote it"
+    if "previous" in record:
+        node[keys[-1]] = record["previous"]
+        line = f"restored {where}"
+    else:
+        del node[keys[-1]]
+        line = f"removed {where}"
+        # objects init created for this key go too, once empty
+        for depth in range(len(keys) - 1, record.get("new_parents", len(keys)), -1):
+            if chain[depth]:
+                break
+            del chain[depth - 1][keys[depth - 1]]
+    if record.get("created") and not data:
+        path.unlink()
+        return f"removed {_home_relative(path)}"
+    _atomic_write(path, (json.dumps(data, indent=2) + "\n").encode(), path.stat().st_mode & 0o777)
+    return line
+
+
+def _undo_toml(record: dict[str, Any], path: Path) -> str | None:
+    if not path.exists():
+        return None
+    data = TomlEntries(path, {})._load()
+    written, previous = record.get("values", {}), record.get("previous", {})
+    undone, kept = [], []
+    for dotted in record["keys"]:
+        node = data
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            child = node.get(parent)
+            node = child if isinstance(child, dict) else {}
+        if leaf not in node:
+            continue
+        if dotted in written and node[leaf] != written[dotted]:
+            kept.append(dotted)
+        elif dotted in previous:
+            node[leaf] = previous[dotted]
+            undone.append(dotted)
+        else:
+            del node[leaf]
+            undone.append(dotted)
+    lines = []
+    if undone:
+        data = _prune_empty(data)
+        if record.get("created") and not data:
+            path.unlink()
+            lines.append(f"removed {_home_relative(path)}")
+        else:
+            import tomli_w
+
+            _atomic_write(path, tomli_w.dumps(data).encode(), 0o600)
+            lines.append(f"undid {', '.join(undone)} in {_home_relative(path)}")
+    if kept:
+        lines.append(f"left {', '.join(kept)} in {_home_relative(path)} in place: changed after init wrote them")
+    return "; ".join(lines) or None
+
+
+def _prune_empty(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            value = _prune_empty(value)
+            if not value:
+                continue
+        out[key] = value
+    return out

@@ -31,12 +31,18 @@ def systemd_quote(arg: str) -> str:
     escaped = arg.replace("%", "%%").replace("$", "$$")
     if _SYSTEMD_SAFE.match(escaped):
         return escaped
-    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + _c_escape(escaped) + '"'
+
+
+def _c_escape(text: str) -> str:
+    """Backslash escapes inside a systemd quoted word: ``\\``, ``\"``, and control characters
+    (a raw newline would end the line and corrupt the unit)."""
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
 
 
 def _systemd_env_value(key: str, value: str) -> str:
-    text = f"{key}={value}".replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    return '"' + _c_escape(f"{key}={value}".replace("%", "%%")) + '"'
 
 
 def render_systemd_unit(description: str, argv: Sequence[str], env: Mapping[str, str]) -> str:
@@ -106,11 +112,12 @@ def _quiet(argv: list[str]) -> bool:
 
 
 def plan_service(name: str, description: str, argv: Sequence[str], env: Mapping[str, str],
-                 manager: str) -> ServicePlan:
+                 manager: str, *, restart: bool = False) -> ServicePlan:
     """Plan installing and starting service ``name`` (e.g. ``swarmbus-coder``) under ``manager``.
 
     The unit/plist is rewritten only when its content changes; the service is (re)started when
-    the file changed or it is not running; undo stops, disables and removes it.
+    the file changed, it is not running, or ``restart`` (e.g. the config file it reads changes);
+    undo stops, disables and removes it.
     """
     home = Path.home()
     if manager == "systemd":
@@ -120,6 +127,8 @@ def plan_service(name: str, description: str, argv: Sequence[str], env: Mapping[
         changed = write.pending()
 
         def active() -> bool:
+            if restart:
+                return False
             return (not changed and _quiet(["systemctl", "--user", "is-enabled", "--quiet", unit])
                     and _quiet(["systemctl", "--user", "is-active", "--quiet", unit]))
 
@@ -135,7 +144,7 @@ def plan_service(name: str, description: str, argv: Sequence[str], env: Mapping[
         path = home / "Library" / "LaunchAgents" / f"{label}.plist"
         log = home / "Library" / "Logs" / "swarmbus" / f"{name}.log"
         write = WriteFile(path, render_launchd_plist(label, argv, env, log))
-        changed = write.pending()
+        changed = write.pending() or restart
         domain = f"gui/{os.getuid()}"
         loaded = lambda: not changed and _quiet(["launchctl", "print", f"{domain}/{label}"])  # noqa: E731
         return ServicePlan(manager, name, path, [

@@ -5,8 +5,8 @@ either committed as a message, recognised as a duplicate, or kept in quarantine 
 bytes, topic and reason. Nothing is dropped without a row or a counter to show for it.
 
 Tables: ``messages`` (one row per message id), ``quarantine``, ``deliveries`` (one row per
-message and handler), ``cursors`` (per reader), ``outbox`` (sends waiting for a PUBACK),
-``counters``, ``meta``. One connection per Store object, guarded by a lock, so the MQTT
+message and handler), ``cursors`` (per reader), ``acks`` (messages a reader acknowledged past its
+cursor), ``outbox`` (sends waiting for a PUBACK), ``counters``, ``meta``. One connection per Store object, guarded by a lock, so the MQTT
 network thread and the daemon's event loop can share one Store.
 """
 
@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     published_at REAL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS acks (consumer TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (consumer, seq));
 """
 
 Outcome = Literal["stored", "duplicate", "quarantined", "self"]
@@ -333,6 +334,52 @@ class Store:
                 " SET seq = excluded.seq, updated_at = excluded.updated_at",
                 (consumer, seq, time.time()),
             )
+
+    # -- acknowledgements (non-destructive reads) ------------------------------------------
+    def unacked(self, consumer: str, limit: int) -> list[StoredMessage]:
+        """Up to ``limit`` messages after ``consumer``'s cursor that it has not acknowledged,
+        oldest first. Reading changes nothing: they come back until :meth:`ack` is called."""
+        rows = self._query(
+            "SELECT * FROM messages m WHERE m.seq > COALESCE((SELECT seq FROM cursors WHERE consumer = ?), 0)"
+            " AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.consumer = ? AND a.seq = m.seq)"
+            " ORDER BY m.seq LIMIT ?",
+            (consumer, consumer, limit),
+        )
+        return [_row_message(r) for r in rows]
+
+    def ack(self, consumer: str, ids: list[str]) -> int:
+        """Acknowledge the messages with these ids for ``consumer``; return how many were newly
+        acknowledged (unknown ids and ids already acknowledged count for nothing). The cursor
+        then moves over the acknowledged messages that directly follow it, and their ack rows,
+        now implied by the cursor, are dropped."""
+        if not ids:
+            return 0
+        with self._tx() as db:
+            row = db.execute("SELECT seq FROM cursors WHERE consumer = ?", (consumer,)).fetchone()
+            cursor = int(row[0]) if row else 0
+            newly = 0
+            for message_id in dict.fromkeys(ids):
+                found = db.execute("SELECT seq FROM messages WHERE id = ?", (message_id,)).fetchone()
+                if found is not None and int(found[0]) > cursor:
+                    cur = db.execute("INSERT OR IGNORE INTO acks (consumer, seq) VALUES (?, ?)", (consumer, found[0]))
+                    newly += cur.rowcount
+            advanced = cursor
+            for seq, acked in db.execute(
+                "SELECT m.seq, a.seq IS NOT NULL FROM messages m LEFT JOIN acks a ON a.consumer = ? AND a.seq = m.seq"
+                " WHERE m.seq > ? ORDER BY m.seq",
+                (consumer, cursor),
+            ):
+                if not acked:
+                    break
+                advanced = int(seq)
+            if advanced > cursor:
+                db.execute(
+                    "INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT(consumer) DO UPDATE"
+                    " SET seq = excluded.seq, updated_at = excluded.updated_at",
+                    (consumer, advanced, time.time()),
+                )
+                db.execute("DELETE FROM acks WHERE consumer = ? AND seq <= ?", (consumer, advanced))
+        return newly
 
     # -- dispatch bookkeeping -------------------------------------------------------------
     def undispatched(self) -> list[StoredMessage]:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from swarmbus.cli.common import load_settings_for
-from swarmbus.config import default_config_path
+from swarmbus.config import default_config_path, load_raw, read_config_file
 from swarmbus.envelope import validate_own_id
 from swarmbus.errors import SwarmbusError, UsageError
 from swarmbus.paths import AgentPaths
@@ -38,6 +39,25 @@ def run(args: argparse.Namespace) -> int:
 
 def _config_path(args: argparse.Namespace) -> Path:
     return Path(args.config).expanduser() if args.config else default_config_path()
+
+
+def _load_settings(args: argparse.Namespace, pm: Any = None) -> Settings:
+    """``load_settings_for``, except that a config file which does not exist yet is fine: init
+    writes it (and uninit may have removed it)."""
+    path = _config_path(args)
+    if path.is_file():
+        return load_settings_for(args, pm=pm)
+    from swarmbus.cli.common import cli_layer
+    from swarmbus.config import CONFIG_ENV
+    from swarmbus.logs import setup_logging
+    from swarmbus.plugins import HookRelay
+    from swarmbus.settings import build_settings
+
+    env = {k: v for k, v in os.environ.items() if k != CONFIG_ENV}
+    raw = load_raw(cli_layer(args), env=env, config_path=path)
+    settings = build_settings(raw, HookRelay(pm).settings_sections() if pm is not None else None)
+    setup_logging(settings.log_format, settings.log_level if "log_level" in raw.sources else "warning")
+    return settings
 
 
 def _manifest_path(settings: Settings, agent_id: str) -> Path:
@@ -163,7 +183,7 @@ def _init(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown host type {host_type!r} (installed: {known}); "
                          f"install its plugin, e.g. pip install swarmbus-{host_type}")
     host_type = None if host_type == "none" else host_type
-    settings = load_settings_for(args, pm=pm)
+    settings = _load_settings(args, pm=pm)
     settings.agent_id = agent_id
     settings.host_type = host_type
     config_path = _config_path(args)
@@ -172,21 +192,25 @@ def _init(args: argparse.Namespace) -> int:
     values: dict[str, Any] = {}
     if args.broker:
         values["broker"] = {"url": settings.broker.url}
-    from swarmbus.config import load_raw
-
-    raw = load_raw(config_path=config_path)
-    if raw.get("agent_id") in (None, agent_id):
+    existing = read_config_file(config_path).get("agent_id") if config_path.is_file() else None
+    if existing in (None, agent_id):
         values["agent_id"] = agent_id  # the default id for interactive commands; never overwrite another
 
+    config = TomlEntries(config_path, values)
+    try:
+        config_changes = bool(values) and config.pending()
+    except ProvisionError:
+        config_changes = False  # the config step fails with the reason
     steps: list[tuple[str, list[Change]]] = [("broker", _broker_step(settings, args, manager))]
-    steps.append(("config", [TomlEntries(config_path, values)] if values else []))
+    steps.append(("config", [config] if values else []))
     if manager is None:
         steps.append(("service", [_failing("a user service manager", "no systemd (systemctl --user) or launchd "
                                            f"here: run `swarmbus start --agent-id {agent_id}` under your own supervisor")]))
     else:
         plan = plan_service(f"swarmbus-{agent_id}", f"swarmbus listener daemon for agent {agent_id}",
                             [sys.executable, "-m", "swarmbus", "start", "--agent-id", agent_id],
-                            _service_env(args, host_type), manager)
+                            _service_env(args, host_type), manager,
+                            restart=config_changes)  # the daemon reads the config file only at start
         steps.append(("service", plan.install))
     if host_type:
         for step in hosts[host_type].init_steps(settings):
@@ -204,7 +228,7 @@ def _init(args: argparse.Namespace) -> int:
         _print(result)
         if result.status == "failed":
             break
-    if not args.dry_run:
+    if not args.dry_run and (records or _manifest_path(settings, agent_id).exists()):
         _save_manifest(settings, agent_id, host_type, records)
     failed = [r for r in results if r.status == "failed"]
     if failed:
@@ -234,7 +258,7 @@ def _uninit(args: argparse.Namespace) -> int:
     if not args.agent_id:
         raise UsageError("swarmbus uninit needs --agent-id ID")
     agent_id = validate_own_id(args.agent_id)
-    settings = load_settings_for(args)
+    settings = _load_settings(args)
     path = _manifest_path(settings, agent_id)
     if not path.exists():
         print(f"nothing to undo: swarmbus init has not set up {agent_id} here ({path} is absent)")
@@ -244,15 +268,21 @@ def _uninit(args: argparse.Namespace) -> int:
         for record in reversed(records):
             print(f"would undo: {record.get('kind')} {record.get('path') or ' '.join(record.get('argv', []))}")
         return 0
-    errors = 0
+    failed: list[dict[str, Any]] = []
     for record in reversed(records):
         try:
             line = undo(record)
-        except (OSError, ProvisionError, SwarmbusError, ValueError) as exc:
-            errors += 1
+        except (OSError, ProvisionError, SwarmbusError, ValueError, subprocess.SubprocessError) as exc:
+            failed.insert(0, record)
             line = f"failed: {exc}"
         if line:
             print(f"  {line}")
-    path.unlink()
-    print(f"{agent_id}: what init wrote has been removed" if not errors else f"{agent_id}: {errors} undo steps failed")
-    return 1 if errors else 0
+    if not failed:
+        path.unlink()
+        print(f"{agent_id}: what init wrote has been removed")
+        return 0
+    # keep what could not be undone, so that a second uninit retries it
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "undo": failed}, indent=2))
+    print(f"{agent_id}: {len(failed)} undo steps failed; fix the cause and run uninit again", file=sys.stderr)
+    return 1

@@ -17,7 +17,7 @@ from swarmbus import __version__
 
 CORE_COMMANDS = (
     "send", "start", "read", "watch", "tail", "list", "inbox", "config", "plugins",
-    "doctor", "broker", "init", "uninit",
+    "doctor", "broker", "init", "uninit", "wait", "mcp-server",
 )
 
 DESCRIPTION = """\
@@ -168,6 +168,32 @@ def build_parser(plugin_commands: dict[str, Any] | None = None, only: str | None
         _broker(p)
         _common(p)
 
+    p = add("wait", "block until new messages arrive, print them as a wake prompt (for host hooks)",
+            "Block until --consumer has at least one new message in the daemon's store, print the new\n"
+            "messages as one wake prompt (or JSON lines), advance the cursor past them, and exit\n"
+            "--exit-code. Needs a running daemon for --agent-id (exit 1 without one); it never takes\n"
+            "the agent's MQTT session. A timeout exits 1 and prints nothing on stdout.\n\n"
+            "  # Claude Code Stop hook with asyncRewake: exit 2 wakes the model and feeds it stderr\n"
+            "  swarmbus wait --agent-id coder --consumer rewake --stderr --exit-code 2 --timeout 86400")
+    _agent(p)
+    _consumer(p)
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS", help="give up after this (exit 1; default 3600)")
+    p.add_argument("--max", type=int, default=20, metavar="N", help="at most N messages in one prompt (default 20)")
+    p.add_argument("--json", action="store_true", help="print one JSON message object per line instead of the prompt")
+    p.add_argument("--stderr", action="store_true", help="write the messages to stderr instead of stdout")
+    p.add_argument("--exit-code", type=int, default=0, metavar="N", help="exit code when messages were printed (default 0)")
+    _common(p)
+
+    p = add("mcp-server", "serve this agent's messaging to an MCP host over stdio (needs swarmbus[mcp])",
+            "Run an MCP server on stdin/stdout with the tools send_message, read_inbox and list_agents,\n"
+            "for --agent-id. It sends and reads through the agent's daemon (its local socket): it is\n"
+            "never a second MQTT subscriber for the id. read_inbox is non-destructive until its\n"
+            "messages are acknowledged (ack_ids). Needs: pip install 'swarmbus[mcp]'.\n\n"
+            "  claude mcp add swarmbus -- swarmbus mcp-server --agent-id coder")
+    _agent(p)
+    _broker(p)
+    _common(p)
+
     p = add("list", "list agents and their presence",
             "List agents from their retained presence records: online, offline, or stale\n"
             "(online but no heartbeat for three intervals), with when each was last seen.")
@@ -274,7 +300,8 @@ def run(argv: Sequence[str]) -> int:
     module = {
         "send": "send", "start": "start", "read": "reading", "watch": "reading", "tail": "reading",
         "inbox": "reading", "list": "presence", "config": "admin", "plugins": "admin",
-        "doctor": "doctor", "broker": "admin", "init": "init", "uninit": "init",
+        "doctor": "doctor", "broker": "admin", "init": "init", "uninit": "init", "wait": "reading",
+        "mcp-server": "mcpserver",
     }[args.command]
     from importlib import import_module
 

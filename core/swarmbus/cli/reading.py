@@ -1,22 +1,25 @@
-"""``swarmbus read | watch | tail | inbox``: reading an agent's store.
+"""``swarmbus read | watch | tail | inbox | wait``: reading an agent's store.
 
 When a daemon runs for the agent id, these read its store directly (SQLite WAL allows
 concurrent readers) and ask the daemon over its socket to be woken for new messages. When
 none runs, ``read``/``watch``/``tail`` first fetch what the broker queued for the agent with a
 one-shot receive (see :mod:`swarmbus.oneshot`), which takes the same ownership lock as the
-daemon, so the two never race. ``inbox`` only ever reads the local store.
+daemon, so the two never race. ``inbox`` only ever reads the local store. ``wait`` (for host
+hooks such as Claude Code's rewake) needs a running daemon and fails without one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import sys
 import time
 from datetime import UTC, datetime
 
 from swarmbus.cli.common import load_settings_for, print_json, print_message
-from swarmbus.control import daemon_status, request
-from swarmbus.errors import TimeoutExpired, UsageError
+from swarmbus.control import DaemonUnavailable, daemon_status, request
+from swarmbus.errors import SwarmbusError, TimeoutExpired, UsageError
 from swarmbus.paths import AgentPaths
 from swarmbus.settings import Settings
 from swarmbus.store import Store
@@ -39,7 +42,7 @@ def _daemon_running(paths: AgentPaths) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"read": _read, "watch": _watch, "tail": _tail, "inbox": _inbox}[args.command](args)
+    return {"read": _read, "watch": _watch, "tail": _tail, "inbox": _inbox, "wait": _wait}[args.command](args)
 
 
 def _emit(args: argparse.Namespace, messages: list) -> None:  # type: ignore[type-arg]
@@ -99,6 +102,51 @@ def _watch(args: argparse.Namespace) -> int:
                 with Store(paths.store) as store:
                     if not store.messages_after(store.cursor(args.consumer), 1):
                         raise TimeoutExpired(f"timeout after {args.timeout:g}s: no new message for {agent_id}")
+
+
+def _wait(args: argparse.Namespace) -> int:
+    """Block until ``--consumer`` has new messages, print them as one wake prompt (or JSON
+    lines), advance the cursor past them, and exit ``--exit-code``. Only with a daemon: this
+    never takes the agent's MQTT session."""
+    _settings, agent_id, paths = _setup(args)
+    if args.max < 1:
+        raise UsageError("--max must be at least 1")
+    if args.timeout < 0:
+        raise UsageError("--timeout must be 0 or more seconds")
+    if not 0 <= args.exit_code <= 255:
+        raise UsageError("--exit-code must be between 0 and 255")
+    if not _daemon_running(paths):
+        raise SwarmbusError(f"no daemon running for {agent_id}: swarmbus wait reads through the daemon",
+                            hint=f"start it: swarmbus start --agent-id {agent_id} (or swarmbus init)")
+    out = sys.stderr if args.stderr else sys.stdout
+    deadline = time.monotonic() + args.timeout
+    while True:
+        with Store(paths.store) as store:
+            messages = store.messages_after(store.cursor(args.consumer), args.max)
+            if messages:
+                if args.json:
+                    text = "".join(json.dumps(m.to_json(), ensure_ascii=False) + "\n" for m in messages)
+                else:
+                    from swarmbus.prompts import render_wake_prompt
+
+                    text = render_wake_prompt(messages, agent_id) + "\n"
+                out.write(text)
+                out.flush()
+                store.set_cursor(args.consumer, messages[-1].seq)  # only once printed
+                return int(args.exit_code)
+            last = store.last_seq()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutExpired(f"timeout after {args.timeout:g}s: no new message for {agent_id}")
+        try:
+            request(paths.socket, {"op": "wait", "after": last, "timeout": remaining}, timeout=remaining + 5)
+        except DaemonUnavailable:
+            # the daemon stopped mid-wait: give a restarting service a moment to come back
+            grace = time.monotonic() + min(15.0, max(0.0, deadline - time.monotonic()))
+            while not _daemon_running(paths):
+                if time.monotonic() >= grace:
+                    raise SwarmbusError(f"the daemon for {agent_id} stopped while waiting") from None
+                time.sleep(0.2)
 
 
 def _tail(args: argparse.Namespace) -> int:

@@ -1,0 +1,541 @@
+"""``swarmbus init`` / ``swarmbus uninit`` in a temporary HOME, with a fake ``systemctl`` first on
+PATH that records every call and runs the unit's ``ExecStart=`` for real (detached), so init
+installs a daemon that actually runs against a private broker. Plus unit tests of the service
+file renderers (quoting) and of the undo records."""
+
+from __future__ import annotations
+
+import json
+import os
+import plistlib
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import wait_for
+from swarmbus.broker import free_port
+from swarmbus.control import daemon_status
+from swarmbus.paths import AgentPaths
+
+AGENT = "coder"
+
+FAKE_SYSTEMCTL = '''\
+#!{python}
+"""A fake `systemctl --user` for tests: records argv, runs units' ExecStart= detached."""
+import json, os, shlex, signal, subprocess, sys, time
+from pathlib import Path
+
+LOG = Path({log!r})
+STATE = Path({state!r})
+
+
+def unit_dir():
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "systemd" / "user"
+
+
+def load():
+    return json.loads(STATE.read_text()) if STATE.exists() else {{}}
+
+
+def save(state):
+    STATE.write_text(json.dumps(state))
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{{pid}}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def stop(entry):
+    pid = entry.pop("pid", None)
+    if pid and alive(pid):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def unescape(word):
+    return word.replace("%%", "%").replace("$$", "$")
+
+
+def start(unit, entry):
+    argv, env = None, {{k: os.environ[k] for k in ("HOME", "LANG", "XDG_RUNTIME_DIR") if k in os.environ}}
+    for line in (unit_dir() / unit).read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == "ExecStart":
+            argv = [unescape(w) for w in shlex.split(value)]
+        elif key == "Environment":
+            for word in shlex.split(value):
+                name, _, val = word.replace("%%", "%").partition("=")
+                env[name] = val
+    log = open(STATE.with_name(unit + ".log"), "ab")
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    entry["pid"] = proc.pid
+
+
+def main(args):
+    with LOG.open("a") as fh:
+        fh.write(json.dumps(args) + "\\n")
+    if args[:1] != ["--user"]:
+        print("fake systemctl: only --user is emulated", file=sys.stderr)
+        return 1
+    args = [a for a in args[1:] if a != "--quiet"]
+    if args == ["daemon-reload"]:
+        return 0
+    verb, unit = args[0], args[-1]
+    state = load()
+    entry = state.setdefault(unit, {{}})
+    exists = (unit_dir() / unit).exists()
+    try:
+        if verb == "enable":
+            if not exists:
+                print(f"Failed to enable unit: Unit file {{unit}} does not exist.", file=sys.stderr)
+                return 1
+            entry["enabled"] = True
+            return 0
+        if verb == "restart":
+            if not exists:
+                print(f"Failed to restart {{unit}}: Unit {{unit}} not found.", file=sys.stderr)
+                return 5
+            stop(entry)
+            start(unit, entry)
+            return 0
+        if verb == "disable" and "--now" in args:
+            stop(entry)
+            entry["enabled"] = False
+            return 0
+        if verb == "is-enabled":
+            return 0 if entry.get("enabled") and exists else 1
+        if verb == "is-active":
+            return 0 if entry.get("pid") and alive(entry["pid"]) else 3
+        print(f"fake systemctl: {{args}} not emulated", file=sys.stderr)
+        return 1
+    finally:
+        save(state)
+
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+@dataclass
+class InitEnv:
+    home: Path
+    fake: Path
+    env: dict[str, str]
+
+    @property
+    def unit_path(self) -> Path:
+        return self.home / ".config" / "systemd" / "user" / f"swarmbus-{AGENT}.service"
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / ".config" / "swarmbus" / "config.toml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home / "state"
+
+    @property
+    def manifest(self) -> Path:
+        return self.state_dir / "agents" / AGENT / "init.json"
+
+    def run(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "swarmbus", *args], capture_output=True, text=True,
+                              timeout=timeout, env={**self.env, **(env or {})})
+
+    def calls(self) -> list[list[str]]:
+        log = self.fake / "calls.jsonl"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    def state(self) -> dict[str, Any]:
+        path = self.fake / "state.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def daemon_pid(self) -> int | None:
+        pid = self.state().get(f"swarmbus-{AGENT}.service", {}).get("pid")
+        return int(pid) if pid else None
+
+    def status(self) -> dict[str, Any] | None:
+        return daemon_status(AgentPaths.for_agent(AGENT, self.state_dir).socket)
+
+    def tree(self) -> dict[str, bytes]:
+        return {str(p.relative_to(self.home)): p.read_bytes() for p in sorted(self.home.rglob("*")) if p.is_file()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def init_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InitEnv]:
+    root = Path(tmp_path_factory.mktemp("init"))
+    home, fake = root / "home", root / "fake"
+    home.mkdir()
+    (fake / "bin").mkdir(parents=True)
+    script = fake / "bin" / "systemctl"
+    script.write_text(FAKE_SYSTEMCTL.format(python=sys.executable, log=str(fake / "calls.jsonl"),
+                                            state=str(fake / "state.json")))
+    script.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k in ("LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR")}
+    env.update(
+        PATH=os.pathsep.join([str(fake / "bin"), os.environ.get("PATH", "/usr/bin:/bin")]),
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        SWARMBUS_STATE_DIR=str(home / "state"),
+        SWARMBUS_CONFIG=str(home / ".config" / "swarmbus" / "config.toml"),
+        SWARMBUS_LOAD_PLUGINS="",
+        PYTHONUNBUFFERED="1",
+    )
+    ienv = InitEnv(home, fake, env)
+    yield ienv
+    # whatever the test did, no daemon the fake systemctl started outlives it
+    for entry in ienv.state().values():
+        pid = entry.get("pid")
+        if pid and _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def clean(proc: subprocess.CompletedProcess[str]) -> str:
+    out = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stdout + proc.stderr, out
+    return out
+
+
+def mutating(calls: list[list[str]]) -> list[list[str]]:
+    return [c for c in calls if not {"is-enabled", "is-active"} & set(c)]
+
+
+# -- init, second init, uninit -------------------------------------------------------------------
+@pytest.mark.broker
+def test_dry_run_lists_everything_and_writes_nothing(init_env: InitEnv, broker: Any) -> None:
+    before = init_env.tree()
+    proc = init_env.run("init", "--agent-id", AGENT, "--broker", broker.url, "--dry-run")
+    out = clean(proc)
+    assert proc.returncode == 0, out
+    unit = f"swarmbus-{AGENT}.service"
+    assert f"would write ~/.config/systemd/user/{unit}" in proc.stdout, out
+    assert "would set agent_id, broker.url in ~/.config/swarmbus/config.toml" in proc.stdout, out
+    for command in ("daemon-reload", f"enable {unit}", f"restart {unit}"):
+        assert f"would run systemctl --user {command}" in proc.stdout, out
+    assert "would check swarmbus doctor" in proc.stdout, out
+    assert "no file was written and no command was run" in proc.stdout, out
+    assert "is set up" not in proc.stdout + proc.stderr
+    assert init_env.tree() == before
+    assert not init_env.state_dir.exists() and not init_env.manifest.exists()
+    assert mutating(init_env.calls()) == []
+    assert init_env.daemon_pid() is None
+
+
+@pytest.mark.broker
+def test_init_second_init_and_uninit(init_env: InitEnv, broker: Any) -> None:
+    unit = f"swarmbus-{AGENT}.service"
+    # -- first init: everything is written, the daemon runs, doctor passes
+    proc = init_env.run("init", "--agent-id", AGENT, "--broker", broker.url)
+    out = clean(proc)
+    assert proc.returncode == 0, out
+    assert f"{AGENT} is set up" in proc.stdout, out
+    assert "none failed" in proc.stdout, out
+
+    text = init_env.unit_path.read_text()
+    lines = text.splitlines()
+    exec_start = next(line for line in lines if line.startswith("ExecStart="))
+    assert shlex.split(exec_start.removeprefix("ExecStart=")) == [sys.executable, "-m", "swarmbus", "start",
+                                                                  "--agent-id", AGENT]
+    env_lines = {shlex.split(line.removeprefix("Environment="))[0].partition("=")[0]:
+                 shlex.split(line.removeprefix("Environment="))[0].partition("=")[2]
+                 for line in lines if line.startswith("Environment=")}
+    assert env_lines["SWARMBUS_CONFIG"] == str(init_env.config_path)
+    assert env_lines["SWARMBUS_STATE_DIR"] == str(init_env.state_dir)
+    assert "Restart=on-failure" in lines and "WantedBy=default.target" in lines
+
+    import tomllib
+
+    config = tomllib.loads(init_env.config_path.read_text())
+    assert config == {"agent_id": AGENT, "broker": {"url": broker.url}}
+    assert init_env.config_path.stat().st_mode & 0o777 == 0o600
+
+    manifest = json.loads(init_env.manifest.read_text())
+    assert manifest["agent_id"] == AGENT and manifest["host_type"] is None
+    kinds = {r["kind"] for r in manifest["undo"]}
+    assert kinds == {"toml", "file", "command"}
+    assert {"kind": "command", "argv": ["systemctl", "--user", "disable", "--now", unit]} in manifest["undo"]
+
+    calls = mutating(init_env.calls())
+    assert ["--user", "daemon-reload"] in calls
+    assert ["--user", "enable", unit] in calls and ["--user", "restart", unit] in calls
+    pid = init_env.daemon_pid()
+    assert pid and _alive(pid)
+    status = wait_for(lambda: (init_env.status() or {}).get("connected") and init_env.status(), 20,
+                      what="the service's daemon to connect")
+    assert status["pid"] == pid and status["agent_id"] == AGENT and status["broker"] == broker.url
+
+    # -- second init: nothing to change, no enable/restart, the same daemon
+    tree = init_env.tree()
+    ncalls = len(init_env.calls())
+    proc = init_env.run("init", "--agent-id", AGENT, "--broker", broker.url)
+    out = clean(proc)
+    assert proc.returncode == 0, out
+    assert "nothing to change" in proc.stdout, out
+    assert "is set up" not in proc.stdout
+    assert mutating(init_env.calls()[ncalls:]) == [], out
+    assert init_env.daemon_pid() == pid and _alive(pid)
+    assert {k: v for k, v in init_env.tree().items() if not k.startswith("state/")} == \
+        {k: v for k, v in tree.items() if not k.startswith("state/")}
+
+    # -- uninit: the daemon is stopped, the unit, the keys and the manifest are gone
+    ncalls = len(init_env.calls())
+    proc = init_env.run("uninit", "--agent-id", AGENT)
+    out = clean(proc)
+    assert proc.returncode == 0, out
+    assert ["--user", "disable", "--now", unit] in init_env.calls()[ncalls:]
+    assert not _alive(pid)
+    assert init_env.status() is None
+    assert not init_env.unit_path.exists()
+    assert not init_env.config_path.exists()  # init created it, and only init's keys were in it
+    assert not init_env.manifest.exists()
+    assert "what init wrote has been removed" in proc.stdout, out
+    # -- a second uninit has nothing to do
+    proc = init_env.run("uninit", "--agent-id", AGENT)
+    out = clean(proc)
+    assert proc.returncode == 0 and "nothing to undo" in proc.stdout, out
+
+
+@pytest.mark.broker
+def test_changing_the_broker_restarts_the_daemon(init_env: InitEnv, broker_factory: Any) -> None:
+    first, second = broker_factory(), broker_factory()
+    assert init_env.run("init", "--agent-id", AGENT, "--broker", first.url).returncode == 0
+    pid = init_env.daemon_pid()
+    ncalls = len(init_env.calls())
+    proc = init_env.run("init", "--agent-id", AGENT, "--broker", second.url)
+    out = clean(proc)
+    assert proc.returncode == 0 and "is set up" in proc.stdout, out
+    # the unit did not change, but the config file it reads did: the daemon was restarted
+    assert ["--user", "restart", f"swarmbus-{AGENT}.service"] in init_env.calls()[ncalls:]
+    assert init_env.daemon_pid() != pid
+    status = init_env.status() or {}
+    assert status.get("connected") and status["broker"] == second.url and status["pid"] == init_env.daemon_pid()
+    # uninit replays both runs: nothing is left
+    assert init_env.run("uninit", "--agent-id", AGENT).returncode == 0
+    assert not init_env.config_path.exists() and not init_env.unit_path.exists()
+
+
+@pytest.mark.broker
+def test_uninit_keeps_what_was_there_before_init(init_env: InitEnv, broker: Any) -> None:
+    init_env.config_path.parent.mkdir(parents=True)
+    init_env.config_path.write_text(f'agent_id = "{AGENT}"\nlog_level = "warning"\n\n[broker]\nurl = "mqtt://old:1883"\n')
+    proc = init_env.run("init", "--agent-id", AGENT, "--broker", broker.url)
+    assert proc.returncode == 0, clean(proc)
+    import tomllib
+
+    config = tomllib.loads(init_env.config_path.read_text())
+    assert config == {"agent_id": AGENT, "log_level": "warning", "broker": {"url": broker.url}}
+    proc = init_env.run("init", "--remove", "--agent-id", AGENT)
+    assert proc.returncode == 0, clean(proc)
+    # the previous broker URL is back; the user's own keys (agent_id was already set) stay
+    config = tomllib.loads(init_env.config_path.read_text())
+    assert config == {"agent_id": AGENT, "log_level": "warning", "broker": {"url": "mqtt://old:1883"}}
+
+
+@pytest.mark.broker
+def test_uninit_dry_run_changes_nothing(init_env: InitEnv, broker: Any) -> None:
+    assert init_env.run("init", "--agent-id", AGENT, "--broker", broker.url).returncode == 0
+    tree = init_env.tree()
+    ncalls = len(init_env.calls())
+    proc = init_env.run("uninit", "--agent-id", AGENT, "--dry-run")
+    out = clean(proc)
+    assert proc.returncode == 0, out
+    assert "would undo" in proc.stdout and str(init_env.unit_path) in proc.stdout, out
+    assert init_env.calls()[ncalls:] == []
+    after = init_env.tree()
+    assert {k: v for k, v in after.items() if not k.startswith("state/")} == \
+        {k: v for k, v in tree.items() if not k.startswith("state/")}
+    assert init_env.manifest.exists()
+
+
+def test_uninit_keeps_what_it_could_not_undo_for_a_retry(init_env: InitEnv) -> None:
+    ours = init_env.home / "ours.txt"
+    ours.write_text("x")
+    import hashlib
+
+    missing = str(init_env.home / "no-such-dir" / "systemctl")
+    records = [{"kind": "file", "path": str(ours), "sha256": hashlib.sha256(b"x").hexdigest()},
+               {"kind": "command", "argv": [missing, "--user", "disable", "--now", "x.service"]}]
+    init_env.manifest.parent.mkdir(parents=True)
+    init_env.manifest.write_text(json.dumps({"agent_id": AGENT, "host_type": None, "undo": records}))
+    proc = init_env.run("uninit", "--agent-id", AGENT)
+    out = clean(proc)
+    assert proc.returncode == 1, out
+    assert "1 undo steps failed" in proc.stderr and "run uninit again" in proc.stderr, out
+    assert not ours.exists()
+    assert json.loads(init_env.manifest.read_text())["undo"] == records[1:]
+
+
+def test_unreachable_broker_fails_loudly(init_env: InitEnv) -> None:
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    proc = init_env.run("init", "--agent-id", AGENT, "--broker", url, env={"SWARMBUS_BROKER_CONNECT_TIMEOUT": "2"})
+    out = clean(proc)
+    assert proc.returncode == 1, out
+    assert "[✗] broker: failed" in proc.stdout, out
+    assert f"broker unreachable ({url})" in proc.stdout and "refused" in proc.stdout.lower(), out
+    assert "init failed at step 'broker'" in proc.stderr, out
+    assert "is set up" not in proc.stdout + proc.stderr
+    assert not init_env.unit_path.exists() and not init_env.config_path.exists()
+    assert not init_env.manifest.exists()
+    assert mutating(init_env.calls()) == []
+
+
+FAKE_HOST_PLUGIN = '''\
+from swarmbus import HostType, hookimpl
+
+
+@hookimpl
+def swarmbus_host_types(register):
+    register(HostType("fakehost", "a host type for tests"))
+'''
+
+
+def test_unknown_host_type_exits_2_listing_installed_ones(init_env: InitEnv, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "fakehost_plugin.py").parent.mkdir(parents=True)
+    (site / "fakehost_plugin.py").write_text(FAKE_HOST_PLUGIN)
+    dist = site / "swarmbus_fakehost-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: swarmbus-fakehost\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[swarmbus]\nfakehost = fakehost_plugin\n")
+    env = {"PYTHONPATH": str(site), "SWARMBUS_LOAD_PLUGINS": "fakehost"}
+    proc = init_env.run("init", "--agent-id", AGENT, "--host-type", "nosuch", env=env)
+    out = clean(proc)
+    assert proc.returncode == 2, out
+    assert "unknown host type 'nosuch' (installed: fakehost)" in proc.stderr, out
+    assert init_env.calls() == [] and not init_env.home.joinpath(".config").exists()
+    # without any host plugin
+    proc = init_env.run("init", "--agent-id", AGENT, "--host-type", "nosuch")
+    assert proc.returncode == 2 and "installed: none installed" in proc.stderr, clean(proc)
+
+
+# -- service files ---------------------------------------------------------------------------------
+def systemd_split(value: str) -> list[str]:
+    """How systemd reads an ExecStart= line, for the characters the quoting handles."""
+    return [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(value)]
+
+
+@pytest.mark.parametrize("arg", [
+    "/usr/bin/python3", "plain-word_1.2:x=y", "with space", "100%", "%h/x", "$HOME", "a$$b", 'quote"d',
+    "back\\slash", "it's", "semi;colon", "",
+])
+def test_systemd_quote_round_trips(arg: str) -> None:
+    from swarmbus.service import systemd_quote
+
+    quoted = systemd_quote(arg)
+    assert systemd_split(quoted) == [arg]
+    assert " " not in quoted or quoted.startswith('"')
+    assert "%" not in quoted.replace("%%", "")  # no bare specifier left
+    assert "$" not in quoted.replace("$$", "")  # no bare variable left
+
+
+def test_control_characters_cannot_break_the_unit() -> None:
+    from swarmbus.service import render_systemd_unit, systemd_quote
+
+    assert systemd_quote("a\nb\tc") == '"a\\x0ab\\x09c"'
+    unit = render_systemd_unit("d", ["/bin/x", "line\n[Service]\nExecStartPre=/bin/evil"], {"K": "v\nUser=root"})
+    assert "\nExecStartPre=" not in unit and "\nUser=" not in unit
+    assert sum(line.startswith("ExecStart") for line in unit.splitlines()) == 1
+
+
+def test_render_systemd_unit_with_awkward_paths() -> None:
+    from swarmbus.service import render_systemd_unit
+
+    config = "/home/a b/50% $USER/config.toml"
+    argv = ["/opt/my python/bin/python3", "-m", "swarmbus", "start", "--agent-id", "coder"]
+    unit = render_systemd_unit("swarmbus listener daemon for agent coder", argv,
+                               {"SWARMBUS_CONFIG": config, "PATH": "/usr/bin:/bin"})
+    lines = unit.splitlines()
+    exec_start = next(line for line in lines if line.startswith("ExecStart="))
+    assert systemd_split(exec_start.removeprefix("ExecStart=")) == argv
+    env_lines = [line.removeprefix("Environment=") for line in lines if line.startswith("Environment=")]
+    assert env_lines == ['"PATH=/usr/bin:/bin"', '"SWARMBUS_CONFIG=/home/a b/50%% $USER/config.toml"']
+    # Environment= expands specifiers (%%) but not variables: $ stays as it is
+    assert [shlex.split(v)[0].replace("%%", "%") for v in env_lines][1] == f"SWARMBUS_CONFIG={config}"
+    assert "[Service]" in lines and "Type=simple" in lines and "[Install]" in lines
+
+
+def test_render_launchd_plist_round_trips() -> None:
+    from swarmbus.service import render_launchd_plist
+
+    argv = ["/Users/a b/py & <x>/python3", "-m", "swarmbus", "start", "--agent-id", "coder", "100% $HOME"]
+    env = {"SWARMBUS_CONFIG": "/Users/a b/<cfg>&.toml", "PATH": "/usr/bin"}
+    text = render_launchd_plist("dev.swarmbus.swarmbus-coder", argv, env, Path("/Users/a b/log.txt"))
+    data = plistlib.loads(text.encode())
+    assert data["ProgramArguments"] == argv
+    assert data["EnvironmentVariables"] == env
+    assert data["Label"] == "dev.swarmbus.swarmbus-coder" and data["RunAtLoad"] is True
+    assert data["StandardErrorPath"] == "/Users/a b/log.txt"
+
+
+# -- undo records ----------------------------------------------------------------------------------
+def test_undo_records_only_cover_what_init_changed(tmp_path: Path) -> None:
+    from swarmbus.provision import JsonEntry, TomlEntries, WriteFile, run_step, undo
+
+    toml = tmp_path / "c.toml"
+    toml.write_text('keep = 1\nsame = "x"\nold = "before"\n')
+    js = tmp_path / "settings.json"
+    js.write_text(json.dumps({"mcpServers": {"other": {"command": "x"}}, "theme": "dark"}))
+    existing = tmp_path / "existing.txt"
+    existing.write_text("mine")
+    changes = [
+        TomlEntries(toml, {"same": "x", "old": "after", "new": {"k": 2}}),
+        JsonEntry(js, ("mcpServers", "swarmbus"), {"command": "swarmbus"}),
+        JsonEntry(js, ("theme",), "light"),
+        WriteFile(existing, "mine"),  # already as wanted: not touched, so not undone either
+        WriteFile(tmp_path / "new.txt", "ours"),
+    ]
+    result = run_step("s", changes, dry_run=False)
+    assert result.status == "changed", result.lines
+    # a second run changes nothing and records nothing new
+    again = run_step("s", changes, dry_run=False)
+    assert again.status == "unchanged" and again.undo == []
+    for record in reversed(result.undo):
+        undo(record)
+    import tomllib
+
+    assert tomllib.loads(toml.read_text()) == {"keep": 1, "same": "x", "old": "before"}
+    assert json.loads(js.read_text()) == {"mcpServers": {"other": {"command": "x"}}, "theme": "dark"}
+    assert existing.read_text() == "mine"
+    assert not (tmp_path / "new.txt").exists()
+
+
+def test_undo_leaves_values_the_user_changed_since(tmp_path: Path) -> None:
+    from swarmbus.provision import JsonEntry, TomlEntries, run_step, undo
+
+    toml, js = tmp_path / "c.toml", tmp_path / "s.json"
+    result = run_step("s", [TomlEntries(toml, {"a": 1}), JsonEntry(js, ("x",), 1)], dry_run=False)
+    toml.write_text("a = 5\n")
+    js.write_text('{"x": 5}')
+    lines = [undo(r) for r in reversed(result.undo)]
+    assert toml.read_text() == "a = 5\n" and json.loads(js.read_text()) == {"x": 5}
+    assert all(line and "changed after init" in line for line in lines), lines
+
+
+def test_fake_systemctl_script_is_valid_python() -> None:
+    compile(FAKE_SYSTEMCTL.format(python=sys.executable, log="/x", state="/y"), "systemctl", "exec")
+    assert textwrap.dedent(FAKE_SYSTEMCTL).startswith("#!")
