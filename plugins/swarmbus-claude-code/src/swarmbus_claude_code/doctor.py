@@ -1,0 +1,134 @@
+"""``swarmbus doctor`` checks for host type ``cc`` (registered only for that host type)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from collections.abc import Callable
+
+from swarmbus import CheckResult, DoctorCheck, DoctorContext, ProvisionError
+from swarmbus_claude_code import hooks_json
+from swarmbus_claude_code.install import (
+    claude_version as _claude_version,
+)
+from swarmbus_claude_code.install import (
+    current_mcp_entry,
+    hook_entry,
+    mcp_entry,
+    skill_text,
+)
+from swarmbus_claude_code.settings import agent_dir, config, find_claude, skill_path, user_settings_path
+from swarmbus_claude_code.waker import load_last_wake
+
+INIT_FIX = "run `swarmbus init --agent-id {agent} --host-type cc`"
+
+
+def _agent(ctx: DoctorContext) -> str | None:
+    return ctx.agent_id or ctx.settings.agent_id
+
+
+def _init_fix(ctx: DoctorContext) -> str:
+    return INIT_FIX.format(agent=_agent(ctx) or "ID")
+
+
+def check_claude(ctx: DoctorContext) -> CheckResult:
+    cfg = config(ctx.settings)
+    claude = find_claude(cfg)
+    if claude is None:
+        status = "fail" if cfg.wake_mode == "resume" else "warn"
+        return CheckResult(status, "claude not found" + (f" at {cfg.claude_path}" if cfg.claude_path else " on PATH"),
+                           fix="npm install -g @anthropic-ai/claude-code, or set claude_path under [plugins.cc]")
+    try:
+        version = _claude_version(claude, timeout=15)
+    except ProvisionError as exc:
+        return CheckResult("fail", str(exc), fix="reinstall Claude Code or fix claude_path under [plugins.cc]")
+    return CheckResult("ok", f"{version} at {claude} (wake mode {cfg.wake_mode})",
+                       details={"path": claude, "version": version, "wake_mode": cfg.wake_mode})
+
+
+def check_mcp(ctx: DoctorContext) -> CheckResult:
+    agent = _agent(ctx)
+    current = current_mcp_entry()
+    if current is None:
+        return CheckResult("warn", "the swarmbus MCP server is not registered in ~/.claude.json (user scope)",
+                           fix=_init_fix(ctx))
+    if agent and current != mcp_entry(agent):
+        args = current.get("args") if isinstance(current, dict) else None
+        return CheckResult("warn", f"the swarmbus MCP server is registered differently: {current.get('command') if isinstance(current, dict) else current} {args}",
+                           fix=_init_fix(ctx))
+    if isinstance(current, dict) and current.get("command") == sys.executable and importlib.util.find_spec("mcp") is None:
+        return CheckResult("warn", "the swarmbus MCP server is registered but the `mcp` package is not installed, "
+                           "so it cannot start", fix="pip install 'swarmbus[mcp]' (into the same environment)")
+    return CheckResult("ok", "swarmbus MCP server registered (user scope, ~/.claude.json)")
+
+
+def check_skill(ctx: DoctorContext) -> CheckResult:
+    path = skill_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return CheckResult("warn", f"the swarmbus skill is not installed ({path})", fix=_init_fix(ctx))
+    agent = _agent(ctx)
+    if agent and text != skill_text(agent):
+        return CheckResult("warn", f"the swarmbus skill at {path} differs from this version's (edited or for another agent)",
+                           fix=_init_fix(ctx))
+    return CheckResult("ok", f"swarmbus skill installed ({path})")
+
+
+def check_hook(ctx: DoctorContext) -> CheckResult:
+    cfg = config(ctx.settings)
+    agent = _agent(ctx)
+    event = cfg.hook_event()
+    path = user_settings_path()
+    if agent is None:
+        return CheckResult("skip", "no agent id: cannot tell which hook is ours")
+    try:
+        found = hooks_json.ours(hooks_json.load(path), hooks_json.marker_for(agent))
+    except (OSError, ValueError) as exc:
+        return CheckResult("fail", f"cannot read {path}: {exc}", fix="fix the JSON in that file")
+    if event is None:
+        if found:
+            return CheckResult("warn", f"a swarmbus {', '.join(found)} hook is installed but wake mode {cfg.wake_mode} "
+                               "does not use it", fix=_init_fix(ctx) + " (it removes the stale hook)")
+        why = "install_hook = false" if cfg.install_hook is False else f"wake mode {cfg.wake_mode}"
+        return CheckResult("skip", f"no Claude Code hook needed ({why})")
+    if found == {event: [hook_entry(agent, event)]}:
+        return CheckResult("ok", f"swarmbus {event} hook installed in {path}")
+    if event in found:
+        return CheckResult("warn", f"the swarmbus {event} hook in {path} differs from this version's", fix=_init_fix(ctx))
+    return CheckResult("fail", f"wake mode {cfg.wake_mode} needs the swarmbus {event} hook in {path}; it is missing",
+                       fix=_init_fix(ctx))
+
+
+def check_last_wake(ctx: DoctorContext) -> CheckResult:
+    cfg = config(ctx.settings)
+    agent = _agent(ctx)
+    if cfg.wake_mode != "resume":
+        return CheckResult("skip", f"wake mode {cfg.wake_mode}: messages are delivered by the Claude Code hook")
+    if agent is None:
+        return CheckResult("skip", "no agent id")
+    last = load_last_wake(agent_dir(ctx.settings, agent))
+    if last is None:
+        return CheckResult("ok", "no wake yet")
+    ago = time.time() - float(last.get("finished_at", 0) or 0)
+    when = f"{ago / 60:.0f} min ago" if ago < 7200 else f"{ago / 3600:.0f} h ago"
+    details = {k: last.get(k) for k in ("ok", "exit_code", "session_id", "duration_s", "detail", "finished_at")}
+    if last.get("ok"):
+        return CheckResult("ok", f"last wake ok ({when}): {last.get('detail', '')}", details=details)
+    return CheckResult("warn", f"last wake failed ({when}): {last.get('detail', '')}",
+                       fix="see the daemon log (`journalctl --user -u swarmbus-<id>`) and "
+                           f"{agent_dir(ctx.settings, agent) / 'claude-last-wake.json'}", details=details)
+
+
+CHECKS: tuple[tuple[str, Callable[[DoctorContext], CheckResult]], ...] = (
+    ("cc: claude", check_claude),
+    ("cc: mcp", check_mcp),
+    ("cc: skill", check_skill),
+    ("cc: hook", check_hook),
+    ("cc: last wake", check_last_wake),
+)
+
+
+def doctor_checks() -> list[DoctorCheck]:
+    return [DoctorCheck(name, run, order=900 + i) for i, (name, run) in enumerate(CHECKS)]

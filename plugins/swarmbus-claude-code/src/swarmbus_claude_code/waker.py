@@ -1,0 +1,318 @@
+"""Headless wakes: ``claude -p --resume <session>`` per wake, one at a time per agent.
+
+- The prompt (``swarmbus.render_wake_prompt``: every peer field fenced and framed as
+  untrusted data) goes to ``claude -p`` on stdin: no shell, no argv length limit, and text
+  starting with ``-`` cannot be taken for an option.
+- The child gets a scrubbed environment: an allow-list (PATH, HOME, locale, ...) plus
+  ``env_passthrough`` plus the non-secret ``SWARMBUS_CONFIG``/``SWARMBUS_STATE_DIR`` and
+  ``SWARMBUS_AGENT_ID``; never broker settings or credentials. It runs in its own process
+  group, which is killed when the wake is cancelled (handler timeout, daemon shutdown), and on
+  Linux it dies with the daemon.
+- The session id from ``--output-format json`` is kept in
+  ``<state>/agents/<id>/claude-session.json`` and resumed next time; when Claude no longer has
+  that session the wake is retried once without ``--resume`` and the new id is kept.
+- One wake at a time per agent: messages that arrive while a wake runs are queued and the
+  next wake covers all of them (one prompt listing each). Each message's awaitable resolves
+  with the outcome of the wake that covered it.
+- Each wake is logged (exit status, duration, session id, the last lines of output) and
+  recorded in ``<state>/agents/<id>/claude-last-wake.json`` for ``swarmbus doctor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import re
+import signal
+import sys
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swarmbus import HandlerContext, StoredMessage, WakeOutcome, render_wake_prompt
+from swarmbus_claude_code.settings import (
+    BROKER_ENV_PREFIXES,
+    CCSettings,
+    agent_dir,
+    config,
+    find_claude,
+    locator_env,
+)
+
+ENV_ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "XDG_RUNTIME_DIR")
+"""Variables of the daemon's environment a wake child always gets (as the core's waker)."""
+SESSION_FILE = "claude-session.json"
+LAST_WAKE_FILE = "claude-last-wake.json"
+TAIL_LINES = 20
+TAIL_CHARS = 2000
+_SESSION_LOST = re.compile(r"no conversation found|session id", re.IGNORECASE)
+"""What ``claude -p --resume X`` says when it does not have session X (observed in 2.1.x:
+"No conversation found with session ID: X", and "--resume requires a valid session ID ...")."""
+
+
+# -- environment and argv ----------------------------------------------------------------------
+def child_environment(cfg: CCSettings, agent_id: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    base = os.environ if base is None else base
+    env = {k: base[k] for k in ENV_ALLOW if k in base}
+    for name in cfg.env_passthrough:
+        if name in base and not name.upper().startswith(BROKER_ENV_PREFIXES):
+            env[name] = base[name]
+    env.update(locator_env(dict(base)))
+    env["SWARMBUS_AGENT_ID"] = agent_id
+    return env
+
+
+def claude_argv(claude: str, cfg: CCSettings, session_id: str | None) -> list[str]:
+    """``claude -p`` with the prompt on stdin."""
+    argv = [claude, "-p", "--output-format", "json", "--permission-mode", cfg.permission_mode]
+    if cfg.model:
+        argv += ["--model", cfg.model]
+    if cfg.max_turns is not None:
+        argv += ["--max-turns", str(cfg.max_turns)]
+    if session_id:
+        argv += ["--resume", session_id]
+    if cfg.allowed_tools:
+        argv += ["--allowedTools", *cfg.allowed_tools]  # variadic: keep it last
+    return argv
+
+
+# -- state files -------------------------------------------------------------------------------
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_session(state: Path, cwd: Path) -> str | None:
+    """The kept session id, if it was made in ``cwd`` (Claude keys sessions by directory)."""
+    data = _read_json(state / SESSION_FILE)
+    if not data or data.get("cwd") != str(cwd):
+        return None
+    sid = data.get("session_id")
+    return sid if isinstance(sid, str) and sid else None
+
+
+def save_session(state: Path, session_id: str, cwd: Path) -> None:
+    _write_json(state / SESSION_FILE, {"session_id": session_id, "cwd": str(cwd), "updated_at": time.time()})
+
+
+def load_last_wake(state: Path) -> dict[str, Any] | None:
+    return _read_json(state / LAST_WAKE_FILE)
+
+
+# -- running claude ----------------------------------------------------------------------------
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the daemon died before prctl: no signal would come
+            os._exit(1)
+
+
+async def run_process(argv: Sequence[str], stdin: bytes, env: dict[str, str], cwd: Path) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` (no shell) in its own process group; return (exit code, stdout, stderr).
+    On cancellation the whole process group is killed before the cancellation goes on."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=str(cwd),
+        start_new_session=True,
+        preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+    )
+    try:
+        out, err = await proc.communicate(stdin)
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(proc.wait())
+        raise
+    return int(proc.returncode if proc.returncode is not None else -1), out, err
+
+
+def parse_result(stdout: bytes) -> dict[str, Any] | None:
+    """The ``--output-format json`` result object (the last JSON object line), or None."""
+    text = stdout.decode("utf-8", "replace").strip()
+    if not text:
+        return None
+    candidates = [text, *reversed(text.splitlines())]
+    for candidate in candidates:
+        try:
+            data = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            return data
+    return None
+
+
+def _tail(*parts: str) -> str:
+    lines = [line for part in parts for line in part.strip().splitlines() if line.strip()]
+    return "\n".join(lines[-TAIL_LINES:])[-TAIL_CHARS:]
+
+
+@dataclass
+class _Run:
+    code: int
+    stdout: str
+    stderr: str
+    result: dict[str, Any] | None
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0 and self.result is not None and not self.result.get("is_error")
+
+    @property
+    def session_id(self) -> str | None:
+        sid = (self.result or {}).get("session_id")
+        return sid if isinstance(sid, str) and sid else None
+
+    def output_tail(self) -> str:
+        text = (self.result or {}).get("result")
+        return _tail(self.stderr, text if isinstance(text, str) else self.stdout)
+
+
+async def _run_claude(argv: list[str], prompt: str, env: dict[str, str], cwd: Path) -> _Run:
+    code, out, err = await run_process(argv, prompt.encode("utf-8"), env, cwd)
+    return _Run(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), parse_result(out))
+
+
+async def wake_once(messages: Sequence[StoredMessage], context: HandlerContext) -> WakeOutcome:
+    """One headless wake covering ``messages``."""
+    cfg = config(context.settings)
+    agent_id = context.agent_id
+    state = agent_dir(context.settings, agent_id)
+    started = time.monotonic()
+    ids = [m.id for m in messages]
+    claude = find_claude(cfg)
+    if claude is None:
+        outcome = WakeOutcome(False, "claude not found: install Claude Code or set claude_path under [plugins.cc]")
+        _record(context, state, outcome, ids, started, None, "", resumed=False, recreated=False)
+        return outcome
+    cwd = Path(cfg.cwd).expanduser() if cfg.cwd else state
+    cwd.mkdir(parents=True, exist_ok=True)
+    prompt = render_wake_prompt(messages, agent_id, instructions=cfg.extra_instructions)
+    env = child_environment(cfg, agent_id)
+    previous = load_session(state, cwd)
+    run = await _run_claude(claude_argv(claude, cfg, previous), prompt, env, cwd)
+    recreated = False
+    if previous and run.code != 0 and run.result is None and _SESSION_LOST.search(run.stderr + run.stdout):
+        # no result at all and an error about the session: Claude does not have it any more
+        last = (_tail(run.stderr, run.stdout).splitlines() or ["no output"])[-1]
+        context.logger.warning("claude session %s of %s is gone (%s); starting a new one", previous, agent_id, last)
+        run = await _run_claude(claude_argv(claude, cfg, None), prompt, env, cwd)
+        recreated = True
+    sid = run.session_id
+    if sid:  # a failed retry keeps the old id: if the failure was transient, the next wake resumes it
+        save_session(state, sid, cwd)
+    elapsed = time.monotonic() - started
+    how = "new session (the previous one was gone)" if recreated else ("resumed" if previous else "new session")
+    if run.ok:
+        detail = f"claude exited 0 in {elapsed:.1f}s, session {sid} ({how}), {len(messages)} message(s)"
+    else:
+        reason = (run.result or {}).get("subtype") or (_tail(run.stderr, run.stdout).splitlines() or ["no output"])[-1]
+        detail = f"claude exited {run.code} in {elapsed:.1f}s: {str(reason)[:300]}"
+    outcome = WakeOutcome(run.ok, detail, exit_code=run.code)
+    _record(context, state, outcome, ids, started, sid, run.output_tail(), resumed=bool(previous) and not recreated,
+            recreated=recreated)
+    return outcome
+
+
+def _record(context: HandlerContext, state: Path, outcome: WakeOutcome, ids: list[str], started: float,
+            session_id: str | None, tail: str, *, resumed: bool, recreated: bool) -> None:
+    duration = round(time.monotonic() - started, 3)
+    fields = {"agent_id": context.agent_id, "ok": outcome.ok, "exit_code": outcome.exit_code, "duration_s": duration,
+              "session_id": session_id, "resumed": resumed, "session_recreated": recreated, "message_ids": ids,
+              "detail": outcome.detail}
+    log = context.logger.info if outcome.ok else context.logger.warning
+    last_line = (tail.splitlines() or [""])[-1][:200]
+    log("cc wake %s for %d message(s) [%s]: %s%s", "ok" if outcome.ok else "failed", len(ids), ", ".join(ids),
+        outcome.detail, f"; last output: {last_line}" if last_line else "",
+        extra={"wake_output": tail, **{k: v for k, v in fields.items() if k != "detail"}})
+    if tail:  # the whole tail in text logs too, at debug level (JSON logs carry it as wake_output)
+        context.logger.debug("cc wake output (last lines):\n%s", tail)
+    with contextlib.suppress(OSError):
+        _write_json(state / LAST_WAKE_FILE, {**fields, "finished_at": time.time(), "output_tail": tail})
+
+
+# -- one wake at a time per agent, coalescing ----------------------------------------------------
+class AgentWaker:
+    """Serialises the wakes of one agent and coalesces messages that wait."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[StoredMessage, asyncio.Future[WakeOutcome]]] = []
+        self.runner: asyncio.Task[None] | None = None
+        self.wakes = 0
+
+    async def submit(self, message: StoredMessage, context: HandlerContext) -> WakeOutcome:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[WakeOutcome] = loop.create_future()
+        self.pending.append((message, future))
+        if self.runner is None or self.runner.done():
+            self.runner = loop.create_task(self._drain(context), name=f"cc-wake-{context.agent_id}")
+        return await future  # cancelling this cancels the future: the message leaves its batch
+
+    async def _drain(self, context: HandlerContext) -> None:
+        while self.pending:
+            batch = [(m, f) for m, f in self.pending if not f.done()]
+            self.pending = []
+            if not batch:
+                continue
+            batch.sort(key=lambda item: item[0].seq)
+            self.wakes += 1
+            wake: asyncio.Task[WakeOutcome] = asyncio.get_running_loop().create_task(
+                wake_once([m for m, _ in batch], context))
+            for _, f in batch:
+                f.add_done_callback(functools.partial(_cancel_if_abandoned, batch, wake))
+            try:
+                outcome = await wake
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the runner itself is being cancelled (the loop is shutting down)
+                outcome = WakeOutcome(False, "wake cancelled")
+            except Exception as exc:  # a bug or an OS error: fail these messages, keep serving
+                context.logger.exception("cc wake failed for %s", context.agent_id)
+                outcome = WakeOutcome(False, f"wake failed: {type(exc).__name__}: {exc}")
+            for _, f in batch:
+                if not f.done():
+                    f.set_result(outcome)
+
+
+def _cancel_if_abandoned(batch: list[tuple[StoredMessage, asyncio.Future[WakeOutcome]]],
+                         wake: asyncio.Task[WakeOutcome], _: asyncio.Future[WakeOutcome]) -> None:
+    if all(f.cancelled() for _, f in batch):
+        wake.cancel()  # nobody waits for this wake any more (timeouts, shutdown): kill claude
+
+
+_WAKERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AgentWaker]] = weakref.WeakKeyDictionary()
+
+
+def waker_for(context: HandlerContext) -> AgentWaker:
+    """The waker of this agent in the running event loop."""
+    loop = asyncio.get_running_loop()
+    key = str(agent_dir(context.settings, context.agent_id))
+    per_loop = _WAKERS.setdefault(loop, {})
+    if key not in per_loop:
+        per_loop[key] = AgentWaker()
+    return per_loop[key]

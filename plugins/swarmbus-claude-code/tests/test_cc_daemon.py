@@ -1,0 +1,245 @@
+"""End to end with a real daemon, a private mosquitto and the fake ``claude`` on PATH.
+
+Self-contained (the core's ``tests/conftest.py`` fixtures are not visible here): each test
+starts its own broker on a free port and ``python -m swarmbus start`` with
+``SWARMBUS_HOST_TYPE=cc``, sends with ``python -m swarmbus send``, and waits with a deadline
+for what should happen (no sleeps as synchronisation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swarmbus import AgentPaths
+from swarmbus.broker import BrokerConfig, find_mosquitto, free_port, start_broker  # internal: fine in tests
+from swarmbus.control import daemon_status  # internal: fine in tests
+from swarmbus_claude_code.install import hook_command
+
+AGENT = "coder"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Bus:
+    root: Path
+    env: dict[str, str]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def config(self, text: str) -> None:
+        Path(self.env["SWARMBUS_CONFIG"]).write_text(text)
+
+    def cli(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "swarmbus", *args], capture_output=True, text=True,
+                              timeout=timeout, env={**self.env, **extra})
+
+    def send(self, body: str, subject: str = "task") -> None:
+        proc = self.cli("send", "--agent-id", "planner", "--to", AGENT, "--subject", subject, "--body", body)
+        assert proc.returncode == 0, proc.stderr
+
+    def start_daemon(self) -> subprocess.Popen[bytes]:
+        log = (self.root / "daemon.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "swarmbus", "start", "--agent-id", AGENT], stdout=log,
+                                stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.procs.append(proc)
+        socket = AgentPaths.for_agent(AGENT, self.env["SWARMBUS_STATE_DIR"]).socket
+
+        def connected() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"daemon exited {proc.returncode}:\n{self.log()}")
+            return bool((daemon_status(socket) or {}).get("connected"))
+
+        wait_for(connected, 30, "the daemon to connect")
+        return proc
+
+    def log(self) -> str:
+        path = self.root / "daemon.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
+
+
+@pytest.fixture
+def bus(tmp_path_factory: pytest.TempPathFactory, fake_claude: Any, home: Path) -> Iterator[Bus]:
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed (apt-get install mosquitto): the daemon tests need it")
+    root = Path(tmp_path_factory.mktemp("ccbus"))
+    broker = start_broker(BrokerConfig(state_dir=root / "broker", port=free_port()))
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
+    env.update(
+        SWARMBUS_STATE_DIR=str(root / "state"),
+        SWARMBUS_CONFIG=str(root / "config.toml"),
+        SWARMBUS_BROKER_URL=broker.url,
+        SWARMBUS_HOST_TYPE="cc",
+        SWARMBUS_WAKE_POLICY="all",
+        SWARMBUS_LOAD_PLUGINS="cc",
+        SWARMBUS_RECONNECT_MIN="0.1",
+        SWARMBUS_RECONNECT_MAX="0.5",
+        PYTHONUNBUFFERED="1",
+    )
+    b = Bus(root, env)
+    b.config("# cc test\n")
+    try:
+        yield b
+    finally:
+        b.stop()
+        broker.stop()
+
+
+def test_message_wakes_claude_and_the_session_is_resumed(bus: Bus, fake_claude: Any) -> None:
+    bus.start_daemon()
+    bus.send("MARKER-ONE please look at the build", subject="first")
+    fake_claude.wait_for(lambda: fake_claude.records("finished"), 30, "the first wake")
+    first = fake_claude.runs()[0]
+    assert "MARKER-ONE" in first["stdin"] and "UNTRUSTED DATA" in first["stdin"] and "planner" in first["stdin"]
+    assert "--resume" not in first["argv"]
+    assert not [k for k in first["env"] if k.startswith(("SWARMBUS_BROKER", "MQTT_"))]
+    assert bus.env["SWARMBUS_BROKER_URL"] not in json.dumps(first["env"])
+    sid = fake_claude.records("finished")[0]["session_id"]
+
+    bus.send("MARKER-TWO and the tests", subject="second")
+    fake_claude.wait_for(lambda: len(fake_claude.records("finished")) == 2, 30, "the second wake")
+    second = fake_claude.runs()[1]
+    assert "MARKER-TWO" in second["stdin"] and "MARKER-ONE" not in second["stdin"]
+    assert second["argv"][second["argv"].index("--resume") + 1] == sid
+
+    state = Path(bus.env["SWARMBUS_STATE_DIR"]) / "agents" / AGENT
+
+    def last_wake_ok() -> Any:
+        path = state / "claude-last-wake.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        return data if data.get("session_id") == sid and len(data.get("message_ids", [])) == 1 and data["resumed"] else None
+
+    wait_for(last_wake_ok, 15, "the last wake record")
+    assert json.loads((state / "claude-session.json").read_text())["session_id"] == sid
+
+    def delivered() -> Any:
+        proc = bus.cli("inbox", "--agent-id", AGENT, "--json")
+        return "resumed" in proc.stdout and proc.stdout
+
+    inbox = wait_for(delivered, 15, "the wake deliveries in the inbox")
+    assert "claude exited 0" in inbox
+    assert "cc wake ok" in bus.log()
+
+
+def test_context_hook_command_reads_unread_messages(bus: Bus, fake_claude: Any) -> None:
+    bus.config("[plugins.cc]\nwake_mode = \"context\"\n")
+    bus.start_daemon()
+    bus.send("MARKER-CTX what is the status?")
+    command = hook_command(AGENT, "UserPromptSubmit", {"SWARMBUS_CONFIG": bus.env["SWARMBUS_CONFIG"],
+                                                       "SWARMBUS_STATE_DIR": bus.env["SWARMBUS_STATE_DIR"]})
+
+    def run_hook() -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in bus.env.items() if k not in ("SWARMBUS_CONFIG", "SWARMBUS_STATE_DIR")}
+        return subprocess.run(["sh", "-c", command], input='{"hook_event_name":"UserPromptSubmit","prompt":"hi"}',
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    outputs: list[subprocess.CompletedProcess[str]] = []
+
+    def got_context() -> bool:
+        outputs.append(run_hook())
+        assert outputs[-1].returncode == 0, outputs[-1].stderr
+        return bool(outputs[-1].stdout.strip())
+
+    wait_for(got_context, 30, "the context hook to see the message")
+    hook = json.loads(outputs[-1].stdout)["hookSpecificOutput"]
+    assert hook["hookEventName"] == "UserPromptSubmit"
+    assert "MARKER-CTX" in hook["additionalContext"] and "UNTRUSTED DATA" in hook["additionalContext"]
+    again = run_hook()  # the cursor moved: nothing new
+    assert again.returncode == 0 and again.stdout.strip() == ""
+    assert fake_claude.runs() == []  # the daemon never runs claude in this mode
+
+    def recorded() -> Any:
+        proc = bus.cli("inbox", "--agent-id", AGENT, "--json")
+        return "UserPromptSubmit" in proc.stdout
+
+    wait_for(recorded, 15, "the wake delivery to be recorded")
+
+
+def test_rewake_stop_hook_command_blocks_until_a_message(bus: Bus, fake_claude: Any) -> None:
+    bus.config("[plugins.cc]\nwake_mode = \"rewake\"\n")
+    bus.start_daemon()
+    command = hook_command(AGENT, "Stop", {"SWARMBUS_CONFIG": bus.env["SWARMBUS_CONFIG"],
+                                           "SWARMBUS_STATE_DIR": bus.env["SWARMBUS_STATE_DIR"]})
+    command = command.replace("--timeout 86400", "--timeout 60")
+    env = {k: v for k, v in bus.env.items() if k not in ("SWARMBUS_CONFIG", "SWARMBUS_STATE_DIR")}
+    payload = bus.root / "stop-hook-input.json"
+    payload.write_text('{"hook_event_name":"Stop","stop_hook_active":false}')
+    with payload.open("rb") as stdin:
+        hook = subprocess.Popen(["sh", "-c", command], stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        assert hook.poll() is None  # blocks: nothing arrived yet
+        bus.send("MARKER-REWAKE wake up")
+        _, err = hook.communicate(timeout=60)
+    finally:
+        if hook.poll() is None:
+            os.killpg(hook.pid, signal.SIGKILL)
+            hook.wait(10)
+    assert hook.returncode == 2, err  # exit 2 + stderr: Claude Code hands it to the model
+    assert "MARKER-REWAKE" in err and "UNTRUSTED DATA" in err
+    assert fake_claude.runs() == []
+
+
+def test_messages_during_a_wake_are_coalesced_by_the_daemon(bus: Bus, fake_claude: Any) -> None:
+    release = bus.root / "release"
+    fake_claude.control(block_until=str(release))
+    bus.start_daemon()
+    bus.send("MARKER-FIRST")
+    fake_claude.wait_for(lambda: fake_claude.runs(), 30, "the first wake to start")
+    for i in (1, 2, 3):
+        bus.send(f"MARKER-LATER-{i}")
+
+    def all_waiting() -> bool:
+        proc = bus.cli("inbox", "--agent-id", AGENT, "--json")
+        messages = json.loads(proc.stdout)["messages"] if proc.returncode == 0 else []
+        running = [m for m in messages if any(d["handler"] == "wake" and d["status"] == "running"
+                                              for d in m["deliveries"])]
+        return len(running) == 4
+
+    wait_for(all_waiting, 30, "four wake deliveries to be running (one wake, three queued)")
+    assert len(fake_claude.runs()) == 1
+    release.touch()
+    fake_claude.wait_for(lambda: len(fake_claude.records("finished")) == 2, 30, "the second wake")
+    runs = fake_claude.runs()
+    assert len(runs) == 2
+    assert "3 new messages" in runs[1]["stdin"]
+    assert all(f"MARKER-LATER-{i}" in runs[1]["stdin"] for i in (1, 2, 3))
+
+    def all_ok() -> bool:
+        messages = json.loads(bus.cli("inbox", "--agent-id", AGENT, "--json").stdout)["messages"]
+        return len(messages) == 4 and all(any(d["handler"] == "wake" and d["status"] == "ok" for d in m["deliveries"])
+                                          for m in messages)
+
+    wait_for(all_ok, 30, "every message's wake delivery to be ok")
+    assert len(fake_claude.runs()) == 2
