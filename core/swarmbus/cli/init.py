@@ -101,6 +101,20 @@ def _service_env(args: argparse.Namespace, host_type: str | None) -> dict[str, s
     return env
 
 
+def _config_newer_than_daemon(config_path: Path, settings: Settings, agent_id: str) -> bool:
+    """True when the running daemon started before the config file last changed (the user
+    edited it, e.g. a plugin's section): it reads the file only at start, so init restarts it."""
+    from swarmbus.control import daemon_status
+
+    status = daemon_status(AgentPaths.for_agent(agent_id, settings.state_dir).socket)
+    if not status or not isinstance(status.get("started_at"), int | float):
+        return False
+    try:
+        return config_path.stat().st_mtime > float(status["started_at"])
+    except OSError:
+        return False
+
+
 def _broker_step(settings: Settings, args: argparse.Namespace, manager: str | None) -> list[Change]:
     check = Verify("the broker", lambda: _broker_reachable(settings))
     if args.broker:
@@ -210,7 +224,8 @@ def _init(args: argparse.Namespace) -> int:
         plan = plan_service(f"swarmbus-{agent_id}", f"swarmbus listener daemon for agent {agent_id}",
                             [sys.executable, "-m", "swarmbus", "start", "--agent-id", agent_id],
                             _service_env(args, host_type), manager,
-                            restart=config_changes)  # the daemon reads the config file only at start
+                            # the daemon reads the config file only at start
+                            restart=config_changes or _config_newer_than_daemon(config_path, settings, agent_id))
         steps.append(("service", plan.install))
     if host_type:
         for step in hosts[host_type].init_steps(settings):

@@ -1,0 +1,335 @@
+"""``swarmbus init --host-type cc`` / ``swarmbus uninit`` end to end, as a user runs them.
+
+A temporary HOME, a private mosquitto on a free port, and first on PATH the fake ``claude``
+(tests/fake_claude.py, through the ``fake_claude`` fixture) and the core's fake ``systemctl``
+(:func:`swarmbus.testing.install_fake_systemctl`), which records its calls and really runs the
+unit's ``ExecStart=`` detached: init installs a daemon that actually runs, doctor checks it, a
+second init changes nothing, switching to ``wake_mode = "rewake"`` installs the Stop hook (and
+restarts the daemon, which reads its config only at start), and uninit removes everything.
+
+Self-contained: the core's ``tests/conftest.py`` is not loaded in the ``plugin-cc`` tox env.
+Every process started (the daemons the fake systemctl ran, the broker) is killed at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swarmbus import AgentPaths, testing
+from swarmbus.broker import BrokerConfig, find_mosquitto, free_port, start_broker  # internal: fine in tests
+from swarmbus.control import daemon_status  # internal: fine in tests
+from swarmbus_claude_code.install import hook_entry, mcp_entry, skill_text
+
+AGENT = "ccagent"
+UNIT = f"swarmbus-{AGENT}.service"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """True unless the process is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@dataclass
+class InitEnv:
+    home: Path
+    root: Path
+    env: dict[str, str]
+    broker_url: str
+    fake: Any  # the FakeClaude of the plugin's conftest
+    pids: set[int] = field(default_factory=set)
+
+    @property
+    def unit_path(self) -> Path:
+        return self.home / ".config" / "systemd" / "user" / UNIT
+
+    @property
+    def config_path(self) -> Path:
+        return Path(self.env["SWARMBUS_CONFIG"])
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.env["SWARMBUS_STATE_DIR"])
+
+    @property
+    def manifest(self) -> Path:
+        return self.state_dir / "agents" / AGENT / "init.json"
+
+    @property
+    def skill(self) -> Path:
+        return self.home / ".claude" / "skills" / "swarmbus" / "SKILL.md"
+
+    @property
+    def claude_json(self) -> Path:
+        return self.home / ".claude.json"
+
+    @property
+    def settings_json(self) -> Path:
+        return self.home / ".claude" / "settings.json"
+
+    @property
+    def locators(self) -> dict[str, str]:
+        return {k: self.env[k] for k in ("SWARMBUS_CONFIG", "SWARMBUS_STATE_DIR")}
+
+    def swarmbus(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "swarmbus", *args], capture_output=True, text=True,
+                              timeout=timeout, env=self.env)
+        self.daemon_pid()  # remember every daemon the fake systemctl started, for the teardown
+        return proc
+
+    def init(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.swarmbus("init", "--agent-id", AGENT, "--host-type", "cc", "--broker", self.broker_url, *extra)
+
+    def systemctl_calls(self) -> list[list[str]]:
+        log = self.root / "systemctl-calls.jsonl"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    def mark(self) -> tuple[int, int]:
+        """Where the systemctl and claude logs end now, for :meth:`mutating_since`."""
+        return len(self.systemctl_calls()), len(self.fake.records())
+
+    def mutating_since(self, mark: tuple[int, int] = (0, 0)) -> list[list[str]]:
+        """systemctl calls that change something, then claude runs other than ``--version``."""
+        systemctl = [["systemctl", *c] for c in self.systemctl_calls()[mark[0]:]
+                     if not {"is-enabled", "is-active"} & set(c)]
+        claude = [["claude", *r["argv"]] for r in self.fake.records()[mark[1]:] if r["kind"] != "version"]
+        return systemctl + claude
+
+    def systemctl_state(self) -> dict[str, Any]:
+        path = self.root / "systemctl-state.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def daemon_pid(self) -> int | None:
+        pid = self.systemctl_state().get(UNIT, {}).get("pid")
+        if pid:
+            self.pids.add(int(pid))
+        return int(pid) if pid else None
+
+    def status(self) -> dict[str, Any] | None:
+        return daemon_status(AgentPaths.for_agent(AGENT, self.state_dir).socket)
+
+    def daemon_log(self) -> str:
+        path = self.root / f"{UNIT}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def tree(self) -> dict[str, bytes]:
+        """Every file under HOME except the daemon's state (its store changes as it runs)."""
+        return {str(p.relative_to(self.home)): p.read_bytes() for p in sorted(self.home.rglob("*"))
+                if p.is_file() and not p.is_relative_to(self.state_dir)}
+
+    def kill_daemons(self) -> None:
+        self.daemon_pid()
+        for pid in self.pids:
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+
+
+def out(proc: subprocess.CompletedProcess[str]) -> str:
+    text = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stdout + proc.stderr, text
+    return text
+
+
+@pytest.fixture
+def cc_env(tmp_path_factory: pytest.TempPathFactory, home: Path, fake_claude: Any) -> Iterator[InitEnv]:
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed (apt-get install mosquitto): the init tests need it")
+    root = Path(tmp_path_factory.mktemp("ccinit"))
+    # next to the fake claude, which the fake_claude fixture put first on PATH
+    testing.install_fake_systemctl(fake_claude.bin_dir, sys.executable, root / "systemctl-calls.jsonl",
+                                   root / "systemctl-state.json")
+    assert os.environ["PATH"].split(os.pathsep)[0] == str(fake_claude.bin_dir)
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        SWARMBUS_STATE_DIR=str(home / "state"),
+        SWARMBUS_CONFIG=str(home / ".config" / "swarmbus" / "config.toml"),
+        SWARMBUS_LOAD_PLUGINS="cc",
+        PYTHONUNBUFFERED="1",
+    )
+    broker = start_broker(BrokerConfig(state_dir=root / "broker", port=free_port()))
+    ienv = InitEnv(home, root, env, broker.url, fake_claude)
+    try:
+        yield ienv
+    finally:
+        ienv.kill_daemons()  # whatever the test did, no daemon the fake systemctl started outlives it
+        broker.stop()
+
+
+def test_dry_run_on_a_fresh_home_writes_nothing(cc_env: InitEnv) -> None:
+    proc = cc_env.init("--dry-run")
+    text = out(proc)
+    assert proc.returncode == 0, text
+    assert f"swarmbus init --dry-run for {AGENT} (host type cc)" in proc.stdout, text
+    assert f"would write ~/.config/systemd/user/{UNIT}" in proc.stdout, text
+    for command in ("daemon-reload", f"enable {UNIT}", f"restart {UNIT}"):
+        assert f"would run systemctl --user {command}" in proc.stdout, text
+    assert "[~] cc: skill: would-change" in proc.stdout, text
+    assert "would write ~/.claude/skills/swarmbus/SKILL.md" in proc.stdout, text
+    assert "[~] cc: mcp: would-change" in proc.stdout, text
+    assert f"would run {cc_env.fake.path} mcp add -s user swarmbus" in proc.stdout, text
+    assert "would check claude" in proc.stdout and "would check swarmbus doctor" in proc.stdout, text
+    assert "no file was written and no command was run" in proc.stdout, text
+    assert "is set up" not in proc.stdout
+    assert list(cc_env.home.rglob("*")) == []  # not even a directory
+    assert cc_env.mutating_since() == []
+    assert cc_env.fake.records() == []  # not even claude --version
+    assert cc_env.daemon_pid() is None
+
+
+def test_init_second_init_rewake_and_uninit(cc_env: InitEnv) -> None:
+    # -- first init: every file is written, the daemon runs, doctor passes --------------------
+    proc = cc_env.init()
+    text = out(proc)
+    assert proc.returncode == 0, text
+    assert f"{AGENT} is set up: its daemon runs as a user service and doctor passes" in proc.stdout, text
+    assert "none failed" in proc.stdout, text
+
+    lines = cc_env.unit_path.read_text().splitlines()
+    exec_start = next(line for line in lines if line.startswith("ExecStart="))
+    assert shlex.split(exec_start.removeprefix("ExecStart=")) == [sys.executable, "-m", "swarmbus", "start",
+                                                                  "--agent-id", AGENT]
+    environment = dict(shlex.split(line.removeprefix("Environment="))[0].split("=", 1)
+                       for line in lines if line.startswith("Environment="))
+    assert environment["SWARMBUS_HOST_TYPE"] == "cc"
+    assert environment["SWARMBUS_CONFIG"] == str(cc_env.config_path)
+    assert environment["SWARMBUS_STATE_DIR"] == str(cc_env.state_dir)
+    assert environment["PATH"].split(os.pathsep)[0] == str(cc_env.fake.bin_dir)  # the daemon finds this claude
+
+    assert tomllib.loads(cc_env.config_path.read_text()) == {"agent_id": AGENT, "broker": {"url": cc_env.broker_url}}
+    assert cc_env.skill.read_text() == skill_text(AGENT)
+
+    # the MCP server, registered through the fake `claude mcp add -s user`
+    mcp_runs = [r["argv"] for r in cc_env.fake.records("mcp")]
+    assert mcp_runs == [["mcp", "add", "-s", "user", "swarmbus",
+                         "-e", f"SWARMBUS_CONFIG={cc_env.config_path}", "-e", f"SWARMBUS_STATE_DIR={cc_env.state_dir}",
+                         "--", sys.executable, "-m", "swarmbus", "mcp-server", "--agent-id", AGENT]]
+    entry = json.loads(cc_env.claude_json.read_text())["mcpServers"]["swarmbus"]
+    assert entry == mcp_entry(AGENT, cc_env.locators)
+    assert not cc_env.settings_json.exists()  # resume mode (the default) needs no hook
+
+    manifest = json.loads(cc_env.manifest.read_text())
+    assert manifest["agent_id"] == AGENT and manifest["host_type"] == "cc"
+    undo = manifest["undo"]
+    assert {"kind": "command", "argv": ["systemctl", "--user", "disable", "--now", UNIT]} in undo
+    assert {"kind": "command", "argv": [str(cc_env.fake.path), "mcp", "remove", "-s", "user", "swarmbus"]} in undo
+    assert {(r["kind"], r.get("path")) for r in undo if r["kind"] != "command"} == {
+        ("toml", str(cc_env.config_path)), ("file", str(cc_env.unit_path)), ("file", str(cc_env.skill))}
+
+    # exactly the files above, nothing else outside the daemon's state
+    assert set(cc_env.tree()) == {".config/systemd/user/" + UNIT, ".config/swarmbus/config.toml",
+                                  ".claude/skills/swarmbus/SKILL.md", ".claude.json"}
+
+    assert cc_env.mutating_since() == [["systemctl", "--user", "daemon-reload"],
+                                       ["systemctl", "--user", "enable", UNIT],
+                                       ["systemctl", "--user", "restart", UNIT],
+                                       ["claude", *mcp_runs[0]]], text
+    pid = cc_env.daemon_pid()
+    assert pid and alive(pid), cc_env.daemon_log()
+    status = cc_env.status() or {}
+    assert status.get("connected") and status["pid"] == pid, (status, cc_env.daemon_log())
+    assert status["agent_id"] == AGENT and status["broker"] == cc_env.broker_url
+
+    # -- second init: nothing to change, no mutating call, the same daemon --------------------
+    tree = cc_env.tree()
+    before = cc_env.mark()
+    proc = cc_env.init()
+    text = out(proc)
+    assert proc.returncode == 0, text
+    assert f"nothing to change: {AGENT} was already set up, and doctor passes" in proc.stdout, text
+    assert "is set up:" not in proc.stdout, text
+    assert cc_env.mutating_since(before) == [], text
+    assert cc_env.tree() == tree
+    assert cc_env.daemon_pid() == pid and alive(pid)
+
+    # -- rewake: the Stop hook is installed, and the daemon restarted to read the new mode -------
+    cc_env.config_path.write_text(cc_env.config_path.read_text() + '\n[plugins.cc]\nwake_mode = "rewake"\n')
+    proc = cc_env.init()
+    text = out(proc)
+    assert proc.returncode == 0, text
+    assert "[✓] cc: hook: changed" in proc.stdout and f"{AGENT} is set up" in proc.stdout, text
+    settings = json.loads(cc_env.settings_json.read_text())
+    assert settings == {"hooks": {"Stop": [{"hooks": [hook_entry(AGENT, "Stop", cc_env.locators)]}]}}
+    new_pid = cc_env.daemon_pid()
+    assert new_pid and new_pid != pid and alive(new_pid) and not alive(pid), text
+    wait_for(lambda: (cc_env.status() or {}).get("pid") == new_pid, 20, "the restarted daemon's control socket")
+    # the hook is added by a python command (not recorded here); the unit is unchanged but re-enabled and restarted
+    assert cc_env.mutating_since(before) == [["systemctl", "--user", "enable", UNIT],
+                                             ["systemctl", "--user", "restart", UNIT]], text
+    manifest = json.loads(cc_env.manifest.read_text())
+    hook_undo = {"kind": "command", "argv": [sys.executable, "-m", "swarmbus_claude_code.hooks_json", "remove",
+                                             "--settings", str(cc_env.settings_json), "--agent-id", AGENT]}
+    assert hook_undo in manifest["undo"]
+
+    # the running daemon is in rewake mode: a wake is left to the hook, claude -p never runs
+    send = cc_env.swarmbus("send", "--agent-id", "peer", "--to", AGENT, "--priority", "high", "--subject", "hi",
+                           "--body", "MARKER-REWAKE")
+    assert send.returncode == 0, out(send)
+
+    def wake_delivery() -> dict[str, Any] | None:
+        proc = cc_env.swarmbus("inbox", "--agent-id", AGENT, "--json")
+        for message in json.loads(proc.stdout or "{}").get("messages", []):
+            for delivery in message.get("deliveries", []):
+                if delivery.get("handler") == "wake" and delivery.get("status") not in ("pending", "running"):
+                    return delivery  # type: ignore[no-any-return]
+        return None
+
+    delivery = wait_for(wake_delivery, 30, "the wake outcome in the inbox")
+    assert delivery["status"] == "ok" and "Stop hook" in str(delivery.get("detail")), (delivery, cc_env.daemon_log())
+    assert cc_env.fake.records("started") == []
+
+    # a further init in rewake mode: nothing to change
+    before = cc_env.mark()
+    proc = cc_env.init()
+    text = out(proc)
+    assert proc.returncode == 0 and "nothing to change" in proc.stdout, text
+    assert cc_env.mutating_since(before) == [], text
+    assert cc_env.daemon_pid() == new_pid
+
+    # -- uninit: the skill, MCP entry, hook, unit and manifest are gone, the daemon stopped ------
+    before = cc_env.mark()
+    proc = cc_env.swarmbus("uninit", "--agent-id", AGENT)
+    text = out(proc)
+    assert proc.returncode == 0, text
+    assert f"{AGENT}: what init wrote has been removed" in proc.stdout, text
+    assert cc_env.mutating_since(before) == [["systemctl", "--user", "disable", "--now", UNIT],
+                                             ["claude", "mcp", "remove", "-s", "user", "swarmbus"]], text
+    assert not alive(new_pid) and cc_env.status() is None
+    assert not cc_env.skill.exists() and not cc_env.settings_json.exists()  # it held only our hook
+    assert json.loads(cc_env.claude_json.read_text())["mcpServers"] == {}  # claude's own file stays
+    assert not cc_env.unit_path.exists() and not cc_env.manifest.exists()
+    # init's keys are gone, the section the user added stays
+    assert tomllib.loads(cc_env.config_path.read_text()) == {"plugins": {"cc": {"wake_mode": "rewake"}}}
+    assert set(cc_env.tree()) == {".config/swarmbus/config.toml", ".claude.json"}
+    proc = cc_env.swarmbus("uninit", "--agent-id", AGENT)
+    assert proc.returncode == 0 and "nothing to undo" in proc.stdout, out(proc)
