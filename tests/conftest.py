@@ -4,19 +4,18 @@ real state: every test gets its own state dir, config path and broker port."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from swarmbus import testing
 
 sys.path.insert(0, str(Path(__file__).parent))
 pytest.register_assert_rewrite("brokers")
@@ -25,19 +24,12 @@ from brokers import *  # noqa: E402,F403 - the broker fixtures
 
 REPO = Path(__file__).resolve().parent.parent
 _SIGTERM = signal.SIGTERM
-_SIGKILL = signal.SIGKILL
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns a truthy value or ``timeout`` seconds pass (then fail)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """Poll ``predicate`` until it returns a truthy value or ``timeout`` seconds pass (then fail):
+    :func:`swarmbus.testing.wait_for`, with this suite's argument order."""
+    return testing.wait_for(predicate, timeout, what, interval)
 
 
 @dataclass
@@ -56,10 +48,7 @@ class SwarmEnv:
     def cli(self, *args: str, input: str | None = None, timeout: float = 60, env: dict[str, str] | None = None,
             check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run ``python -m swarmbus ARGS`` with this environment; returns the completed process."""
-        proc = subprocess.run(
-            [sys.executable, "-m", "swarmbus", *args],
-            input=input, capture_output=True, text=True, timeout=timeout, env={**self.env, **(env or {})},
-        )
+        proc = testing.run_cli({**self.env, **(env or {})}, *args, input=input, timeout=timeout)
         if check and proc.returncode != 0:
             pytest.fail(f"swarmbus {' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
         return proc
@@ -68,20 +57,13 @@ class SwarmEnv:
         return self.state_dir / "agents" / agent_id / "store.sqlite3"
 
     def status(self, agent_id: str) -> dict[str, Any] | None:
-        from swarmbus.control import daemon_status
-        from swarmbus.paths import AgentPaths
-
-        return daemon_status(AgentPaths.for_agent(agent_id, self.state_dir).socket)
+        return testing.agent_status(agent_id, self.state_dir)
 
     def start_daemon(self, agent_id: str, *extra: str, env: dict[str, str] | None = None, wait: bool = True) -> Daemon:
         """Start ``swarmbus start --agent-id ID`` in its own process group; wait until its
         control socket answers and it is connected (unless ``wait`` is False)."""
         log_path = self.root / f"{agent_id}-{len(self.daemons)}.log"
-        log = log_path.open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "swarmbus", "start", "--agent-id", agent_id, *extra],
-            stdout=log, stderr=subprocess.STDOUT, env={**self.env, **(env or {})}, start_new_session=True,
-        )
+        proc = testing.start_daemon({**self.env, **(env or {})}, agent_id, *extra, log_path=log_path)
         daemon = Daemon(agent_id, proc, log_path, self)
         self.daemons.append(daemon)
         if wait:
@@ -100,46 +82,24 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
     def wait_connected(self, timeout: float = 15.0) -> dict[str, Any]:
-        def ready() -> dict[str, Any] | None:
-            if self.proc.poll() is not None:
-                pytest.fail(f"daemon {self.agent_id} exited {self.proc.returncode}:\n{self.log()}")
-            status = self.env.status(self.agent_id)
-            return status if status and status.get("connected") else None
-
-        return wait_for(ready, timeout, what=f"daemon {self.agent_id} to connect")  # type: ignore[no-any-return]
+        return testing.wait_daemon_connected(self.env.env, self.agent_id, self.proc, timeout, log_path=self.log_path)
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
     def kill9(self) -> None:
         """SIGKILL the daemon's whole process group (the daemon and any wake children)."""
-        os.killpg(self.proc.pid, _SIGKILL)
+        testing.kill_process_group(self.proc.pid)
         self.proc.wait(10)
 
     def stop(self, sig: int = _SIGTERM, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-        return int(self.proc.returncode)
+        return testing.stop_daemon(self.proc, sig, timeout)
 
 
 def _base_env(root: Path, broker_url: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")}
-    keep.update(
-        SWARMBUS_STATE_DIR=str(root / "state"),
-        SWARMBUS_CONFIG=str(root / "config.toml"),
-        SWARMBUS_BROKER_URL=broker_url,
-        SWARMBUS_HEARTBEAT_INTERVAL="1",
-        SWARMBUS_RECONNECT_MIN="0.1",
-        SWARMBUS_RECONNECT_MAX="0.5",
-        SWARMBUS_LOAD_PLUGINS="",
-        PYTHONUNBUFFERED="1",
-    )
+    env = testing.isolated_env(root, broker_url, heartbeat=1, reconnect=(0.1, 0.5))
     (root / "config.toml").write_text("# test config\n")
-    return keep
+    return env
 
 
 @pytest.fixture
@@ -154,8 +114,7 @@ def swarm(tmp_path_factory: pytest.TempPathFactory, broker: Any) -> Iterator[Swa
     yield env
     for daemon in env.daemons:
         if daemon.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(daemon.proc.pid, signal.SIGKILL)
+            testing.kill_process_group(daemon.proc.pid)
             daemon.proc.wait(10)
 
 

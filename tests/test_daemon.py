@@ -8,7 +8,6 @@ presence records. Nothing sleeps to synchronise: every wait polls a condition wi
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import sys
@@ -27,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from conftest import SwarmEnv, wait_for
 from swarmbus.envelope import WIRE_KEYS, new_envelope, parse_timestamp
 from swarmbus.store import Store
+from swarmbus.testing import pid_alive
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -130,18 +130,6 @@ def delivery(store: Store, message_id: str, handler: str) -> Any:
 def seq_of(store: Store, message_id: str) -> int | None:
     rows = store._query("SELECT seq FROM messages WHERE id = ?", (message_id,))
     return int(rows[0][0]) if rows else None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
 
 
 def py_command(code: str, *args: str) -> str:

@@ -6,15 +6,11 @@ file renderers (quoting) and of the undo records."""
 from __future__ import annotations
 
 import json
-import os
 import plistlib
 import shlex
-import signal
-import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,100 +19,23 @@ import pytest
 from conftest import wait_for
 from swarmbus import testing
 from swarmbus.broker import free_port
-from swarmbus.control import daemon_status
-from swarmbus.paths import AgentPaths
+from swarmbus.testing import InitHome as InitEnv
+from swarmbus.testing import describe_run as clean
+from swarmbus.testing import pid_alive
 
 AGENT = "coder"
 
 FAKE_SYSTEMCTL = testing.FAKE_SYSTEMCTL
 
 
-@dataclass
-class InitEnv:
-    home: Path
-    fake: Path
-    env: dict[str, str]
-
-    @property
-    def unit_path(self) -> Path:
-        return self.home / ".config" / "systemd" / "user" / f"swarmbus-{AGENT}.service"
-
-    @property
-    def config_path(self) -> Path:
-        return self.home / ".config" / "swarmbus" / "config.toml"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.home / "state"
-
-    @property
-    def manifest(self) -> Path:
-        return self.state_dir / "agents" / AGENT / "init.json"
-
-    def run(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "swarmbus", *args], capture_output=True, text=True,
-                              timeout=timeout, env={**self.env, **(env or {})})
-
-    def calls(self) -> list[list[str]]:
-        log = self.fake / "calls.jsonl"
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-    def state(self) -> dict[str, Any]:
-        path = self.fake / "state.json"
-        return json.loads(path.read_text()) if path.exists() else {}
-
-    def daemon_pid(self) -> int | None:
-        pid = self.state().get(f"swarmbus-{AGENT}.service", {}).get("pid")
-        return int(pid) if pid else None
-
-    def status(self) -> dict[str, Any] | None:
-        return daemon_status(AgentPaths.for_agent(AGENT, self.state_dir).socket)
-
-    def tree(self) -> dict[str, bytes]:
-        return {str(p.relative_to(self.home)): p.read_bytes() for p in sorted(self.home.rglob("*")) if p.is_file()}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def init_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InitEnv]:
     root = Path(tmp_path_factory.mktemp("init"))
-    home, fake = root / "home", root / "fake"
+    home = root / "home"
     home.mkdir()
-    (fake / "bin").mkdir(parents=True)
-    script = fake / "bin" / "systemctl"
-    script.write_text(FAKE_SYSTEMCTL.format(python=sys.executable, log=str(fake / "calls.jsonl"),
-                                            state=str(fake / "state.json")))
-    script.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k in ("LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR")}
-    env.update(
-        PATH=os.pathsep.join([str(fake / "bin"), os.environ.get("PATH", "/usr/bin:/bin")]),
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        SWARMBUS_STATE_DIR=str(home / "state"),
-        SWARMBUS_CONFIG=str(home / ".config" / "swarmbus" / "config.toml"),
-        SWARMBUS_LOAD_PLUGINS="",
-        PYTHONUNBUFFERED="1",
-    )
-    ienv = InitEnv(home, fake, env)
+    ienv = InitEnv(home, root / "fake", AGENT, inherit=("LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR"))
     yield ienv
-    # whatever the test did, no daemon the fake systemctl started outlives it
-    for entry in ienv.state().values():
-        pid = entry.get("pid")
-        if pid and _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-
-
-def clean(proc: subprocess.CompletedProcess[str]) -> str:
-    out = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "Traceback" not in proc.stdout + proc.stderr, out
-    return out
+    ienv.kill_daemons()  # whatever the test did, no daemon the fake systemctl started outlives it
 
 
 def mutating(calls: list[list[str]]) -> list[list[str]]:
@@ -126,8 +45,8 @@ def mutating(calls: list[list[str]]) -> list[list[str]]:
 # -- init, second init, uninit -------------------------------------------------------------------
 @pytest.mark.broker
 def test_dry_run_lists_everything_and_writes_nothing(init_env: InitEnv, broker: Any) -> None:
-    before = init_env.tree()
-    proc = init_env.run("init", "--agent-id", AGENT, "--broker", broker.url, "--dry-run")
+    before = init_env.tree(include_state=True)
+    proc = init_env.swarmbus("init", "--agent-id", AGENT, "--broker", broker.url, "--dry-run")
     out = clean(proc)
     assert proc.returncode == 0, out
     unit = f"swarmbus-{AGENT}.service"
@@ -138,9 +57,9 @@ def test_dry_run_lists_everything_and_writes_nothing(init_env: InitEnv, broker: 
     assert "would check swarmbus doctor" in proc.stdout, out
     assert "no file was written and no command was run" in proc.stdout, out
     assert "is set up" not in proc.stdout + proc.stderr
-    assert init_env.tree() == before
+    assert init_env.tree(include_state=True) == before
     assert not init_env.state_dir.exists() and not init_env.manifest.exists()
-    assert mutating(init_env.calls()) == []
+    assert mutating(init_env.systemctl_calls()) == []
     assert init_env.daemon_pid() is None
 
 
@@ -148,7 +67,7 @@ def test_dry_run_lists_everything_and_writes_nothing(init_env: InitEnv, broker: 
 def test_init_second_init_and_uninit(init_env: InitEnv, broker: Any) -> None:
     unit = f"swarmbus-{AGENT}.service"
     # -- first init: everything is written, the daemon runs, doctor passes
-    proc = init_env.run("init", "--agent-id", AGENT, "--broker", broker.url)
+    proc = init_env.swarmbus("init", "--agent-id", AGENT, "--broker", broker.url)
     out = clean(proc)
     assert proc.returncode == 0, out
     assert f"{AGENT} is set up" in proc.stdout, out
@@ -178,42 +97,42 @@ def test_init_second_init_and_uninit(init_env: InitEnv, broker: Any) -> None:
     assert kinds == {"toml", "file", "command"}
     assert {"kind": "command", "argv": ["systemctl", "--user", "disable", "--now", unit]} in manifest["undo"]
 
-    calls = mutating(init_env.calls())
+    calls = mutating(init_env.systemctl_calls())
     assert ["--user", "daemon-reload"] in calls
     assert ["--user", "enable", unit] in calls and ["--user", "restart", unit] in calls
     pid = init_env.daemon_pid()
-    assert pid and _alive(pid)
+    assert pid and pid_alive(pid)
     status = wait_for(lambda: (init_env.status() or {}).get("connected") and init_env.status(), 20,
                       what="the service's daemon to connect")
     assert status["pid"] == pid and status["agent_id"] == AGENT and status["broker"] == broker.url
 
     # -- second init: nothing to change, no enable/restart, the same daemon
     tree = init_env.tree()
-    ncalls = len(init_env.calls())
-    proc = init_env.run("init", "--agent-id", AGENT, "--broker", broker.url)
+    ncalls = len(init_env.systemctl_calls())
+    proc = init_env.swarmbus("init", "--agent-id", AGENT, "--broker", broker.url)
     out = clean(proc)
     assert proc.returncode == 0, out
     assert "nothing to change" in proc.stdout, out
     assert "is set up" not in proc.stdout
-    assert mutating(init_env.calls()[ncalls:]) == [], out
-    assert init_env.daemon_pid() == pid and _alive(pid)
+    assert mutating(init_env.systemctl_calls()[ncalls:]) == [], out
+    assert init_env.daemon_pid() == pid and pid_alive(pid)
     assert {k: v for k, v in init_env.tree().items() if not k.startswith("state/")} == \
         {k: v for k, v in tree.items() if not k.startswith("state/")}
 
     # -- uninit: the daemon is stopped, the unit, the keys and the manifest are gone
-    ncalls = len(init_env.calls())
-    proc = init_env.run("uninit", "--agent-id", AGENT)
+    ncalls = len(init_env.systemctl_calls())
+    proc = init_env.swarmbus("uninit", "--agent-id", AGENT)
     out = clean(proc)
     assert proc.returncode == 0, out
-    assert ["--user", "disable", "--now", unit] in init_env.calls()[ncalls:]
-    assert not _alive(pid)
+    assert ["--user", "disable", "--now", unit] in init_env.systemctl_calls()[ncalls:]
+    assert not pid_alive(pid)
     assert init_env.status() is None
     assert not init_env.unit_path.exists()
     assert not init_env.config_path.exists()  # init created it, and only init's keys were in it
     assert not init_env.manifest.exists()
     assert "what init wrote has been removed" in proc.stdout, out
     # -- a second uninit has nothing to do
-    proc = init_env.run("uninit", "--agent-id", AGENT)
+    proc = init_env.swarmbus("uninit", "--agent-id", AGENT)
     out = clean(proc)
     assert proc.returncode == 0 and "nothing to undo" in proc.stdout, out
 
@@ -221,19 +140,19 @@ def test_init_second_init_and_uninit(init_env: InitEnv, broker: Any) -> None:
 @pytest.mark.broker
 def test_changing_the_broker_restarts_the_daemon(init_env: InitEnv, broker_factory: Any) -> None:
     first, second = broker_factory(), broker_factory()
-    assert init_env.run("init", "--agent-id", AGENT, "--broker", first.url).returncode == 0
+    assert init_env.swarmbus("init", "--agent-id", AGENT, "--broker", first.url).returncode == 0
     pid = init_env.daemon_pid()
-    ncalls = len(init_env.calls())
-    proc = init_env.run("init", "--agent-id", AGENT, "--broker", second.url)
+    ncalls = len(init_env.systemctl_calls())
+    proc = init_env.swarmbus("init", "--agent-id", AGENT, "--broker", second.url)
     out = clean(proc)
     assert proc.returncode == 0 and "is set up" in proc.stdout, out
     # the unit did not change, but the config file it reads did: the daemon was restarted
-    assert ["--user", "restart", f"swarmbus-{AGENT}.service"] in init_env.calls()[ncalls:]
+    assert ["--user", "restart", f"swarmbus-{AGENT}.service"] in init_env.systemctl_calls()[ncalls:]
     assert init_env.daemon_pid() != pid
     status = init_env.status() or {}
     assert status.get("connected") and status["broker"] == second.url and status["pid"] == init_env.daemon_pid()
     # uninit replays both runs: nothing is left
-    assert init_env.run("uninit", "--agent-id", AGENT).returncode == 0
+    assert init_env.swarmbus("uninit", "--agent-id", AGENT).returncode == 0
     assert not init_env.config_path.exists() and not init_env.unit_path.exists()
 
 
@@ -241,13 +160,13 @@ def test_changing_the_broker_restarts_the_daemon(init_env: InitEnv, broker_facto
 def test_uninit_keeps_what_was_there_before_init(init_env: InitEnv, broker: Any) -> None:
     init_env.config_path.parent.mkdir(parents=True)
     init_env.config_path.write_text(f'agent_id = "{AGENT}"\nlog_level = "warning"\n\n[broker]\nurl = "mqtt://old:1883"\n')
-    proc = init_env.run("init", "--agent-id", AGENT, "--broker", broker.url)
+    proc = init_env.swarmbus("init", "--agent-id", AGENT, "--broker", broker.url)
     assert proc.returncode == 0, clean(proc)
     import tomllib
 
     config = tomllib.loads(init_env.config_path.read_text())
     assert config == {"agent_id": AGENT, "log_level": "warning", "broker": {"url": broker.url}}
-    proc = init_env.run("init", "--remove", "--agent-id", AGENT)
+    proc = init_env.swarmbus("init", "--remove", "--agent-id", AGENT)
     assert proc.returncode == 0, clean(proc)
     # the previous broker URL is back; the user's own keys (agent_id was already set) stay
     config = tomllib.loads(init_env.config_path.read_text())
@@ -256,14 +175,14 @@ def test_uninit_keeps_what_was_there_before_init(init_env: InitEnv, broker: Any)
 
 @pytest.mark.broker
 def test_uninit_dry_run_changes_nothing(init_env: InitEnv, broker: Any) -> None:
-    assert init_env.run("init", "--agent-id", AGENT, "--broker", broker.url).returncode == 0
+    assert init_env.swarmbus("init", "--agent-id", AGENT, "--broker", broker.url).returncode == 0
     tree = init_env.tree()
-    ncalls = len(init_env.calls())
-    proc = init_env.run("uninit", "--agent-id", AGENT, "--dry-run")
+    ncalls = len(init_env.systemctl_calls())
+    proc = init_env.swarmbus("uninit", "--agent-id", AGENT, "--dry-run")
     out = clean(proc)
     assert proc.returncode == 0, out
     assert "would undo" in proc.stdout and str(init_env.unit_path) in proc.stdout, out
-    assert init_env.calls()[ncalls:] == []
+    assert init_env.systemctl_calls()[ncalls:] == []
     after = init_env.tree()
     assert {k: v for k, v in after.items() if not k.startswith("state/")} == \
         {k: v for k, v in tree.items() if not k.startswith("state/")}
@@ -280,7 +199,7 @@ def test_uninit_keeps_what_it_could_not_undo_for_a_retry(init_env: InitEnv) -> N
                {"kind": "command", "argv": [missing, "--user", "disable", "--now", "x.service"]}]
     init_env.manifest.parent.mkdir(parents=True)
     init_env.manifest.write_text(json.dumps({"agent_id": AGENT, "host_type": None, "undo": records}))
-    proc = init_env.run("uninit", "--agent-id", AGENT)
+    proc = init_env.swarmbus("uninit", "--agent-id", AGENT)
     out = clean(proc)
     assert proc.returncode == 1, out
     assert "1 undo steps failed" in proc.stderr and "run uninit again" in proc.stderr, out
@@ -290,7 +209,7 @@ def test_uninit_keeps_what_it_could_not_undo_for_a_retry(init_env: InitEnv) -> N
 
 def test_unreachable_broker_fails_loudly(init_env: InitEnv) -> None:
     url = f"mqtt://127.0.0.1:{free_port()}"
-    proc = init_env.run("init", "--agent-id", AGENT, "--broker", url, env={"SWARMBUS_BROKER_CONNECT_TIMEOUT": "2"})
+    proc = init_env.swarmbus("init", "--agent-id", AGENT, "--broker", url, env={"SWARMBUS_BROKER_CONNECT_TIMEOUT": "2"})
     out = clean(proc)
     assert proc.returncode == 1, out
     assert "[✗] broker: failed" in proc.stdout, out
@@ -299,7 +218,7 @@ def test_unreachable_broker_fails_loudly(init_env: InitEnv) -> None:
     assert "is set up" not in proc.stdout + proc.stderr
     assert not init_env.unit_path.exists() and not init_env.config_path.exists()
     assert not init_env.manifest.exists()
-    assert mutating(init_env.calls()) == []
+    assert mutating(init_env.systemctl_calls()) == []
 
 
 FAKE_HOST_PLUGIN = '''\
@@ -321,13 +240,13 @@ def test_unknown_host_type_exits_2_listing_installed_ones(init_env: InitEnv, tmp
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: swarmbus-fakehost\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[swarmbus]\nfakehost = fakehost_plugin\n")
     env = {"PYTHONPATH": str(site), "SWARMBUS_LOAD_PLUGINS": "fakehost"}
-    proc = init_env.run("init", "--agent-id", AGENT, "--host-type", "nosuch", env=env)
+    proc = init_env.swarmbus("init", "--agent-id", AGENT, "--host-type", "nosuch", env=env)
     out = clean(proc)
     assert proc.returncode == 2, out
     assert "unknown host type 'nosuch' (installed: fakehost)" in proc.stderr, out
-    assert init_env.calls() == [] and not init_env.home.joinpath(".config").exists()
+    assert init_env.systemctl_calls() == [] and not init_env.home.joinpath(".config").exists()
     # without any host plugin
-    proc = init_env.run("init", "--agent-id", AGENT, "--host-type", "nosuch")
+    proc = init_env.swarmbus("init", "--agent-id", AGENT, "--host-type", "nosuch")
     assert proc.returncode == 2 and "installed: none installed" in proc.stderr, clean(proc)
 
 

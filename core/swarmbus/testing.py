@@ -1,5 +1,22 @@
 """Test helpers for swarmbus and its plugins' tests (not used at run time).
 
+Polling and processes:
+
+- :func:`wait_for`: poll a predicate with a deadline (raises AssertionError with what it waited for).
+- :func:`pid_alive`, :func:`kill_process_group`.
+
+A daemon on a private broker:
+
+- :func:`isolated_env`: the environment of an isolated swarmbus (its own state dir, config file
+  and broker URL; no plugins unless asked for).
+- :func:`run_cli`: ``python -m swarmbus ARGS`` in such an environment.
+- :func:`start_daemon`, :func:`wait_daemon_connected`, :func:`stop_daemon`: ``python -m swarmbus
+  start`` in its own process group, until its control socket reports it connected.
+- :func:`agent_status`, :func:`finished_delivery`: what the daemon's control socket and
+  ``swarmbus inbox --json`` say.
+
+``swarmbus init`` end to end:
+
 - :data:`FAKE_SYSTEMCTL`: the source of a fake ``systemctl`` (format it with ``python``, ``log``
   and ``state``) that records every call as JSON lines and emulates ``systemctl --user
   daemon-reload | enable | restart | disable --now | is-enabled | is-active`` for the units in
@@ -7,12 +24,158 @@
   with its ``Environment=``), so ``swarmbus init`` can be tested end to end in a temporary HOME
   on a machine without a user systemd.
 - :func:`install_fake_systemctl`: write it into a bin directory.
+- :class:`InitHome`: a temporary HOME with the fake systemctl first on PATH, and what a test
+  reads back (the calls, the unit's daemon, the files under HOME).
+- :func:`describe_run`: a completed CLI run as an assertion message (failing on a traceback).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
+from swarmbus.control import daemon_status
+from swarmbus.paths import AgentPaths
+
+T = TypeVar("T")
+
+#: The variables :func:`isolated_env` keeps from the test's own environment.
+INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> T:
+    """Poll ``predicate`` every ``interval`` seconds until it returns a truthy value, and return
+    that value; after ``timeout`` seconds raise AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    """True unless the process is gone or a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def kill_process_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to the process group ``pid`` leads (a process started with
+    ``start_new_session=True``: the daemon and any children); a group already gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+# -- a daemon on a private broker ------------------------------------------------------------------
+def isolated_env(root: Path, broker_url: str, *, base: Mapping[str, str] | None = None, plugins: str = "",
+                 heartbeat: float | None = None, reconnect: tuple[float, float] | None = None,
+                 **overrides: str) -> dict[str, str]:
+    """The environment of a swarmbus isolated under ``root``: state dir ``root/state``, config
+    file ``root/config.toml`` (not written here), broker ``broker_url``, only the plugins named
+    in ``plugins`` (comma-separated; none by default), unbuffered output.
+
+    ``base`` is what the rest comes from (default: :data:`INHERITED` from this process's
+    environment); ``heartbeat`` sets the presence interval and ``reconnect`` the (min, max)
+    reconnect backoff, in seconds; ``overrides`` are set last."""
+    env = dict(base) if base is not None else {k: v for k, v in os.environ.items() if k in INHERITED}
+    env.update(
+        SWARMBUS_STATE_DIR=str(root / "state"),
+        SWARMBUS_CONFIG=str(root / "config.toml"),
+        SWARMBUS_BROKER_URL=broker_url,
+        SWARMBUS_LOAD_PLUGINS=plugins,
+        PYTHONUNBUFFERED="1",
+    )
+    if heartbeat is not None:
+        env["SWARMBUS_HEARTBEAT_INTERVAL"] = f"{heartbeat:g}"
+    if reconnect is not None:
+        env["SWARMBUS_RECONNECT_MIN"], env["SWARMBUS_RECONNECT_MAX"] = (f"{s:g}" for s in reconnect)
+    env.update(overrides)
+    return env
+
+
+def run_cli(env: Mapping[str, str], *args: str, input: str | None = None,
+            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m swarmbus ARGS`` (this interpreter) with exactly ``env``; output captured as text."""
+    return subprocess.run([sys.executable, "-m", "swarmbus", *args], input=input, capture_output=True, text=True,
+                          timeout=timeout, env=dict(env))
+
+
+def agent_status(agent_id: str, state_dir: str | Path) -> dict[str, Any] | None:
+    """What the control socket of ``agent_id``'s daemon under ``state_dir`` answers, or None."""
+    return daemon_status(AgentPaths.for_agent(agent_id, state_dir).socket)
+
+
+def start_daemon(env: Mapping[str, str], agent_id: str, *flags: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m swarmbus start --agent-id AGENT_ID FLAGS`` with ``env`` in its own process
+    group (so :func:`kill_process_group` reaches its wake children), output to ``log_path``.
+    Does not wait: see :func:`wait_daemon_connected`."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "swarmbus", "start", "--agent-id", agent_id, *flags],
+                                stdout=log, stderr=subprocess.STDOUT, env=dict(env), start_new_session=True)
+
+
+def wait_daemon_connected(env: Mapping[str, str], agent_id: str, proc: subprocess.Popen[bytes],
+                          timeout: float = 15.0, *, log_path: Path | None = None) -> dict[str, Any]:
+    """Wait until the control socket of ``agent_id``'s daemon (under ``env``'s
+    ``SWARMBUS_STATE_DIR``) reports it connected; return that status. Raises AssertionError,
+    with the daemon's log, as soon as ``proc`` exits."""
+    socket = AgentPaths.for_agent(agent_id, env["SWARMBUS_STATE_DIR"]).socket
+
+    def connected() -> dict[str, Any] | None:
+        if proc.poll() is not None:
+            log = log_path.read_text(errors="replace") if log_path and log_path.exists() else ""
+            raise AssertionError(f"daemon {agent_id} exited {proc.returncode}:\n{log}")
+        status = daemon_status(socket)
+        return status if status and status.get("connected") else None
+
+    return wait_for(connected, timeout, f"daemon {agent_id} to connect")
+
+
+def stop_daemon(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    """Send ``sig`` to a daemon still running and wait up to ``timeout`` seconds for it to exit,
+    then SIGKILL its process group; return its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_process_group(proc.pid)
+            proc.wait(10)
+    return int(proc.returncode)
+
+
+def finished_delivery(env: Mapping[str, str], agent_id: str, handler: str = "wake") -> dict[str, Any] | None:
+    """The first delivery by ``handler`` that has finished (neither pending nor running) in
+    ``swarmbus inbox --agent-id AGENT_ID --json``, or None."""
+    proc = run_cli(env, "inbox", "--agent-id", agent_id, "--json")
+    for message in json.loads(proc.stdout or "{}").get("messages", []):
+        for delivery in message.get("deliveries", []):
+            if delivery.get("handler") == handler and delivery.get("status") not in ("pending", "running"):
+                return delivery  # type: ignore[no-any-return]
+    return None
+
+
+# -- swarmbus init end to end ----------------------------------------------------------------------
 FAKE_SYSTEMCTL = '''\
 #!{python}
 """A fake `systemctl --user` for tests: records argv, runs units' ExecStart= detached."""
@@ -127,3 +290,112 @@ def install_fake_systemctl(bin_dir: Path, python: str, log: Path, state: Path) -
     script.write_text(FAKE_SYSTEMCTL.format(python=python, log=str(log), state=str(state)))
     script.chmod(0o755)
     return script
+
+
+class InitHome:
+    """``swarmbus init`` in a temporary HOME, for agent ``agent_id``, with the fake systemctl.
+
+    The fake ``systemctl`` is installed in ``bin_dir`` (default ``root/bin``), which is put first
+    on PATH (unless it already is); its call log, its unit state and the unit's output are
+    ``root/systemctl-calls.jsonl``, ``root/systemctl-state.json`` and ``root/<unit>.log``.
+    :attr:`env` is the environment for ``swarmbus``: the variables in ``inherit``, that PATH,
+    HOME and ``XDG_CONFIG_HOME`` in ``home``, ``SWARMBUS_STATE_DIR=home/state``,
+    ``SWARMBUS_CONFIG=home/.config/swarmbus/config.toml``, only the plugins in ``plugins``.
+
+    Every daemon pid seen (after each :meth:`swarmbus` run) is remembered, so that
+    :meth:`kill_daemons` at teardown leaves none running, whatever the test did."""
+
+    def __init__(self, home: Path, root: Path, agent_id: str, *, bin_dir: Path | None = None, plugins: str = "",
+                 inherit: tuple[str, ...] = ("LANG", "LC_ALL", "TMPDIR")) -> None:
+        self.home = home
+        self.root = root
+        self.agent_id = agent_id
+        self.unit = f"swarmbus-{agent_id}.service"
+        self.pids: set[int] = set()
+        bin_dir = bin_dir or root / "bin"
+        install_fake_systemctl(bin_dir, sys.executable, root / "systemctl-calls.jsonl", root / "systemctl-state.json")
+        path = os.environ.get("PATH", "/usr/bin:/bin")
+        if path.split(os.pathsep)[0] != str(bin_dir):
+            path = os.pathsep.join([str(bin_dir), path])
+        self.env = {k: v for k, v in os.environ.items() if k in inherit}
+        self.env.update(
+            PATH=path,
+            HOME=str(home),
+            XDG_CONFIG_HOME=str(home / ".config"),
+            SWARMBUS_STATE_DIR=str(home / "state"),
+            SWARMBUS_CONFIG=str(home / ".config" / "swarmbus" / "config.toml"),
+            SWARMBUS_LOAD_PLUGINS=plugins,
+            PYTHONUNBUFFERED="1",
+        )
+
+    @property
+    def unit_path(self) -> Path:
+        return self.home / ".config" / "systemd" / "user" / self.unit
+
+    @property
+    def config_path(self) -> Path:
+        return Path(self.env["SWARMBUS_CONFIG"])
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.env["SWARMBUS_STATE_DIR"])
+
+    @property
+    def manifest(self) -> Path:
+        return self.state_dir / "agents" / self.agent_id / "init.json"
+
+    def swarmbus(self, *args: str, timeout: float = 120,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m swarmbus ARGS`` with :attr:`env` (plus ``env``)."""
+        proc = run_cli({**self.env, **(env or {})}, *args, timeout=timeout)
+        self.daemon_pid()  # remember every daemon the fake systemctl started, for the teardown
+        return proc
+
+    def systemctl_calls(self) -> list[list[str]]:
+        """Every ``systemctl`` argv so far (without the program name)."""
+        log = self.root / "systemctl-calls.jsonl"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    def mutating_calls(self, since: int = 0) -> list[list[str]]:
+        """The ``systemctl`` calls from the ``since``-th on, other than ``is-enabled``/``is-active``."""
+        return [c for c in self.systemctl_calls()[since:] if not {"is-enabled", "is-active"} & set(c)]
+
+    def systemctl_state(self) -> dict[str, Any]:
+        path = self.root / "systemctl-state.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def daemon_pid(self) -> int | None:
+        """The pid of the daemon the fake systemctl runs for the unit, if any."""
+        pid = self.systemctl_state().get(self.unit, {}).get("pid")
+        if pid:
+            self.pids.add(int(pid))
+        return int(pid) if pid else None
+
+    def status(self) -> dict[str, Any] | None:
+        return agent_status(self.agent_id, self.state_dir)
+
+    def daemon_log(self) -> str:
+        path = self.root / f"{self.unit}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def tree(self, *, include_state: bool = False) -> dict[str, bytes]:
+        """Every file under HOME (path relative to HOME: content), except the daemon's state (its
+        store changes as it runs) unless ``include_state``."""
+        return {str(p.relative_to(self.home)): p.read_bytes() for p in sorted(self.home.rglob("*"))
+                if p.is_file() and (include_state or not p.is_relative_to(self.state_dir))}
+
+    def kill_daemons(self) -> None:
+        """SIGKILL the process group of every daemon the fake systemctl started that still runs."""
+        self.pids.update(int(e["pid"]) for e in self.systemctl_state().values() if e.get("pid"))
+        for pid in self.pids:
+            if pid_alive(pid):
+                kill_process_group(pid)
+
+
+def describe_run(proc: subprocess.CompletedProcess[str]) -> str:
+    """The exit status and output of a CLI run, for assertion messages; raises AssertionError
+    (with them) if the output has a Python traceback."""
+    text = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    if "Traceback" in proc.stdout + proc.stderr:
+        raise AssertionError(text)
+    return text

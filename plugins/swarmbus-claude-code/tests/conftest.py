@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from swarmbus.testing import pid_alive
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -63,21 +65,6 @@ class FakeClaude:
                 if pid and pid_alive(pid):
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
-
-
-def pid_alive(pid: int) -> bool:
-    """True unless the process is gone or a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 @pytest.fixture

@@ -8,37 +8,23 @@ for what should happen (no sleeps as synchronisation).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from swarmbus import AgentPaths
+from swarmbus import testing
 from swarmbus.broker import BrokerConfig, find_mosquitto, free_port, start_broker  # internal: fine in tests
-from swarmbus.control import daemon_status  # internal: fine in tests
+from swarmbus.testing import wait_for
 from swarmbus_claude_code.install import hook_command
 
 AGENT = "coder"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -51,26 +37,17 @@ class Bus:
         Path(self.env["SWARMBUS_CONFIG"]).write_text(text)
 
     def cli(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "swarmbus", *args], capture_output=True, text=True,
-                              timeout=timeout, env={**self.env, **extra})
+        return testing.run_cli({**self.env, **extra}, *args, timeout=timeout)
 
     def send(self, body: str, subject: str = "task") -> None:
         proc = self.cli("send", "--agent-id", "planner", "--to", AGENT, "--subject", subject, "--body", body)
         assert proc.returncode == 0, proc.stderr
 
     def start_daemon(self) -> subprocess.Popen[bytes]:
-        log = (self.root / "daemon.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "swarmbus", "start", "--agent-id", AGENT], stdout=log,
-                                stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        log_path = self.root / "daemon.log"
+        proc = testing.start_daemon(self.env, AGENT, log_path=log_path)
         self.procs.append(proc)
-        socket = AgentPaths.for_agent(AGENT, self.env["SWARMBUS_STATE_DIR"]).socket
-
-        def connected() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(f"daemon exited {proc.returncode}:\n{self.log()}")
-            return bool((daemon_status(socket) or {}).get("connected"))
-
-        wait_for(connected, 30, "the daemon to connect")
+        testing.wait_daemon_connected(self.env, AGENT, proc, 30, log_path=log_path)
         return proc
 
     def log(self) -> str:
@@ -79,14 +56,7 @@ class Bus:
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
+            testing.stop_daemon(proc)
 
 
 @pytest.fixture
@@ -95,18 +65,8 @@ def bus(tmp_path_factory: pytest.TempPathFactory, fake_claude: Any, home: Path) 
         pytest.fail("mosquitto is not installed (apt-get install mosquitto): the daemon tests need it")
     root = Path(tmp_path_factory.mktemp("ccbus"))
     broker = start_broker(BrokerConfig(state_dir=root / "broker", port=free_port()))
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
-    env.update(
-        SWARMBUS_STATE_DIR=str(root / "state"),
-        SWARMBUS_CONFIG=str(root / "config.toml"),
-        SWARMBUS_BROKER_URL=broker.url,
-        SWARMBUS_HOST_TYPE="cc",
-        SWARMBUS_WAKE_POLICY="all",
-        SWARMBUS_LOAD_PLUGINS="cc",
-        SWARMBUS_RECONNECT_MIN="0.1",
-        SWARMBUS_RECONNECT_MAX="0.5",
-        PYTHONUNBUFFERED="1",
-    )
+    env = testing.isolated_env(root, broker.url, plugins="cc", reconnect=(0.1, 0.5), SWARMBUS_HOST_TYPE="cc",
+                               SWARMBUS_WAKE_POLICY="all")
     b = Bus(root, env)
     b.config("# cc test\n")
     try:

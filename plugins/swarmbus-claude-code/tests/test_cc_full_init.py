@@ -2,7 +2,7 @@
 
 A temporary HOME, a private mosquitto on a free port, and first on PATH the fake ``claude``
 (tests/fake_claude.py, through the ``fake_claude`` fixture) and the core's fake ``systemctl``
-(:func:`swarmbus.testing.install_fake_systemctl`), which records its calls and really runs the
+(installed by :class:`swarmbus.testing.InitHome`), which records its calls and really runs the
 unit's ``ExecStart=`` detached: init installs a daemon that actually runs, doctor checks it, a
 second init changes nothing, switching to ``wake_mode = "rewake"`` installs the Stop hook (and
 restarts the daemon, which reads its config only at start), and uninit removes everything.
@@ -13,75 +13,36 @@ Every process started (the daemons the fake systemctl ran, the broker) is killed
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import time
 import tomllib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from swarmbus import AgentPaths, testing
+from swarmbus import testing
 from swarmbus.broker import BrokerConfig, find_mosquitto, free_port, start_broker  # internal: fine in tests
-from swarmbus.control import daemon_status  # internal: fine in tests
+from swarmbus.testing import describe_run as out
+from swarmbus.testing import pid_alive, wait_for
 from swarmbus_claude_code.install import hook_entry, mcp_entry, skill_text
 
 AGENT = "ccagent"
 UNIT = f"swarmbus-{AGENT}.service"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
+class InitEnv(testing.InitHome):
+    """The core's init harness, with the fake ``claude`` (its bin dir holds the fake systemctl too)
+    and the Claude Code files init writes."""
 
-
-def alive(pid: int) -> bool:
-    """True unless the process is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-@dataclass
-class InitEnv:
-    home: Path
-    root: Path
-    env: dict[str, str]
-    broker_url: str
-    fake: Any  # the FakeClaude of the plugin's conftest
-    pids: set[int] = field(default_factory=set)
-
-    @property
-    def unit_path(self) -> Path:
-        return self.home / ".config" / "systemd" / "user" / UNIT
-
-    @property
-    def config_path(self) -> Path:
-        return Path(self.env["SWARMBUS_CONFIG"])
-
-    @property
-    def state_dir(self) -> Path:
-        return Path(self.env["SWARMBUS_STATE_DIR"])
-
-    @property
-    def manifest(self) -> Path:
-        return self.state_dir / "agents" / AGENT / "init.json"
+    def __init__(self, home: Path, root: Path, broker_url: str, fake: Any) -> None:
+        super().__init__(home, root, AGENT, bin_dir=fake.bin_dir, plugins="cc")
+        self.broker_url = broker_url
+        self.fake = fake  # the FakeClaude of the plugin's conftest
 
     @property
     def skill(self) -> Path:
@@ -99,18 +60,8 @@ class InitEnv:
     def locators(self) -> dict[str, str]:
         return {k: self.env[k] for k in ("SWARMBUS_CONFIG", "SWARMBUS_STATE_DIR")}
 
-    def swarmbus(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "swarmbus", *args], capture_output=True, text=True,
-                              timeout=timeout, env=self.env)
-        self.daemon_pid()  # remember every daemon the fake systemctl started, for the teardown
-        return proc
-
     def init(self, *extra: str) -> subprocess.CompletedProcess[str]:
         return self.swarmbus("init", "--agent-id", AGENT, "--host-type", "cc", "--broker", self.broker_url, *extra)
-
-    def systemctl_calls(self) -> list[list[str]]:
-        log = self.root / "systemctl-calls.jsonl"
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
     def mark(self) -> tuple[int, int]:
         """Where the systemctl and claude logs end now, for :meth:`mutating_since`."""
@@ -118,45 +69,9 @@ class InitEnv:
 
     def mutating_since(self, mark: tuple[int, int] = (0, 0)) -> list[list[str]]:
         """systemctl calls that change something, then claude runs other than ``--version``."""
-        systemctl = [["systemctl", *c] for c in self.systemctl_calls()[mark[0]:]
-                     if not {"is-enabled", "is-active"} & set(c)]
+        systemctl = [["systemctl", *c] for c in self.mutating_calls(mark[0])]
         claude = [["claude", *r["argv"]] for r in self.fake.records()[mark[1]:] if r["kind"] != "version"]
         return systemctl + claude
-
-    def systemctl_state(self) -> dict[str, Any]:
-        path = self.root / "systemctl-state.json"
-        return json.loads(path.read_text()) if path.exists() else {}
-
-    def daemon_pid(self) -> int | None:
-        pid = self.systemctl_state().get(UNIT, {}).get("pid")
-        if pid:
-            self.pids.add(int(pid))
-        return int(pid) if pid else None
-
-    def status(self) -> dict[str, Any] | None:
-        return daemon_status(AgentPaths.for_agent(AGENT, self.state_dir).socket)
-
-    def daemon_log(self) -> str:
-        path = self.root / f"{UNIT}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def tree(self) -> dict[str, bytes]:
-        """Every file under HOME except the daemon's state (its store changes as it runs)."""
-        return {str(p.relative_to(self.home)): p.read_bytes() for p in sorted(self.home.rglob("*"))
-                if p.is_file() and not p.is_relative_to(self.state_dir)}
-
-    def kill_daemons(self) -> None:
-        self.daemon_pid()
-        for pid in self.pids:
-            if alive(pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-
-
-def out(proc: subprocess.CompletedProcess[str]) -> str:
-    text = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "Traceback" not in proc.stdout + proc.stderr, text
-    return text
 
 
 @pytest.fixture
@@ -164,21 +79,10 @@ def cc_env(tmp_path_factory: pytest.TempPathFactory, home: Path, fake_claude: An
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed (apt-get install mosquitto): the init tests need it")
     root = Path(tmp_path_factory.mktemp("ccinit"))
-    # next to the fake claude, which the fake_claude fixture put first on PATH
-    testing.install_fake_systemctl(fake_claude.bin_dir, sys.executable, root / "systemctl-calls.jsonl",
-                                   root / "systemctl-state.json")
+    # the fake systemctl goes next to the fake claude, which the fake_claude fixture put first on PATH
     assert os.environ["PATH"].split(os.pathsep)[0] == str(fake_claude.bin_dir)
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
-    env.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        SWARMBUS_STATE_DIR=str(home / "state"),
-        SWARMBUS_CONFIG=str(home / ".config" / "swarmbus" / "config.toml"),
-        SWARMBUS_LOAD_PLUGINS="cc",
-        PYTHONUNBUFFERED="1",
-    )
     broker = start_broker(BrokerConfig(state_dir=root / "broker", port=free_port()))
-    ienv = InitEnv(home, root, env, broker.url, fake_claude)
+    ienv = InitEnv(home, root, broker.url, fake_claude)
     try:
         yield ienv
     finally:
@@ -255,7 +159,7 @@ def test_init_second_init_rewake_and_uninit(cc_env: InitEnv) -> None:
                                        ["systemctl", "--user", "restart", UNIT],
                                        ["claude", *mcp_runs[0]]], text
     pid = cc_env.daemon_pid()
-    assert pid and alive(pid), cc_env.daemon_log()
+    assert pid and pid_alive(pid), cc_env.daemon_log()
     status = cc_env.status() or {}
     assert status.get("connected") and status["pid"] == pid, (status, cc_env.daemon_log())
     assert status["agent_id"] == AGENT and status["broker"] == cc_env.broker_url
@@ -270,7 +174,7 @@ def test_init_second_init_rewake_and_uninit(cc_env: InitEnv) -> None:
     assert "is set up:" not in proc.stdout, text
     assert cc_env.mutating_since(before) == [], text
     assert cc_env.tree() == tree
-    assert cc_env.daemon_pid() == pid and alive(pid)
+    assert cc_env.daemon_pid() == pid and pid_alive(pid)
 
     # -- rewake: the Stop hook is installed, and the daemon restarted to read the new mode -------
     cc_env.config_path.write_text(cc_env.config_path.read_text() + '\n[plugins.cc]\nwake_mode = "rewake"\n')
@@ -281,7 +185,7 @@ def test_init_second_init_rewake_and_uninit(cc_env: InitEnv) -> None:
     settings = json.loads(cc_env.settings_json.read_text())
     assert settings == {"hooks": {"Stop": [{"hooks": [hook_entry(AGENT, "Stop", cc_env.locators)]}]}}
     new_pid = cc_env.daemon_pid()
-    assert new_pid and new_pid != pid and alive(new_pid) and not alive(pid), text
+    assert new_pid and new_pid != pid and pid_alive(new_pid) and not pid_alive(pid), text
     wait_for(lambda: (cc_env.status() or {}).get("pid") == new_pid, 20, "the restarted daemon's control socket")
     # the hook is added by a python command (not recorded here); the unit is unchanged but re-enabled and restarted
     assert cc_env.mutating_since(before) == [["systemctl", "--user", "enable", UNIT],
@@ -296,15 +200,7 @@ def test_init_second_init_rewake_and_uninit(cc_env: InitEnv) -> None:
                            "--body", "MARKER-REWAKE")
     assert send.returncode == 0, out(send)
 
-    def wake_delivery() -> dict[str, Any] | None:
-        proc = cc_env.swarmbus("inbox", "--agent-id", AGENT, "--json")
-        for message in json.loads(proc.stdout or "{}").get("messages", []):
-            for delivery in message.get("deliveries", []):
-                if delivery.get("handler") == "wake" and delivery.get("status") not in ("pending", "running"):
-                    return delivery  # type: ignore[no-any-return]
-        return None
-
-    delivery = wait_for(wake_delivery, 30, "the wake outcome in the inbox")
+    delivery = wait_for(lambda: testing.finished_delivery(cc_env.env, AGENT), 30, "the wake outcome in the inbox")
     assert delivery["status"] == "ok" and "Stop hook" in str(delivery.get("detail")), (delivery, cc_env.daemon_log())
     assert cc_env.fake.records("started") == []
 
@@ -324,7 +220,7 @@ def test_init_second_init_rewake_and_uninit(cc_env: InitEnv) -> None:
     assert f"{AGENT}: what init wrote has been removed" in proc.stdout, text
     assert cc_env.mutating_since(before) == [["systemctl", "--user", "disable", "--now", UNIT],
                                              ["claude", "mcp", "remove", "-s", "user", "swarmbus"]], text
-    assert not alive(new_pid) and cc_env.status() is None
+    assert not pid_alive(new_pid) and cc_env.status() is None
     assert not cc_env.skill.exists() and not cc_env.settings_json.exists()  # it held only our hook
     assert json.loads(cc_env.claude_json.read_text())["mcpServers"] == {}  # claude's own file stays
     assert not cc_env.unit_path.exists() and not cc_env.manifest.exists()

@@ -21,6 +21,7 @@ sys.path.append(str(Path(__file__).resolve().parent))  # messages_mock, cc_real_
 from cc_real_support import QUIET, RealBus
 from messages_mock import MockServer, start_mock
 
+from swarmbus import testing
 from swarmbus.broker import BrokerConfig, find_mosquitto, free_port, start_broker  # internal: fine in tests
 
 
@@ -52,18 +53,13 @@ def bus(tmp_path_factory: pytest.TempPathFactory, real_claude: str, mock: MockSe
     home = root / "home"
     home.mkdir()
     broker = start_broker(BrokerConfig(state_dir=root / "broker", port=free_port()))
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
-    env.update(
+    env = testing.isolated_env(
+        root, broker.url, plugins="cc",
         HOME=str(home),
-        SWARMBUS_STATE_DIR=str(root / "state"),
-        SWARMBUS_CONFIG=str(root / "config.toml"),
-        SWARMBUS_BROKER_URL=broker.url,
         SWARMBUS_HOST_TYPE="cc",
         SWARMBUS_WAKE_POLICY="all",
-        SWARMBUS_LOAD_PLUGINS="cc",
         ANTHROPIC_BASE_URL=mock.url,
         ANTHROPIC_API_KEY="sk-ant-dummy-swarmbus-test-0000000000",
-        PYTHONUNBUFFERED="1",
         **QUIET,
     )
     # init steps run in this process: give it the same HOME and locators

@@ -13,11 +13,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cc_real_support import AGENT, PASSTHROUGH, RealBus, wait_for  # type: ignore[import-not-found]
+from cc_real_support import AGENT, PASSTHROUGH, RealBus  # type: ignore[import-not-found]
 from messages_mock import MockServer  # type: ignore[import-not-found]
 
 from swarmbus import Settings
 from swarmbus.provision import run_step  # internal: fine in tests
+from swarmbus.testing import wait_for
 from swarmbus_claude_code.install import SKILL_DESCRIPTION, init_steps
 from swarmbus_claude_code.settings import CCSettings
 

@@ -2,7 +2,7 @@
 
 A temporary HOME whose ``~/.openclaw/openclaw.json`` gives the fake gateway's port and token
 (``gateway.port``, ``gateway.auth.token``), a private mosquitto on a free port, and the core's
-fake ``systemctl`` (:func:`swarmbus.testing.install_fake_systemctl`) first on PATH, which records
+fake ``systemctl`` (installed by :class:`swarmbus.testing.InitHome`) first on PATH, which records
 its calls and really runs the unit's ``ExecStart=`` detached: init installs a daemon that
 actually runs, the gateway step completes the handshake, a second init changes nothing, a
 priority=high message reaches the gateway as an ``agent`` request, and uninit removes
@@ -15,26 +15,22 @@ the ``gateway`` fixture's) is stopped at teardown.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from openclaw_fake_gateway import FakeGateway
 from openclaw_helpers import TOKEN
 
-from swarmbus import AgentPaths, testing
+from swarmbus import testing
 from swarmbus.broker import BrokerConfig, find_mosquitto, free_port, start_broker  # internal: fine in tests
-from swarmbus.control import daemon_status  # internal: fine in tests
+from swarmbus.testing import describe_run as out
+from swarmbus.testing import pid_alive
 from swarmbus_openclaw.setup import render_skill, swarmbus_command
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
@@ -43,90 +39,19 @@ AGENT = "ocagent"
 UNIT = f"swarmbus-{AGENT}.service"
 
 
-def alive(pid: int) -> bool:
-    """True unless the process is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
+class InitEnv(testing.InitHome):
+    """The core's init harness, with the OpenClaw skill init writes."""
 
-
-@dataclass
-class InitEnv:
-    home: Path
-    root: Path
-    env: dict[str, str]
-    broker_url: str
-    pids: set[int] = field(default_factory=set)
-
-    @property
-    def unit_path(self) -> Path:
-        return self.home / ".config" / "systemd" / "user" / UNIT
-
-    @property
-    def config_path(self) -> Path:
-        return Path(self.env["SWARMBUS_CONFIG"])
-
-    @property
-    def state_dir(self) -> Path:
-        return Path(self.env["SWARMBUS_STATE_DIR"])
-
-    @property
-    def manifest(self) -> Path:
-        return self.state_dir / "agents" / AGENT / "init.json"
+    def __init__(self, home: Path, root: Path, broker_url: str) -> None:
+        super().__init__(home, root, AGENT, plugins="openclaw")
+        self.broker_url = broker_url
 
     @property
     def skill(self) -> Path:
         return self.home / ".openclaw" / "skills" / "swarmbus" / "SKILL.md"
 
-    def swarmbus(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "swarmbus", *args], capture_output=True, text=True,
-                              timeout=timeout, env=self.env)
-        self.daemon_pid()  # remember every daemon the fake systemctl started, for the teardown
-        return proc
-
     def init(self) -> subprocess.CompletedProcess[str]:
         return self.swarmbus("init", "--agent-id", AGENT, "--host-type", "openclaw", "--broker", self.broker_url)
-
-    def systemctl_calls(self) -> list[list[str]]:
-        log = self.root / "systemctl-calls.jsonl"
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-    def mutating_calls(self) -> list[list[str]]:
-        return [c for c in self.systemctl_calls() if not {"is-enabled", "is-active"} & set(c)]
-
-    def daemon_pid(self) -> int | None:
-        path = self.root / "systemctl-state.json"
-        pid = (json.loads(path.read_text()) if path.exists() else {}).get(UNIT, {}).get("pid")
-        if pid:
-            self.pids.add(int(pid))
-        return int(pid) if pid else None
-
-    def status(self) -> dict[str, Any] | None:
-        return daemon_status(AgentPaths.for_agent(AGENT, self.state_dir).socket)
-
-    def daemon_log(self) -> str:
-        path = self.root / f"{UNIT}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def tree(self) -> dict[str, bytes]:
-        """Every file under HOME except the daemon's state (its store changes as it runs)."""
-        return {str(p.relative_to(self.home)): p.read_bytes() for p in sorted(self.home.rglob("*"))
-                if p.is_file() and not p.is_relative_to(self.state_dir)}
-
-    def kill_daemons(self) -> None:
-        self.daemon_pid()
-        for pid in self.pids:
-            if alive(pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-
-
-def out(proc: subprocess.CompletedProcess[str]) -> str:
-    text = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "Traceback" not in proc.stdout + proc.stderr, text
-    return text
 
 
 @pytest.fixture
@@ -137,20 +62,8 @@ def oc_env(tmp_path_factory: pytest.TempPathFactory, isolated_home: Path, gatewa
     openclaw_json.parent.mkdir(parents=True)
     openclaw_json.write_text(json.dumps({"gateway": {"mode": "local", "port": gateway.port, "bind": "loopback",
                                                      "auth": {"mode": "token", "token": TOKEN}}}, indent=2))
-    testing.install_fake_systemctl(root / "bin", sys.executable, root / "systemctl-calls.jsonl",
-                                   root / "systemctl-state.json")
-    env = {k: v for k, v in os.environ.items() if k in ("LANG", "LC_ALL", "TMPDIR")}
-    env.update(
-        PATH=os.pathsep.join([str(root / "bin"), os.environ.get("PATH", "/usr/bin:/bin")]),
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        SWARMBUS_STATE_DIR=str(home / "state"),
-        SWARMBUS_CONFIG=str(home / ".config" / "swarmbus" / "config.toml"),
-        SWARMBUS_LOAD_PLUGINS="openclaw",
-        PYTHONUNBUFFERED="1",
-    )
     broker = start_broker(BrokerConfig(state_dir=root / "broker", port=free_port()))
-    ienv = InitEnv(home, root, env, broker.url)
+    ienv = InitEnv(home, root, broker.url)
     try:
         yield ienv
     finally:
@@ -207,7 +120,7 @@ def test_init_second_init_wake_and_uninit(oc_env: InitEnv, gateway: FakeGateway)
     assert oc_env.mutating_calls() == [["--user", "daemon-reload"], ["--user", "enable", UNIT],
                                        ["--user", "restart", UNIT]]
     pid = oc_env.daemon_pid()
-    assert pid and alive(pid), oc_env.daemon_log()
+    assert pid and pid_alive(pid), oc_env.daemon_log()
     status = oc_env.status() or {}  # doctor (inside init) waited for it to connect
     assert status.get("connected") and status["pid"] == pid, (status, oc_env.daemon_log())
 
@@ -222,7 +135,7 @@ def test_init_second_init_wake_and_uninit(oc_env: InitEnv, gateway: FakeGateway)
     assert "is set up:" not in proc.stdout, text
     assert [c for c in oc_env.systemctl_calls()[ncalls:] if not {"is-enabled", "is-active"} & set(c)] == [], text
     assert oc_env.tree() == tree
-    assert oc_env.daemon_pid() == pid and alive(pid)
+    assert oc_env.daemon_pid() == pid and pid_alive(pid)
     assert len(gateway.connects) > nconnects  # the gateway was checked again
 
     # -- a priority=high message wakes the agent through the gateway ----------------------------
@@ -246,7 +159,7 @@ def test_init_second_init_wake_and_uninit(oc_env: InitEnv, gateway: FakeGateway)
     assert proc.returncode == 0, text
     assert f"{AGENT}: what init wrote has been removed" in proc.stdout, text
     assert oc_env.systemctl_calls()[ncalls:] == [["--user", "disable", "--now", UNIT]]
-    assert not alive(pid) and oc_env.status() is None
+    assert not pid_alive(pid) and oc_env.status() is None
     assert not oc_env.skill.exists() and not oc_env.unit_path.exists() and not oc_env.manifest.exists()
     assert not oc_env.config_path.exists()  # init created it, with only its own keys
     assert set(oc_env.tree()) == {".openclaw/openclaw.json"}  # OpenClaw's own config is left alone

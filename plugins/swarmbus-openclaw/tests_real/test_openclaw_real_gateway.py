@@ -15,7 +15,6 @@ daemon -> gateway ``agent`` run -> the mock model sees the message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +33,10 @@ sys.path.append(str(Path(__file__).parent))
 
 from openclaw_mock_model import MockModel, request_text
 
-from swarmbus import HandlerContext, HookRelay, Settings, StoredMessage, get_plugin_manager, new_envelope, wake
+from swarmbus import HandlerContext, HookRelay, Settings, StoredMessage, get_plugin_manager, new_envelope, testing, wake
 from swarmbus.broker import BrokerConfig, free_port, start_broker
-from swarmbus.control import daemon_status
-from swarmbus.paths import AgentPaths
 from swarmbus.provision import run_step
+from swarmbus.testing import wait_for
 from swarmbus_openclaw.gateway import ConnectOptions, GatewayError, probe
 
 NODE_DIR = os.environ.get("OC_REAL_NODE_DIR", "")
@@ -76,17 +74,6 @@ CONFIG = """// written by the swarmbus-openclaw real-gateway tests (JSON5, as Op
 """
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 @dataclass
 class RealGateway:
     home: Path
@@ -107,13 +94,11 @@ class RealGateway:
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+    testing.kill_process_group(proc.pid, signal.SIGTERM)
     try:
         proc.wait(20)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        testing.kill_process_group(proc.pid)
         proc.wait(10)
 
 
@@ -147,7 +132,7 @@ def real_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealGatew
                 except GatewayError:
                     return False
 
-            wait_until(ready, 120, "the gateway handshake", interval=0.5)
+            wait_for(ready, 120, "the gateway handshake", interval=0.5)
             yield gateway
         finally:
             _stop(proc)
@@ -181,39 +166,19 @@ def test_daemon_wake_runs_the_agent_on_the_message(real_gateway: RealGateway, br
     root = Path(tmp_path_factory.mktemp("ocd"))
     config = root / "config.toml"
     config.write_text("# the gateway port and token come from OpenClaw's config in HOME\n")
-    env = {**real_gateway.env, "SWARMBUS_STATE_DIR": str(root / "state"), "SWARMBUS_CONFIG": str(config),
-           "SWARMBUS_BROKER_URL": broker.url, "SWARMBUS_HOST_TYPE": "openclaw", "SWARMBUS_WAKE_POLICY": "all",
-           "SWARMBUS_LOAD_PLUGINS": "openclaw", "PYTHONUNBUFFERED": "1"}
+    env = testing.isolated_env(root, broker.url, base=real_gateway.env, plugins="openclaw",
+                               SWARMBUS_HOST_TYPE="openclaw", SWARMBUS_WAKE_POLICY="all")
     log_path = root / "daemon.log"
-    with log_path.open("wb") as log:
-        daemon = subprocess.Popen([sys.executable, "-m", "swarmbus", "start", "--agent-id", "oc"], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    daemon = testing.start_daemon(env, "oc", log_path=log_path)
     try:
-        socket = AgentPaths.for_agent("oc", root / "state").socket
-
-        def connected() -> bool:
-            if daemon.poll() is not None:
-                pytest.fail(f"daemon exited {daemon.returncode}:\n{log_path.read_text()}")
-            return bool((daemon_status(socket) or {}).get("connected"))
-
-        wait_until(connected, 30, "the daemon to connect")
+        testing.wait_daemon_connected(env, "oc", daemon, 30, log_path=log_path)
         marker = f"MARKER-{time.time_ns()}"
-        send = subprocess.run([sys.executable, "-m", "swarmbus", "send", "--agent-id", "planner", "--to", "oc",
-                               "--subject", "real gateway", "--body", f"please check {marker}", "--json"],
-                              env=env, capture_output=True, text=True, timeout=60)
+        send = testing.run_cli(env, "send", "--agent-id", "planner", "--to", "oc", "--subject", "real gateway",
+                               "--body", f"please check {marker}", "--json")
         assert send.returncode == 0, send.stderr
         message_id = json.loads(send.stdout)["id"]
 
-        def wake_delivery() -> dict[str, Any] | None:
-            proc = subprocess.run([sys.executable, "-m", "swarmbus", "inbox", "--agent-id", "oc", "--json"],
-                                  env=env, capture_output=True, text=True, timeout=60)
-            for message in json.loads(proc.stdout or "{}").get("messages", []):
-                for delivery in message.get("deliveries", []):
-                    if delivery.get("handler") == "wake" and delivery.get("status") not in ("pending", "running"):
-                        return delivery  # type: ignore[no-any-return]
-            return None
-
-        delivery = wait_until(wake_delivery, 60, "the wake outcome")
+        delivery = wait_for(lambda: testing.finished_delivery(env, "oc"), 60, "the wake outcome")
         assert delivery["status"] == "ok", f"{delivery}\n{log_path.read_text()}"
         assert f"openclaw run {message_id} accepted" in delivery["detail"]  # runId == our idempotencyKey
         assert f"openclaw run {message_id} accepted" in log_path.read_text()
@@ -224,13 +189,7 @@ def test_daemon_wake_runs_the_agent_on_the_message(real_gateway: RealGateway, br
         assert "UNTRUSTED" in text and message_id in text
         assert TOKEN not in log_path.read_text()
     finally:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
-                daemon.wait(10)
+        testing.stop_daemon(daemon)
 
 
 def _relay_and_settings(home: Path, state: Path, **section: Any) -> tuple[HookRelay, Settings]:
