@@ -36,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     "get_plugin_manager": "swarmbus.plugins",
     "HookRelay": "swarmbus.plugins",
     "SwarmbusError": "swarmbus.errors",
+    "run_child": "swarmbus.children",
+    "scrubbed_env": "swarmbus.children",
     "render_wake_prompt": "swarmbus.prompts",
     "render_message": "swarmbus.prompts",
     "WriteFile": "swarmbus.provision",
@@ -64,6 +66,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
         skip,
         wake,
     )
+    from swarmbus.children import run_child, scrubbed_env
     from swarmbus.envelope import Envelope, EnvelopeError, new_envelope, validate_agent_id
     from swarmbus.errors import SwarmbusError
     from swarmbus.hookspecs import hookimpl, hookspec

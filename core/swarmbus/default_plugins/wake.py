@@ -10,20 +10,13 @@ with the daemon (``PR_SET_PDEATHSIG``) instead of being orphaned.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import os
-import signal
-import sys
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from swarmbus.api import Handler, HandlerContext, StoredMessage, WakeDecision, WakeOutcome
+from swarmbus.children import run_child, scrubbed_env
 from swarmbus.hookspecs import hookimpl
 from swarmbus.settings import Settings
 
-ENV_ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "XDG_RUNTIME_DIR")
 OUTPUT_LIMIT = 4096
 
 
@@ -35,8 +28,7 @@ def child_environment(message: StoredMessage, agent_id: str, base: Mapping[str, 
     """The environment for a wake child: an allow-list of the daemon's variables plus the
     envelope metadata as ``SWARMBUS_FROM, _TO, _ID, _SUBJECT, _CONTENT_TYPE, _PRIORITY, _TS``
     (and ``_REPLY_TO``/``_IN_REPLY_TO`` when set), as the predecessor set them."""
-    base = os.environ if base is None else base
-    env = {k: base[k] for k in ENV_ALLOW if k in base}
+    env = scrubbed_env(base=base)
     e = message.envelope
     env.update(
         SWARMBUS_AGENT_ID=agent_id,
@@ -55,50 +47,11 @@ def child_environment(message: StoredMessage, agent_id: str, base: Mapping[str, 
     return env
 
 
-_PRCTL: list[Any] = []
-
-
-def _prctl() -> Any:
-    """libc's prctl, loaded in the parent: importing or loading libraries in a child forked
-    from a multithreaded process can deadlock."""
-    if not _PRCTL and sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            _PRCTL.append(ctypes.CDLL(None, use_errno=True).prctl)
-        except (OSError, AttributeError):
-            _PRCTL.append(None)
-    return _PRCTL[0] if _PRCTL else None
-
-
-def _die_with_parent(parent: int, prctl: Any) -> None:  # pragma: no cover - runs in the child
-    if prctl is not None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die when the daemon dies
-    if os.getppid() != parent:  # the daemon died before prctl took effect: no signal will come
-        os._exit(1)
-
-
 async def run_command(argv: list[str], stdin: bytes, env: dict[str, str]) -> tuple[int, bytes]:
-    """Run ``argv`` without a shell; return (exit code, last 4 KiB of stdout+stderr).
-    On cancellation (timeout, shutdown) the child's process group is killed."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-        preexec_fn=functools.partial(_die_with_parent, os.getpid(), _prctl()),
-    )
-    try:
-        out, _ = await proc.communicate(stdin)
-    except asyncio.CancelledError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            await asyncio.shield(proc.wait())
-        raise
-    return int(proc.returncode or 0), out[-OUTPUT_LIMIT:]
+    """Run ``argv`` without a shell (see :func:`swarmbus.children.run_child`); return (exit code,
+    last 4 KiB of stdout+stderr). On cancellation the child's process group is killed."""
+    code, out, _ = await run_child(argv, stdin=stdin, env=env, merge_stderr=True)
+    return code, out[-OUTPUT_LIMIT:]
 
 
 @hookimpl

@@ -26,8 +26,6 @@ import functools
 import json
 import os
 import re
-import signal
-import sys
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -35,9 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swarmbus import HandlerContext, StoredMessage, WakeOutcome, render_wake_prompt
+from swarmbus import HandlerContext, StoredMessage, WakeOutcome, render_wake_prompt, run_child, scrubbed_env
 from swarmbus_claude_code.settings import (
-    BROKER_ENV_PREFIXES,
     CCSettings,
     agent_dir,
     config,
@@ -45,8 +42,6 @@ from swarmbus_claude_code.settings import (
     locator_env,
 )
 
-ENV_ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "XDG_RUNTIME_DIR")
-"""Variables of the daemon's environment a wake child always gets (as the core's waker)."""
 SESSION_FILE = "claude-session.json"
 LAST_WAKE_FILE = "claude-last-wake.json"
 TAIL_LINES = 20
@@ -59,10 +54,7 @@ _SESSION_LOST = re.compile(r"no conversation found|session id", re.IGNORECASE)
 # -- environment and argv ----------------------------------------------------------------------
 def child_environment(cfg: CCSettings, agent_id: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
     base = os.environ if base is None else base
-    env = {k: base[k] for k in ENV_ALLOW if k in base}
-    for name in cfg.env_passthrough:
-        if name in base and not name.upper().startswith(BROKER_ENV_PREFIXES):
-            env[name] = base[name]
+    env = scrubbed_env(cfg.env_passthrough, base)  # never broker credentials, even when listed
     env.update(locator_env(dict(base)))
     env["SWARMBUS_AGENT_ID"] = agent_id
     return env
@@ -116,38 +108,10 @@ def load_last_wake(state: Path) -> dict[str, Any] | None:
 
 
 # -- running claude ----------------------------------------------------------------------------
-def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the daemon died before prctl: no signal would come
-            os._exit(1)
-
-
 async def run_process(argv: Sequence[str], stdin: bytes, env: dict[str, str], cwd: Path) -> tuple[int, bytes, bytes]:
-    """Run ``argv`` (no shell) in its own process group; return (exit code, stdout, stderr).
-    On cancellation the whole process group is killed before the cancellation goes on."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=str(cwd),
-        start_new_session=True,
-        preexec_fn=functools.partial(_die_with_parent, os.getpid()),
-    )
-    try:
-        out, err = await proc.communicate(stdin)
-    except asyncio.CancelledError:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            await asyncio.shield(proc.wait())
-        raise
-    return int(proc.returncode if proc.returncode is not None else -1), out, err
+    """Run ``argv`` (no shell, own process group, dies with the daemon, killed on cancellation:
+    :func:`swarmbus.run_child`); return (exit code, stdout, stderr)."""
+    return await run_child(argv, stdin=stdin, env=env, cwd=cwd)
 
 
 def parse_result(stdout: bytes) -> dict[str, Any] | None:

@@ -18,16 +18,16 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from swarmbus import run_child, scrubbed_env
 from swarmbus_openclaw.config import OpenClawSettings, Target
 
-ENV_ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "XDG_RUNTIME_DIR",
-             "XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "NODE_EXTRA_CA_CERTS")
+EXTRA_ENV_ALLOW = ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "NODE_EXTRA_CA_CERTS")
+"""Besides swarmbus's base allow-list (swarmbus.scrubbed_env), what the openclaw CLI needs."""
 OUTPUT_LIMIT = 64 * 1024
 
 
@@ -51,7 +51,7 @@ def find_openclaw(cfg: OpenClawSettings) -> str | None:
 
 def cli_environment(cfg: OpenClawSettings, target: Target | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
     base = os.environ if base is None else base
-    env = {k: base[k] for k in ENV_ALLOW if k in base}
+    env = scrubbed_env(EXTRA_ENV_ALLOW, base)
     env.update({k: v for k, v in base.items() if k.startswith("OPENCLAW_")})
     if target is not None and target.token and target.token_source.startswith(("[plugins.openclaw]", "token_file")):
         env["OPENCLAW_GATEWAY_TOKEN"] = target.token
@@ -95,21 +95,14 @@ async def run_cli(cfg: OpenClawSettings, target: Target | None, prompt: str, *,
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(prompt)
         argv = cli_argv(executable, cfg, path)
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=cli_environment(cfg, target, base_env), start_new_session=True)
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), cfg.timeout_s + 30)
-        except (asyncio.CancelledError, TimeoutError):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                await asyncio.shield(proc.wait())
-            raise
+            code, out, err = await asyncio.wait_for(
+                run_child(argv, env=cli_environment(cfg, target, base_env)), cfg.timeout_s + 30)
+        except FileNotFoundError:
+            return CliResult(False, None, None, None, f"CLI fallback unavailable: {executable} not found")
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
-    code = proc.returncode
     data = _parse_json(out[-OUTPUT_LIMIT:].decode("utf-8", "replace"))
     stderr_tail = err[-2000:].decode("utf-8", "replace").strip().splitlines()
     if data is None:
