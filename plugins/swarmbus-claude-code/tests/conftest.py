@@ -11,13 +11,14 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import swarmbus_claude_code
+from swarmbus import HookRelay, get_plugin_manager, testing
 from swarmbus.testing import pid_alive
 
 HERE = Path(__file__).resolve().parent
@@ -50,14 +51,11 @@ class FakeClaude:
         return [r for r in self.records("started")]
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0, what: str = "the fake claude") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; records: {self.records()}")
-            time.sleep(0.02)
+        """:func:`swarmbus.testing.wait_for`, with the fake's records in the failure message."""
+        try:
+            return testing.wait_for(predicate, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; records: {self.records()}") from None
 
     def cleanup(self) -> None:
         for record in self.records():
@@ -99,3 +97,12 @@ def no_claude(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> No
 @pytest.fixture(name="pid_alive")
 def pid_alive_fixture() -> Callable[[int], bool]:
     return pid_alive
+
+
+@pytest.fixture
+def relay() -> HookRelay:
+    """A fresh plugin manager with only the built-ins and this plugin, behind the core's relay."""
+    pm = get_plugin_manager(entry_points=False)
+    pm.register(swarmbus_claude_code, name="cc")
+    return HookRelay(pm)
+

@@ -13,20 +13,13 @@ from typing import Any
 import pytest
 
 import swarmbus_claude_code
-from swarmbus import DoctorContext, HookRelay, Settings, StoredMessage, get_plugin_manager, new_envelope
+from swarmbus import DoctorContext, HookRelay, Settings, StoredMessage, new_envelope
 from swarmbus.provision import run_step  # internal: fine in tests
 from swarmbus_claude_code import context as cc_context
 from swarmbus_claude_code.settings import CCSettings
 from swarmbus_claude_code.waker import LAST_WAKE_FILE
 
 AGENT = "coder"
-
-
-@pytest.fixture
-def relay() -> HookRelay:
-    pm = get_plugin_manager(entry_points=False)
-    pm.register(swarmbus_claude_code, name="cc")
-    return HookRelay(pm)
 
 
 def make_settings(tmp_path: Path, host_type: str | None = "cc", **cc: Any) -> Settings:

@@ -12,19 +12,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-import swarmbus_claude_code
-from swarmbus import HandlerContext, HookRelay, Settings, StoredMessage, get_plugin_manager, new_envelope, wake
+from swarmbus import HandlerContext, HookRelay, Settings, StoredMessage, new_envelope, wake
 from swarmbus_claude_code.settings import CCSettings
 from swarmbus_claude_code.waker import LAST_WAKE_FILE, SESSION_FILE, claude_argv, waker_for
 
 AGENT = "coder"
-
-
-@pytest.fixture
-def relay() -> HookRelay:
-    pm = get_plugin_manager(entry_points=False)
-    pm.register(swarmbus_claude_code, name="cc")
-    return HookRelay(pm)
 
 
 def make_settings(tmp_path: Path, host_type: str | None = "cc", **cc: Any) -> Settings:
