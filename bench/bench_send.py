@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_send.py [--runs 20] [--burst 2000] [--predecessor]
 
-Starts a private mosquitto (swarmbus.broker's generated config) on a free port and two
+Starts a private mosquitto (swarmbus.dev_broker's generated config) on a free port and two
 swarmbus daemons, then measures:
 
 - wall time of a whole CLI process: `python -c pass` (interpreter floor), `mosquitto_pub -q 1`
@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "core"))
 
-from swarmbus.broker import BrokerConfig, free_port, start_broker  # noqa: E402
+from swarmbus.dev_broker import BrokerConfig, free_port, start_broker  # noqa: E402
 
 
 def timed(argv: list[str], env: dict[str, str], runs: int) -> list[float]:

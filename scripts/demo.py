@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from swarmbus.broker import BrokerConfig, free_port, start_broker
+from swarmbus.dev_broker import BrokerConfig, free_port, start_broker
 
 
 def swarmbus(env: dict[str, str], *args: str) -> str:

@@ -10,7 +10,7 @@ Fixtures (all function-scoped; each broker gets a free port and a state dir unde
 ``tmp_path``; teardown always stops or kills every broker, even when the test failed):
 
 * ``broker``: a plain loopback broker with persistence on and autosave every second.
-  Yields :class:`swarmbus.broker.RunningBroker`.
+  Yields :class:`swarmbus.dev_broker.RunningBroker`.
 * ``broker_factory``: ``factory(**BrokerConfig overrides) -> RunningBroker``. Without
   overrides it gives the same kind of broker as ``broker``.
 * ``tls_broker``: TLS listener signed by a private CA, password auth, anonymous refused.
@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from swarmbus.broker import (
+from swarmbus.dev_broker import (
     BrokerConfig,
     MosquittoNotFound,
     RunningBroker,

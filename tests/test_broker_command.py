@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from conftest import SwarmEnv, _base_env, wait_for
-from swarmbus.broker import free_port
+from swarmbus.dev_broker import free_port
 
 
 def _listening(port: int) -> bool:

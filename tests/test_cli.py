@@ -24,7 +24,7 @@ import pytest
 
 from conftest import SwarmEnv, read_json_lines, wait_for
 from mqtt_proxy import Mqtt311Proxy, connect_protocol_level
-from swarmbus.broker import RunningBroker, free_port
+from swarmbus.dev_broker import RunningBroker, free_port
 from swarmbus.store import Store
 
 HEADER_RE = re.compile(r"^## \[", re.MULTILINE)

@@ -12,7 +12,7 @@ from typing import Any
 
 from brokers import make_ca
 from conftest import SwarmEnv, _base_env, wait_for
-from swarmbus.broker import free_port
+from swarmbus.dev_broker import free_port
 
 
 def _env_for(tmp_path_factory: Any, url: str) -> SwarmEnv:

@@ -228,7 +228,7 @@ def test_hook_swarmbus_route(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     assert relay.route(message("no-opinion"), frozenset({"demo"}), settings) == []  # built-in: only registered
 
     # the dispatcher runs the known names and logs and ignores the unknown ones
-    from swarmbus.dispatch import Dispatcher
+    from swarmbus.daemon.dispatch import Dispatcher
     from swarmbus.store import Store
 
     ran: list[str] = []

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import wait_for
 from swarmbus import testing
-from swarmbus.broker import free_port
+from swarmbus.dev_broker import free_port
 from swarmbus.testing import InitHome as InitEnv
 from swarmbus.testing import describe_run as clean
 from swarmbus.testing import pid_alive

@@ -11,7 +11,7 @@ from typing import Any
 
 from conftest import wait_for
 from swarmbus.settings import BrokerSettings
-from swarmbus.transport import MqttLink, Subscription
+from swarmbus.transport.link import MqttLink, Subscription
 
 
 def _settings(broker: Any) -> BrokerSettings:

@@ -23,7 +23,7 @@ from swarmbus.topics import (
     presence_topic,
     topic_for_recipient,
 )
-from swarmbus.transport import backoff_delay, one_shot_client_id
+from swarmbus.transport.link import backoff_delay, one_shot_client_id
 
 # -- backoff -------------------------------------------------------------------------------------------
 

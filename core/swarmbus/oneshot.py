@@ -25,7 +25,7 @@ from swarmbus.paths import AgentPaths
 from swarmbus.settings import Settings
 from swarmbus.store import Store
 from swarmbus.topics import PRESENCE_FILTER, Presence, parse_presence, topic_for_recipient
-from swarmbus.transport import MqttLink, Subscription, one_shot_client_id
+from swarmbus.transport.link import MqttLink, Subscription, one_shot_client_id
 
 
 def send_direct(settings: Settings, envelope: Envelope, *, timeout: float = 10.0) -> None:
@@ -66,7 +66,7 @@ def receive_once(
     :raises OwnershipError: a daemon (or another reader) owns the id.
     :raises BrokerUnreachable: the broker cannot be reached.
     """
-    from swarmbus.daemon import receive_subscriptions
+    from swarmbus.daemon.listener import receive_subscriptions
 
     paths = AgentPaths.for_agent(agent_id, settings.state_dir)
     paths.ensure()

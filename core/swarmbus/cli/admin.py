@@ -104,7 +104,7 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace) -> int:  # returns only via print-config or an error
-    from swarmbus.broker import (
+    from swarmbus.dev_broker import (
         BrokerConfig,
         MosquittoNotFound,
         find_mosquitto,

@@ -75,7 +75,7 @@ def _failing(label: str, message: str) -> Verify:
 
 def _broker_reachable(settings: Settings) -> str:
     from swarmbus.errors import BrokerUnreachable
-    from swarmbus.transport import MqttLink, one_shot_client_id
+    from swarmbus.transport.link import MqttLink, one_shot_client_id
 
     link = MqttLink(settings.broker, client_id=one_shot_client_id(settings.broker.client_id_prefix, None, "init"),
                     reconnect_min=0.2, reconnect_max=1.0)
@@ -130,7 +130,7 @@ def _broker_step(settings: Settings, args: argparse.Namespace, manager: str | No
     if manager is None:
         return [_failing("the broker", f"no broker at {b.url} and no user service manager to run one: "
                          "run `swarmbus broker` yourself or pass --broker URL")]
-    from swarmbus.broker import find_mosquitto
+    from swarmbus.dev_broker import find_mosquitto
     from swarmbus.service import plan_service
 
     if find_mosquitto() is None:

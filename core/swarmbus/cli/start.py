@@ -8,7 +8,7 @@ from swarmbus.cli.common import load_settings_for
 
 
 def run(args: argparse.Namespace) -> int:
-    from swarmbus.daemon import Daemon
+    from swarmbus.daemon.listener import Daemon
     from swarmbus.plugins import get_plugin_manager
 
     pm = get_plugin_manager()

@@ -37,7 +37,7 @@ def _probe(ctx: DoctorContext) -> dict[str, object]:
     if "probe" in ctx.cache:
         return ctx.cache["probe"]  # type: ignore[no-any-return]
     from swarmbus.errors import BrokerUnreachable
-    from swarmbus.transport import MqttLink, Subscription, one_shot_client_id
+    from swarmbus.transport.link import MqttLink, Subscription, one_shot_client_id
 
     b = ctx.settings.broker
     dropped: list[int] = []

@@ -1,4 +1,4 @@
-"""Tests for swarmbus.broker and the broker fixtures in tests/brokers.py.
+"""Tests for swarmbus.dev_broker and the broker fixtures in tests/brokers.py.
 
 Synchronisation uses threading primitives with deadlines. The only polling is for the
 persistence db's mtime: the broker gives no other signal that it has saved.
@@ -24,8 +24,8 @@ from paho.mqtt.properties import Properties
 
 # The fixtures come from tests/brokers.py, which tests/conftest.py imports (and puts on sys.path).
 import brokers
-from swarmbus import broker as broker_mod
-from swarmbus.broker import (
+from swarmbus import dev_broker as broker_mod
+from swarmbus.dev_broker import (
     BrokerConfig,
     MosquittoNotFound,
     RunningBroker,

@@ -18,7 +18,7 @@ from swarmbus.api import Handler, HandlerContext, StoredMessage
 from swarmbus.plugins import HookRelay
 from swarmbus.store import Store
 
-log = logging.getLogger("swarmbus.dispatch")
+log = logging.getLogger("swarmbus.daemon.dispatch")
 
 
 class Dispatcher:

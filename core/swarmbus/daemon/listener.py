@@ -1,12 +1,12 @@
 """The listener daemon (``swarmbus start``): the single MQTT receive owner for an agent id.
 
-Receive path (paho's network thread, inside :class:`~swarmbus.transport.MqttLink`): each
+Receive path (paho's network thread, inside :class:`~swarmbus.transport.link.MqttLink`): each
 inbound publish is committed to the store (or quarantined, or recognised as a duplicate)
 and only then acknowledged (manual PUBACK). A store failure leaves it unacknowledged and
 drops the connection, so the broker redelivers it later.
 
 Dispatch (the asyncio event loop in the main thread): stored messages are handed to the
-:class:`~swarmbus.dispatch.Dispatcher`; the control socket serves local sends and waits;
+:class:`~swarmbus.daemon.dispatch.Dispatcher`; the control socket serves local sends and waits;
 a heartbeat republishes the retained online presence every ``daemon.heartbeat_interval``
 and supervises the link's thread.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from swarmbus import __version__
 from swarmbus.api import HandlerContext, StoredMessage
-from swarmbus.dispatch import Dispatcher
+from swarmbus.daemon.dispatch import Dispatcher
 from swarmbus.envelope import Envelope, EnvelopeError, new_envelope, utc_now_iso
 from swarmbus.errors import StoreError
 from swarmbus.ownership import Ownership
@@ -37,7 +37,7 @@ from swarmbus.plugins import HookRelay, PluginManager
 from swarmbus.settings import Settings
 from swarmbus.store import Store
 from swarmbus.topics import BROADCAST_TOPIC, QOS, inbox_topic, presence_payload, presence_topic, topic_for_recipient
-from swarmbus.transport import MqttLink, PublishTicket, Subscription, Will
+from swarmbus.transport.link import MqttLink, PublishTicket, Subscription, Will
 
 log = logging.getLogger("swarmbus.daemon")
 _CONSUMER_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
