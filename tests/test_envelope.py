@@ -1,4 +1,5 @@
-"""The envelope: predecessor wire compatibility (both directions), validation, digest, expiry."""
+"""The envelope: predecessor wire compatibility (both directions), validation, digest, expiry, and
+the specific hostile payloads (tests/test_envelope_properties.py generates the rest)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,17 @@ from typing import Any
 import pytest
 
 from swarmbus.envelope import (
+    EXTRA_INT_MAX,
+    EXTRA_INT_MIN,
     MAX_BODY_BYTES,
+    MAX_EXTRA_BYTES,
+    MAX_EXTRA_DEPTH,
+    MAX_MESSAGE_ID_CHARS,
+    MAX_PAYLOAD_BYTES,
     WIRE_KEYS,
     Envelope,
     EnvelopeError,
+    decode_wire,
     new_envelope,
     validate_agent_id,
     validate_own_id,
@@ -344,3 +352,212 @@ def test_error_is_value_error_with_field() -> None:
     err = EnvelopeError("boom", field="body")
     assert err.field == "body" and str(err) == "boom"
     assert EnvelopeError("no field").field is None
+
+
+# -- hostile payloads: only EnvelopeError, with a short reason -----------------------------------
+
+
+def wire_text(**over: Any) -> str:
+    return json.dumps(base(**over))
+
+
+def with_raw(field: str, raw: str) -> bytes:
+    """A valid payload with ``field`` (known or new) set to the raw JSON text ``raw``."""
+    data = base()
+    data[field] = "@@RAW@@"
+    return json.dumps(data).replace('"@@RAW@@"', raw).encode()
+
+
+def rejected(payload: bytes) -> EnvelopeError:
+    with pytest.raises(EnvelopeError) as info:
+        Envelope.from_wire(payload)
+    with pytest.raises(EnvelopeError):
+        decode_wire(payload)
+    assert len(str(info.value)) < 300, str(info.value)
+    return info.value
+
+
+@pytest.mark.parametrize("depth", [33, 500, 1_000, 100_000, 500_000])
+def test_deep_nesting_rejected_everywhere(depth: int) -> None:
+    nested = "[" * depth + "]" * depth
+    rejected(with_raw("trace", nested))  # an unknown field
+    rejected(with_raw("to", nested))  # a known one
+    rejected(nested.encode())  # the whole payload
+    rejected(("{" + '"a": {' * depth + "}" * depth + "}").encode())
+
+
+def test_nesting_limit_for_unknown_fields() -> None:
+    depth = MAX_EXTRA_DEPTH
+    env = Envelope.from_wire(with_raw("trace", "[" * depth + "]" * depth))
+    assert Envelope.from_wire(env.to_wire()) == env
+    err = rejected(with_raw("trace", "[" * (depth + 1) + "]" * (depth + 1)))
+    assert err.field == "trace" and "deep" in str(err)
+    err = rejected(with_raw("trace", '{"a": ' * (depth + 1) + "1" + "}" * (depth + 1)))
+    assert err.field == "trace"
+
+
+def test_huge_integers_rejected() -> None:
+    for raw in ("1" * 5000, "-" + "9" * 5000, "1" * 21):
+        err = rejected(with_raw("trace", raw))
+        assert "integer" in str(err)
+        rejected(with_raw("to", raw))
+    assert Envelope.from_wire(with_raw("n", str(EXTRA_INT_MAX))).extra["n"] == 2**64 - 1
+    assert Envelope.from_wire(with_raw("n", str(EXTRA_INT_MIN))).extra["n"] == -(2**63)
+    assert rejected(with_raw("n", str(EXTRA_INT_MAX + 1))).field == "n"
+    assert rejected(with_raw("n", str(EXTRA_INT_MIN - 1))).field == "n"
+    # from Python, where no digit limit applies before the check
+    with pytest.raises(EnvelopeError):
+        Envelope.from_dict(base(n=10**5000))
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "[1.0, NaN]", '{"x": Infinity}'])
+def test_non_finite_numbers_rejected(raw: str) -> None:
+    rejected(with_raw("trace", raw))
+
+
+def test_non_finite_numbers_rejected_from_python() -> None:
+    for value in (float("nan"), float("inf"), [float("-inf")], {"x": float("nan")}):
+        with pytest.raises(EnvelopeError):
+            Envelope.from_dict(base(trace=value))
+
+
+def test_finite_floats_round_trip() -> None:
+    env = Envelope.from_wire(with_raw("f", "[0.1, -0.0, 1.5e308, 5e-324, 1E5]"))
+    assert env.extra["f"] == [0.1, -0.0, 1.5e308, 5e-324, 100000.0]
+    assert Envelope.from_wire(env.to_wire()) == env
+
+
+def test_duplicate_keys_rejected() -> None:
+    payload = wire_text()[:-1] + ', "to": "mallory"}'
+    assert "duplicate" in str(rejected(payload.encode()))
+    rejected(with_raw("trace", '{"a": 1, "a": 2}'))
+
+
+def test_lone_surrogate_escapes_rejected_everywhere() -> None:
+    for field in ("id", "subject", "body", "in_reply_to", "trace"):
+        assert rejected(with_raw(field, '"x\\ud800y"')).field == field, field
+    rejected(with_raw("trace", '{"\\udfff": 1}'))
+    rejected(with_raw("trace", '["ok", ["\\udc80"]]'))
+    payload = wire_text()[:-1] + ', "\\ud800key": 1}'
+    rejected(payload.encode())
+    # a proper pair is one astral character, and fine
+    assert Envelope.from_wire(with_raw("body", '"\\ud83d\\ude00"')).body == "\U0001f600"
+
+
+@pytest.mark.parametrize(
+    "ts", ["2026-01-02\x0003:04:05", "2026-01-02\ud80003:04:05", "2026-01-02\u202803:04:05", "2026-01-02\u00e903:04:05",
+           "2026-01-02T03:04:05.0000000000000000000000000000000000000000000000000000001"]
+)
+def test_timestamps_must_be_short_printable_ascii(ts: str) -> None:
+    # datetime.fromisoformat takes any character as the separator and any number of digits
+    assert field_error(ts=ts) == "ts"
+    assert field_error(expires_at=ts) == "expires_at"
+
+
+@pytest.mark.parametrize("ctype", ["text/plain\n; charset=utf-8", "text/plain; a=\u2028", "text/plain; a=\x85",
+                                   "text/plain; a=\ud800", "text/plain\x0b; a=b"])
+def test_content_type_parameters_have_no_line_breaks(ctype: str) -> None:
+    assert field_error(content_type=ctype) == "content_type"
+
+
+def test_payload_framing() -> None:
+    assert Envelope.from_wire(b" \n\t" + wire_text().encode() + b"\r\n ") == parse()
+    rejected(wire_text().encode() + b" x")
+    rejected(wire_text().encode() + wire_text().encode())
+    rejected(b"\xef\xbb\xbf" + wire_text().encode())  # a BOM is not JSON
+    rejected(b"")
+    rejected(b"   ")
+    rejected(wire_text().encode()[:-1])
+    rejected(wire_text().encode("utf-16"))
+    rejected(b'{"id": "\xed\xa0\x80"}')  # an encoded surrogate: not UTF-8
+    for junk in (b"[1, 2]", b'"str"', b"null", b"1", b"true"):
+        assert "JSON object" in str(rejected(junk))
+
+
+def test_payload_types() -> None:
+    payload = wire_text().encode()
+    assert Envelope.from_wire(bytearray(payload)) == parse()
+    assert Envelope.from_wire(memoryview(payload)) == parse()  # type: ignore[arg-type]
+    with pytest.raises(EnvelopeError):
+        Envelope.from_wire(wire_text())  # type: ignore[arg-type]
+    with pytest.raises(EnvelopeError):
+        decode_wire(None)  # type: ignore[arg-type]
+
+
+def test_from_dict_only_raises_envelope_error() -> None:
+    for data in (None, 5, "x", [base()], ("id",), {1: 2}, {"id": "m-1"}):
+        with pytest.raises(EnvelopeError):
+            Envelope.from_dict(data)  # type: ignore[arg-type]
+    for value in ((1, 2), {1, 2}, b"bytes", object(), {1: "non-string key"}, Envelope, "\ud800", {"k": "\udc00"}):
+        with pytest.raises(EnvelopeError):
+            Envelope.from_dict(base(trace=value))
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    with pytest.raises(EnvelopeError):
+        Envelope.from_dict(base(trace=cyclic))
+
+
+def test_constructor_checks_extra() -> None:
+    fields = dict(id="m", from_agent="planner", to="coder", ts="2026-01-01T00:00:00", subject="s", body="b")
+    assert Envelope(**fields, extra={"x": [1, {"y": None}]}).extra == {"x": [1, {"y": None}]}  # type: ignore[arg-type]
+    for extra in ({"in_reply_to": "m-0"}, {"to": "x"}, {"x": float("nan")}, {"x": (1,)}, {3: 1}):
+        with pytest.raises(EnvelopeError):
+            Envelope(**fields, extra=extra)  # type: ignore[arg-type]
+
+
+def test_extra_is_read_only() -> None:
+    env = parse(trace="t")
+    with pytest.raises(TypeError):
+        env.extra["trace"] = "changed"  # type: ignore[index]
+    assert parse().extra == {}
+
+
+def test_unknown_fields_size_limit() -> None:
+    big = "x" * (MAX_EXTRA_BYTES - 100)
+    assert len(Envelope.from_dict(base(trace=big)).to_wire()) < MAX_PAYLOAD_BYTES
+    err = rejected(with_raw("trace", json.dumps("\u2026" * (MAX_EXTRA_BYTES // 6 + 10), ensure_ascii=False)))
+    assert err.field == "trace" and "512 KiB" in str(err)
+
+
+def test_worst_case_envelope_still_fits_on_the_wire() -> None:
+    """Every accepted envelope re-serialises to at most 1 MiB, so it can always be sent on."""
+    env = Envelope.from_dict(base(
+        id="\U0001f600" * MAX_MESSAGE_ID_CHARS, in_reply_to="\U0001f600" * MAX_MESSAGE_ID_CHARS,
+        subject="\U0001f600" * 256, body="\x01" * MAX_BODY_BYTES,  # 6 bytes on the wire each
+        content_type="text/plain;" + "\U0001f600" * 128, trace="y" * (MAX_EXTRA_BYTES - 20),
+    ))
+    wire = env.to_wire()
+    assert len(wire) <= MAX_PAYLOAD_BYTES
+    assert Envelope.from_wire(wire) == env
+
+
+def test_error_messages_stay_short_for_huge_values() -> None:
+    huge = "x" * 900_000
+    for field in ("id", "from", "to", "ts", "subject", "content_type", "priority", "reply_to"):
+        err = rejected(with_raw(field, json.dumps(huge)))
+        assert err.field == field
+    err = rejected(with_raw("to", "[" * 900 + "]" * 900))  # repr() of this would recurse
+    assert err.field == "to"
+
+
+def test_decode_wire_returns_the_text_as_received() -> None:
+    for payload in (
+        PREDECESSOR_SAMPLE.encode(),
+        json.dumps(base(body="caf\u00e9 \u2026 \U0001f600"), ensure_ascii=False).encode(),
+        json.dumps(base(body="caf\u00e9"), separators=(",", ":")).encode(),
+        b"  " + wire_text(trace={"nested": [1, 2.5, None]}).encode() + b"\n",
+    ):
+        env, text = decode_wire(payload)
+        assert text.encode("utf-8") == payload
+        assert env == Envelope.from_wire(payload)
+
+
+def test_big_bodies() -> None:
+    ascii_body = "x" * MAX_BODY_BYTES
+    assert Envelope.from_wire(with_raw("body", json.dumps(ascii_body))).body == ascii_body
+    raw = json.dumps(base(body="\u00e9" * (MAX_BODY_BYTES // 2)), ensure_ascii=False).encode()
+    assert len(Envelope.from_wire(raw).body) == MAX_BODY_BYTES // 2
+    over = json.dumps(base(body="\u00e9" * (MAX_BODY_BYTES // 2) + "x"), ensure_ascii=False).encode()
+    assert rejected(over).field == "body"
+    way_over = json.dumps(base(body="\u20ac" * (MAX_BODY_BYTES + 1)), ensure_ascii=False).encode()
+    assert "at least" in str(rejected(way_over))
