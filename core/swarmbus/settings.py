@@ -14,6 +14,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from swarmbus.broker_options import (
+    BROKER_DEFAULTS,
+    BrokerProblems,
+    broker_url,
+    check_broker,
+    effective_port,
+    read_password,
+)
 from swarmbus.config import RawConfig, load_raw
 from swarmbus.envelope import EnvelopeError, validate_own_id
 from swarmbus.errors import ConfigError
@@ -24,12 +32,17 @@ class _Model(BaseModel):
 
 
 class BrokerSettings(_Model):
-    """Where and how to connect. ``port`` defaults by transport and TLS (1883, 8883, 80, 443)."""
+    """Where and how to connect. ``port`` defaults by transport and TLS (1883, 8883, 80, 443).
 
-    host: str = "localhost"
-    port: int | None = Field(default=None, ge=1, le=65535)
+    The rules live in :mod:`swarmbus.broker_options` (stdlib only, shared with the
+    ``swarmbus send`` fast path): this model validates through
+    :func:`~swarmbus.broker_options.check_broker` and only adds the types.
+    """
+
+    host: str = BROKER_DEFAULTS["host"]
+    port: int | None = None
     transport: Literal["tcp", "websockets"] = "tcp"
-    ws_path: str = "/mqtt"
+    ws_path: str = BROKER_DEFAULTS["ws_path"]
     tls: bool = False
     ca_certs: Path | None = None
     certfile: Path | None = None
@@ -37,52 +50,31 @@ class BrokerSettings(_Model):
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
-    client_id_prefix: str = Field(default="swarmbus", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    client_id_prefix: str = BROKER_DEFAULTS["client_id_prefix"]
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
-    keepalive: int = Field(default=60, ge=5, le=65535)
-    connect_timeout: float = Field(default=5.0, gt=0, le=120)
+    keepalive: int = BROKER_DEFAULTS["keepalive"]
+    connect_timeout: float = BROKER_DEFAULTS["connect_timeout"]
 
-    @field_validator("ca_certs", "certfile", "keyfile", "password_file", mode="after")
+    @model_validator(mode="before")
     @classmethod
-    def _expand(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
-
-    @model_validator(mode="after")
-    def _check(self) -> BrokerSettings:
-        if (self.certfile is None) != (self.keyfile is None):
-            raise ValueError("client certificate and key must be given together (mTLS)")
-        if self.ca_certs or self.certfile:
-            self.tls = True
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("give the broker password or a password file, not both")
-        return self
+    def _check(cls, data: Any) -> Any:
+        if isinstance(data, BrokerSettings):
+            return data
+        return check_broker(data)  # BrokerProblems is a ValueError: pydantic reports it
 
     @property
     def effective_port(self) -> int:
-        if self.port is not None:
-            return self.port
-        if self.transport == "websockets":
-            return 443 if self.tls else 80
-        return 8883 if self.tls else 1883
+        return effective_port(self.port, self.transport, self.tls)
 
     @property
     def url(self) -> str:
-        scheme = {("tcp", False): "mqtt", ("tcp", True): "mqtts",
-                  ("websockets", False): "ws", ("websockets", True): "wss"}[(self.transport, self.tls)]
-        path = self.ws_path if self.transport == "websockets" else ""
-        return f"{scheme}://{self.host}:{self.effective_port}{path}"
+        return broker_url(self.host, self.effective_port, self.transport, self.tls, self.ws_path)
 
     def resolved_password(self) -> str | None:
         """The password, read from ``password_file`` when that is set (trailing newline
         stripped). Raises ConfigError if the file cannot be read."""
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self.password_file is None:
-            return None
-        try:
-            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(f"broker password file {self.password_file}: {exc.strerror}") from None
+        secret = self.password.get_secret_value() if self.password is not None else None
+        return read_password(secret, self.password_file)
 
 
 class DaemonSettings(_Model):
@@ -97,6 +89,8 @@ class DaemonSettings(_Model):
     store_sync: Literal["normal", "full"] = "normal"
     reconnect_min: float = Field(default=0.5, gt=0)
     reconnect_max: float = Field(default=60.0, gt=0)
+    backlog: int = Field(default=1024, ge=16, le=1_000_000)
+    """The most messages the dispatcher holds in memory; the rest wait in the store."""
 
 
 class WakeSettings(_Model):
@@ -170,6 +164,10 @@ class Settings(_Model):
 def _format_validation_error(exc: ValidationError, raw: RawConfig) -> str:
     lines = []
     for err in exc.errors():
+        problems = err.get("ctx", {}).get("error")
+        if isinstance(problems, BrokerProblems):  # the [broker] rules: worded as the fast path words them
+            lines.extend(problems.clauses(raw.sources))
+            continue
         key = ".".join(str(p) for p in err["loc"])
         source = raw.sources.get(key) or raw.plugin_sources.get(key.split(".")[1] if key.startswith("plugins.") else "", "")
         where = f" (from {source})" if source else ""

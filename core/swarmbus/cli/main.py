@@ -10,15 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
 
 from swarmbus import __version__
 
-CORE_COMMANDS = (
-    "send", "start", "read", "watch", "tail", "list", "inbox", "config", "plugins",
-    "doctor", "broker", "init", "uninit", "wait", "mcp-server",
-)
+TYPE_CHECKING = False  # not from typing: importing typing costs the send fast path ~4 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, NoReturn
 
 DESCRIPTION = """\
 Reactive, durable messaging between AI agents over MQTT.
@@ -45,12 +43,40 @@ Exit codes: 0 ok, 1 failure or timeout, 2 usage error or broker unreachable.
 SUB_EPILOG = "Exit codes: 0 ok, 1 failure or timeout, 2 usage error or broker unreachable."
 
 
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``, without importing shutil (~2 ms, with the
+    compression modules it pulls in): $COLUMNS, else the terminal's width, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's RawDescriptionHelpFormatter, sized the same way but without ``shutil``:
+    argparse makes one formatter per ``add_argument`` call, so ``swarmbus send`` makes dozens."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _terminal_columns() - 2 if width is None else width)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line plus a pointer to --help, exit code 2."""
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"swarmbus: error: {message}\n(see `{self.prog} --help`)\n")
         raise SystemExit(2)
+
+
+# -- argument groups shared by several commands -------------------------------------------------------
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -90,26 +116,10 @@ def _consumer(p: argparse.ArgumentParser) -> None:
                    help="cursor name: each consumer sees every message once (default: default)")
 
 
-def build_parser(plugin_commands: dict[str, Any] | None = None, only: str | None = None) -> Parser:
-    """The full parser, or with ``only`` a parser that knows just that core subcommand
-    (building all of them costs ~15 ms, which ``swarmbus send`` should not pay)."""
-    parser = Parser(prog="swarmbus", description=DESCRIPTION, epilog=EPILOG,
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="store_true", help="print the version of swarmbus and of each plugin")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+# -- one builder per core command: only the one being run is called ----------------------------------
 
-    def add(name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
-        if only in (None, name):
-            return sub.add_parser(name, help=help_text, description=description or help_text, epilog=SUB_EPILOG,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        return argparse.ArgumentParser(add_help=False)  # a throw-away parser, never used
 
-    p = add("send", "send a message to an agent or to everyone",
-            "Send a message. Through the local daemon when one runs for --agent-id (fast, and\n"
-            "spooled durably while the broker is down); otherwise over a direct connection.\n\n"
-            "  swarmbus send --agent-id planner --to coder --subject hi --body 'got a minute?'\n"
-            "  git diff | swarmbus send --agent-id planner --to coder --subject review --body-file -\n"
-            "  swarmbus send --agent-id planner --to broadcast --subject standup --body 'in 5'")
+def _send(p: argparse.ArgumentParser) -> None:
     _agent(p)
     p.add_argument("--to", required=True, metavar="ID", help="recipient agent id, or `broadcast`")
     p.add_argument("--subject", required=True, help="one line, at most 256 characters")
@@ -129,10 +139,8 @@ def build_parser(plugin_commands: dict[str, Any] | None = None, only: str | None
     _broker(p)
     _common(p)
 
-    p = add("start", "run the listener daemon for an agent",
-            "Run the listener daemon: the single MQTT receive owner for --agent-id. It stores\n"
-            "every message before acknowledging it, archives it to the inbox file, and wakes\n"
-            "the host agent when the wake policy says so. Stop it with SIGINT or SIGTERM.")
+
+def _start(p: argparse.ArgumentParser) -> None:
     _agent(p)
     p.add_argument("--inbox", metavar="PATH", help="markdown inbox archive ({agent_id} expands; default in the state dir)")
     p.add_argument("--no-archive", dest="archive", action="store_const", const=False, help="do not write the inbox file")
@@ -145,36 +153,34 @@ def build_parser(plugin_commands: dict[str, Any] | None = None, only: str | None
     _broker(p)
     _common(p)
 
-    for name, help_text, extra in (
-        ("read", "print new messages and advance the cursor", "read"),
-        ("watch", "wait for the next message and print it", "watch"),
-        ("tail", "print new messages; --follow keeps streaming", "tail"),
-    ):
-        p = add(name, help_text,
-                help_text + ".\n\nReads the daemon's store when a daemon runs for --agent-id; otherwise takes\n"
-                "the agent's session for a moment to fetch what the broker queued, without ever\n"
-                "racing a running daemon. Each --consumer has its own cursor.")
+
+def _reader(extra: Callable[[argparse.ArgumentParser], None]) -> Callable[[argparse.ArgumentParser], None]:
+    def build(p: argparse.ArgumentParser) -> None:
         _agent(p)
         _consumer(p)
-        if extra == "read":
-            p.add_argument("--max", type=int, default=10, metavar="N", help="at most N messages (default 10)")
-            p.add_argument("--peek", action="store_true", help="do not advance the cursor")
-        if extra == "watch":
-            p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="give up after this (exit 1; default 30)")
-        if extra == "tail":
-            p.add_argument("--follow", "-f", action="store_true", help="keep printing new messages until interrupted")
-            p.add_argument("--reset", action="store_true", help="start again from the first stored message")
+        extra(p)
         _json(p)
         _broker(p)
         _common(p)
 
-    p = add("wait", "block until new messages arrive, print them as a wake prompt (for host hooks)",
-            "Block until --consumer has at least one new message in the daemon's store, print the new\n"
-            "messages as one wake prompt (or JSON lines), advance the cursor past them, and exit\n"
-            "--exit-code. Needs a running daemon for --agent-id (exit 1 without one); it never takes\n"
-            "the agent's MQTT session. A timeout exits 1 and prints nothing on stdout.\n\n"
-            "  # Claude Code Stop hook with asyncRewake: exit 2 wakes the model and feeds it stderr\n"
-            "  swarmbus wait --agent-id coder --consumer rewake --stderr --exit-code 2 --timeout 86400")
+    return build
+
+
+def _read_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max", type=int, default=10, metavar="N", help="at most N messages (default 10)")
+    p.add_argument("--peek", action="store_true", help="do not advance the cursor")
+
+
+def _watch_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="give up after this (exit 1; default 30)")
+
+
+def _tail_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new messages until interrupted")
+    p.add_argument("--reset", action="store_true", help="start again from the first stored message")
+
+
+def _wait(p: argparse.ArgumentParser) -> None:
     _agent(p)
     _consumer(p)
     p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS", help="give up after this (exit 1; default 3600)")
@@ -184,81 +190,175 @@ def build_parser(plugin_commands: dict[str, Any] | None = None, only: str | None
     p.add_argument("--exit-code", type=int, default=0, metavar="N", help="exit code when messages were printed (default 0)")
     _common(p)
 
-    p = add("mcp-server", "serve this agent's messaging to an MCP host over stdio (needs swarmbus[mcp])",
-            "Run an MCP server on stdin/stdout with the tools send_message, read_inbox and list_agents,\n"
-            "for --agent-id. It sends and reads through the agent's daemon (its local socket): it is\n"
-            "never a second MQTT subscriber for the id. read_inbox is non-destructive until its\n"
-            "messages are acknowledged (ack_ids). Needs: pip install 'swarmbus[mcp]'.\n\n"
-            "  claude mcp add swarmbus -- swarmbus mcp-server --agent-id coder")
+
+def _agent_broker(p: argparse.ArgumentParser) -> None:
     _agent(p)
     _broker(p)
     _common(p)
 
-    p = add("list", "list agents and their presence",
-            "List agents from their retained presence records: online, offline, or stale\n"
-            "(online but no heartbeat for three intervals), with when each was last seen.")
+
+def _list(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="include offline agents")
     _agent(p)
     _json(p)
     _broker(p)
     _common(p)
 
-    p = add("inbox", "show the stored messages, their handler outcomes, and the quarantine")
+
+def _inbox(p: argparse.ArgumentParser) -> None:
     _agent(p)
     p.add_argument("--quarantined", action="store_true", help="show quarantined (rejected) publishes and why")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="newest N (default 20)")
     _json(p)
     _common(p)
 
-    p = add("config", "show or check the effective configuration")
+
+def _config(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("show", "check", "path"), help="show: values and sources; check: validate; path: the config file")
     _agent(p)
     _json(p)
     _broker(p)
     _common(p)
 
-    p = add("plugins", "list plugins, their versions and hooks")
+
+def _plugins(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="include built-in plugins")
     _json(p)
 
-    p = add("doctor", "check configuration, broker, daemon, store and plugins",
-            "Run every check (core and installed plugins) and print a fix for each failure.\n"
-            "Exit 0 when nothing failed (warnings allowed), 1 otherwise.")
+
+def _doctor(p: argparse.ArgumentParser) -> None:
     _agent(p)
     _json(p)
     _broker(p)
     _common(p)
 
-    p = add("broker", "run a local mosquitto for development and single-machine use",
-            "Run mosquitto in the foreground with a generated config: loopback only,\n"
-            "persistence with a 1 s autosave, no per-client queue cap, TCP_NODELAY.")
+
+def _broker_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=1883, help="listen port (default 1883)")
     p.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--print-config", action="store_true", help="print the generated config and exit")
     _common(p)
 
-    for name in ("init", "uninit"):
-        if name == "init":
-            p = add("init", "set this machine up as a swarmbus agent (daemon service, host integration)",
-                    "Set up an agent: check or start a broker, write the config file, install the daemon as a\n"
-                    "user service (systemd or launchd), run the host type's setup (e.g. Claude Code: skill,\n"
-                    "MCP server, hooks), then run doctor. Re-running changes nothing that is already right.\n\n"
-                    "  swarmbus init --agent-id coder --host-type cc --dry-run\n"
-                    "  swarmbus init --agent-id coder --host-type openclaw --broker mqtt://broker.lan:1883")
-            p.add_argument("--host-type", metavar="TYPE", help="host integration: cc, openclaw, ... or none (see `swarmbus plugins`)")
-            p.add_argument("--remove", action="store_true", help="undo what init wrote (same as `swarmbus uninit`)")
-            p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-        else:
-            p = add("uninit", "undo what `swarmbus init` wrote for an agent")
-        _agent(p)
-        p.add_argument("--dry-run", action="store_true", help="print every file and command, change nothing")
-        _broker(p)
-        _common(p)
 
+def _init(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host-type", metavar="TYPE", help="host integration: cc, openclaw, ... or none (see `swarmbus plugins`)")
+    p.add_argument("--remove", action="store_true", help="undo what init wrote (same as `swarmbus uninit`)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _uninit(p)
+
+
+def _uninit(p: argparse.ArgumentParser) -> None:
+    _agent(p)
+    p.add_argument("--dry-run", action="store_true", help="print every file and command, change nothing")
+    _broker(p)
+    _common(p)
+
+
+_READER_DESCRIPTION = (
+    ".\n\nReads the daemon's store when a daemon runs for --agent-id; otherwise takes\n"
+    "the agent's session for a moment to fetch what the broker queued, without ever\n"
+    "racing a running daemon. Each --consumer has its own cursor."
+)
+
+# name -> (one-line help, description or None for the help line, builder), in --help order
+COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], None]]] = {
+    "send": (
+        "send a message to an agent or to everyone",
+        "Send a message. Through the local daemon when one runs for --agent-id (fast, and\n"
+        "spooled durably while the broker is down); otherwise over a direct connection.\n\n"
+        "  swarmbus send --agent-id planner --to coder --subject hi --body 'got a minute?'\n"
+        "  git diff | swarmbus send --agent-id planner --to coder --subject review --body-file -\n"
+        "  swarmbus send --agent-id planner --to broadcast --subject standup --body 'in 5'",
+        _send,
+    ),
+    "start": (
+        "run the listener daemon for an agent",
+        "Run the listener daemon: the single MQTT receive owner for --agent-id. It stores\n"
+        "every message before acknowledging it, archives it to the inbox file, and wakes\n"
+        "the host agent when the wake policy says so. Stop it with SIGINT or SIGTERM.",
+        _start,
+    ),
+    "read": ("print new messages and advance the cursor",
+             "print new messages and advance the cursor" + _READER_DESCRIPTION, _reader(_read_extra)),
+    "watch": ("wait for the next message and print it",
+              "wait for the next message and print it" + _READER_DESCRIPTION, _reader(_watch_extra)),
+    "tail": ("print new messages; --follow keeps streaming",
+             "print new messages; --follow keeps streaming" + _READER_DESCRIPTION, _reader(_tail_extra)),
+    "wait": (
+        "block until new messages arrive, print them as a wake prompt (for host hooks)",
+        "Block until --consumer has at least one new message in the daemon's store, print the new\n"
+        "messages as one wake prompt (or JSON lines), advance the cursor past them, and exit\n"
+        "--exit-code. Needs a running daemon for --agent-id (exit 1 without one); it never takes\n"
+        "the agent's MQTT session. A timeout exits 1 and prints nothing on stdout.\n\n"
+        "  # Claude Code Stop hook with asyncRewake: exit 2 wakes the model and feeds it stderr\n"
+        "  swarmbus wait --agent-id coder --consumer rewake --stderr --exit-code 2 --timeout 86400",
+        _wait,
+    ),
+    "mcp-server": (
+        "serve this agent's messaging to an MCP host over stdio (needs swarmbus[mcp])",
+        "Run an MCP server on stdin/stdout with the tools send_message, read_inbox and list_agents,\n"
+        "for --agent-id. It sends and reads through the agent's daemon (its local socket): it is\n"
+        "never a second MQTT subscriber for the id. read_inbox is non-destructive until its\n"
+        "messages are acknowledged (ack_ids). Needs: pip install 'swarmbus[mcp]'.\n\n"
+        "  claude mcp add swarmbus -- swarmbus mcp-server --agent-id coder",
+        _agent_broker,
+    ),
+    "list": (
+        "list agents and their presence",
+        "List agents from their retained presence records: online, offline, or stale\n"
+        "(online but no heartbeat for three intervals), with when each was last seen.",
+        _list,
+    ),
+    "inbox": ("show the stored messages, their handler outcomes, and the quarantine", None, _inbox),
+    "config": ("show or check the effective configuration", None, _config),
+    "plugins": ("list plugins, their versions and hooks", None, _plugins),
+    "doctor": (
+        "check configuration, broker, daemon, store and plugins",
+        "Run every check (core and installed plugins) and print a fix for each failure.\n"
+        "Exit 0 when nothing failed (warnings allowed), 1 otherwise.",
+        _doctor,
+    ),
+    "broker": (
+        "run a local mosquitto for development and single-machine use",
+        "Run mosquitto in the foreground with a generated config: loopback only,\n"
+        "persistence with a 1 s autosave, no per-client queue cap, TCP_NODELAY.",
+        _broker_command,
+    ),
+    "init": (
+        "set this machine up as a swarmbus agent (daemon service, host integration)",
+        "Set up an agent: check or start a broker, write the config file, install the daemon as a\n"
+        "user service (systemd or launchd), run the host type's setup (e.g. Claude Code: skill,\n"
+        "MCP server, hooks), then run doctor. Re-running changes nothing that is already right.\n\n"
+        "  swarmbus init --agent-id coder --host-type cc --dry-run\n"
+        "  swarmbus init --agent-id coder --host-type openclaw --broker mqtt://broker.lan:1883",
+        _init,
+    ),
+    "uninit": ("undo what `swarmbus init` wrote for an agent", None, _uninit),
+}
+
+CORE_COMMANDS = tuple(COMMANDS)
+
+
+def build_parser(plugin_commands: dict[str, Any] | None = None, only: str | None = None) -> Parser:
+    """The full parser (every core command, then ``plugin_commands``), or with ``only`` a
+    parser that knows just that one command: only its builder runs, so ``swarmbus send``
+    does not pay for the ~260 ``add_argument`` calls of the others."""
+    parser = Parser(prog="swarmbus", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="store_true", help="print the version of swarmbus and of each plugin")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    def add(name: str, help_text: str, description: str | None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=description or help_text, epilog=SUB_EPILOG,
+                              formatter_class=HelpFormatter)
+
+    for name, (help_text, description, build) in COMMANDS.items():
+        if only in (None, name):
+            build(add(name, help_text, description))
     for command in (plugin_commands or {}).values():
-        p = add(command.name, command.help)
-        command.configure(p)
-        _common(p)
+        if only in (None, command.name):
+            p = add(command.name, command.help, None)
+            command.configure(p)
+            _common(p)
     return parser
 
 
@@ -283,7 +383,7 @@ def run(argv: Sequence[str]) -> int:
     wants_plugins = bool(argv) and argv[0] not in CORE_COMMANDS and not argv[0].startswith("-")
     wants_help = not argv or argv[0] in ("-h", "--help")
     plugin_commands = _plugin_commands() if (wants_plugins or wants_help) else {}
-    only = argv[0] if argv and argv[0] in CORE_COMMANDS else None
+    only = argv[0] if argv and (argv[0] in CORE_COMMANDS or argv[0] in plugin_commands) else None
     parser = build_parser(plugin_commands, only=only)
     args = parser.parse_args(argv)
     if args.version:
@@ -303,9 +403,7 @@ def run(argv: Sequence[str]) -> int:
         "doctor": "doctor", "broker": "admin", "init": "init", "uninit": "init", "wait": "reading",
         "mcp-server": "mcpserver",
     }[args.command]
-    from importlib import import_module
-
-    handler = import_module(f"swarmbus.cli.{module}")
+    handler = __import__(f"swarmbus.cli.{module}", fromlist=["run"])  # importlib would cost an import
     return int(handler.run(args))
 
 

@@ -3,7 +3,9 @@
 With a daemon running for ``--agent-id``, a send is: parse flags, read the raw config (no
 pydantic), validate the envelope (stdlib), one request on the daemon's Unix socket. The
 daemon spools it in its durable outbox and publishes it on its existing connection. Only
-without a daemon (or with ``--direct``) do we import paho and pydantic and connect.
+without a daemon (or with ``--direct``) do we import paho and connect, with broker settings
+validated by :mod:`swarmbus.broker_options` (still no pydantic, no pluggy) and a synchronous
+one-shot publish (:func:`swarmbus.transport.publish.publish_once`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from swarmbus.cli.common import print_json, raw_config
-from swarmbus.control import DaemonUnavailable, request
+from swarmbus.control import DaemonUnavailable, send_request
 from swarmbus.envelope import Envelope, new_envelope, validate_own_id
 from swarmbus.errors import SwarmbusError, UsageError
-from swarmbus.markdown import append_entry, format_entry, outbox_path
 from swarmbus.paths import AgentPaths
+
+TYPE_CHECKING = False  # not from typing: importing typing costs this path ~4 ms
+if TYPE_CHECKING:
+    from swarmbus.config import RawConfig
 
 
 def _read_body(args: argparse.Namespace) -> str:
@@ -58,14 +63,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.direct:
         status = _via_daemon(AgentPaths.for_agent(agent_id, raw.get("state_dir")).socket, envelope, args.wait)
     if status is None:
-        _direct(args, envelope)
+        _direct(raw, envelope, timeout=max(args.wait, 1.0))
         status = "published"
-    archive = outbox_path(agent_id, args.outbox, os.environ, raw.get("outbox"))
-    if archive is not None:
-        try:
-            append_entry(archive, format_entry(envelope, direction="out"))
-        except OSError as exc:
-            sys.stderr.write(f"swarmbus: warning: could not append to outbox {archive}: {exc.strerror}\n")
+    if args.outbox or raw.get("outbox") or any(name.startswith("SWARMBUS_OUTBOX") for name in os.environ):
+        _archive(agent_id, envelope, args.outbox, raw.get("outbox"))
     if args.json:
         print_json({"id": envelope.id, "to": envelope.to, "status": status})
     elif status == "queued":
@@ -75,22 +76,42 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _archive(agent_id: str, envelope: Envelope, flag: str | None, configured: str | None) -> None:
+    """Append the message to the outbox archive, if one is configured. Only called when some
+    outbox setting exists: swarmbus.markdown costs ~2 ms to import."""
+    from swarmbus.markdown import append_entry, format_entry, outbox_path
+
+    archive = outbox_path(agent_id, flag, os.environ, configured)
+    if archive is not None:
+        try:
+            append_entry(archive, format_entry(envelope, direction="out"))
+        except OSError as exc:
+            sys.stderr.write(f"swarmbus: warning: could not append to outbox {archive}: {exc.strerror}\n")
+
+
 def _via_daemon(socket_path: Path, envelope: Envelope, wait: float) -> str | None:
+    """The daemon's status for the send (``published``, ``queued``, ...), or None when no
+    daemon runs. A daemon too late to take it refuses it unsent (see ``control.send_request``)."""
     try:
-        answer = request(socket_path, {"op": "send", "envelope": envelope.to_dict(), "wait": wait}, timeout=wait + 5)
+        answer = send_request(socket_path, envelope.to_dict(), wait)
     except DaemonUnavailable:
         return None
     except TimeoutError as exc:
-        raise SwarmbusError(f"the local daemon did not answer: {exc}") from None
+        raise SwarmbusError(f"the local daemon did not answer ({exc}): the message was not sent") from None
     if not answer.get("ok"):
         error = SwarmbusError if answer.get("kind") != "usage" else UsageError
         raise error(f"the daemon refused the message: {answer.get('error')}")
     return str(answer.get("status", "published"))
 
 
-def _direct(args: argparse.Namespace, envelope: Envelope) -> None:
-    from swarmbus.cli.common import load_settings_for
-    from swarmbus.oneshot import send_direct
+def _direct(raw: RawConfig, envelope: Envelope, *, timeout: float) -> None:
+    """Publish over a connection of our own: what :func:`swarmbus.oneshot.send_direct` does,
+    without building the pydantic settings."""
+    from swarmbus.broker_options import broker_options
+    from swarmbus.topics import topic_for_recipient
+    from swarmbus.transport.publish import publish_once
 
-    settings = load_settings_for(args)
-    send_direct(settings, envelope, timeout=max(args.wait, 1.0))
+    broker = broker_options(raw)
+    publish_once(broker, topic_for_recipient(envelope.to), envelope.to_wire(), agent_id=envelope.from_agent,
+                 timeout=timeout)
+

@@ -1,0 +1,312 @@
+"""One QoS 1 publish on a short-lived connection, synchronously: no threads, no pydantic.
+
+:func:`publish_once` is what ``swarmbus send --direct`` (and ``send`` when no daemon runs) and
+:func:`swarmbus.oneshot.send_direct` do: connect, publish at QoS 1, drive paho's ``loop()``
+in the calling thread until the PUBACK, disconnect. It follows the same rules as the daemon's
+:class:`~swarmbus.transport.link.MqttLink`:
+
+- MQTT 5 first, MQTT 3.1.1 when the broker refuses 5 (CONNACK reason 132 "Unsupported
+  protocol version", or a 3.1.1-style return code 1), unless ``protocol`` pins one;
+- ``TCP_NODELAY`` on the socket (paho never sets it);
+- a connection that fails for a reason that may pass (TCP connection refused or reset, DNS,
+  timeout, closed before the CONNACK) is retried with a short backoff until ``connect_timeout``;
+  a CONNACK that refuses the client (bad credentials, not authorised, server busy, ...) or a
+  server certificate that does not verify fails at once: a one-shot send reports, it does not
+  wait a refusal out (the daemon does);
+- a unique client id (``<prefix>-<agent>-send-<random>``), so a send never takes over the
+  daemon's persistent session.
+
+The broker settings may be a :class:`swarmbus.broker_options.BrokerOptions` (the CLI fast
+path) or a :class:`swarmbus.settings.BrokerSettings`: only their shared attributes are used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+import time
+
+from swarmbus.errors import BrokerUnreachable, ConfigError, TimeoutExpired
+
+TYPE_CHECKING = False  # not from typing: see swarmbus.config
+if TYPE_CHECKING:
+    from pathlib import Path
+    from types import ModuleType
+    from typing import Any, Protocol
+
+    class BrokerLike(Protocol):
+        """The broker attributes :func:`publish_once` reads (read-only)."""
+
+        @property
+        def host(self) -> str: ...
+
+        @property
+        def transport(self) -> str: ...
+
+        @property
+        def ws_path(self) -> str: ...
+
+        @property
+        def tls(self) -> bool: ...
+
+        @property
+        def ca_certs(self) -> Path | None: ...
+
+        @property
+        def certfile(self) -> Path | None: ...
+
+        @property
+        def keyfile(self) -> Path | None: ...
+
+        @property
+        def username(self) -> str | None: ...
+
+        @property
+        def client_id_prefix(self) -> str: ...
+
+        @property
+        def protocol(self) -> str: ...
+
+        @property
+        def keepalive(self) -> int: ...
+
+        @property
+        def connect_timeout(self) -> float: ...
+
+        @property
+        def effective_port(self) -> int: ...
+
+        @property
+        def url(self) -> str: ...
+
+        def resolved_password(self) -> str | None: ...
+
+
+V5 = "5"
+V311 = "3.1.1"
+_UNSUPPORTED_PROTOCOL = 132
+_HINT = "is the broker running? check `swarmbus config show` and `swarmbus doctor`"
+
+
+def one_shot_client_id(prefix: str, agent_id: str | None, role: str) -> str:
+    """A unique client id for short-lived connections, ``<prefix>-<agent_id>-<role>-<8 hex>``,
+    so they never take over the daemon's persistent session ``<prefix>-<agent_id>``."""
+    return f"{prefix}-{agent_id or 'anon'}-{role}-{os.urandom(4).hex()}"
+
+
+# -- importing paho cheaply -------------------------------------------------------------------------
+
+# Standard modules paho-mqtt imports at import time but does not use for a plain publish. Each
+# is put in sys.modules as a stand-in that imports the real module the first time any of its
+# attributes is read, so nothing breaks if paho (or anyone else) does touch it:
+#
+# - urllib.request (with http.client, email, ...: ~25 ms): only in Client._get_proxy, which
+#   reads it only when PySocks is installed (then the stand-in loads it on the spot);
+# - ssl (~6 ms): only when TLS is configured (tls_set, the TLS handshake) or while handling an
+#   exception in _sock_recv/_sock_send (``except ssl.SSLWantReadError``);
+# - hashlib, base64, uuid (~5 ms): only for the websockets handshake, or for a client id paho
+#   makes up itself (we always pass one).
+#
+# Why not importlib.util.LazyLoader: on Python 3.11 an ``import urllib.request`` statement of an
+# already lazily-loaded module reads its ``__spec__``, which makes LazyLoader load it right away
+# (the C import code checks ``__spec__._initializing``), so paho's own imports would undo it. A
+# stand-in module with a PEP 562 ``__getattr__`` has a real ``__spec__`` and stays unloaded.
+_DEFERRED = ("urllib.request", "ssl", "hashlib", "base64", "uuid")
+
+
+def _defer(name: str) -> None:
+    import importlib
+    import importlib.machinery
+    import types
+
+    stand_in = types.ModuleType(name, f"stand-in for {name}: imported on first use")
+    stand_in.__spec__ = importlib.machinery.ModuleSpec(name, None)
+
+    def __getattr__(attr: str) -> Any:  # PEP 562: only for attributes the stand-in lacks
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]  # the import below replaces it, here and on the parent package
+        return getattr(importlib.import_module(name), attr)
+
+    stand_in.__getattr__ = __getattr__  # type: ignore[method-assign]
+    sys.modules[name] = stand_in
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(importlib.import_module(parent), child, stand_in)
+
+
+def _paho() -> ModuleType:
+    """``paho.mqtt.client``, imported with the stand-ins above when nothing imported it yet."""
+    if "paho.mqtt.client" not in sys.modules:
+        for name in _DEFERRED:
+            if name not in sys.modules:
+                _defer(name)
+    import paho.mqtt.client as mqtt
+
+    return mqtt
+
+
+# -- the publish ------------------------------------------------------------------------------------
+
+
+class _Retry(Exception):
+    """This connection attempt failed for a reason that may pass; try again if time is left."""
+
+
+class _Fallback(Exception):
+    """The broker refused MQTT 5: connect again with 3.1.1."""
+
+
+class _State:
+    """What paho's callbacks report; holds no reference to the client (no cycle: paho closes
+    its wake-up socket pair when the client is freed)."""
+
+    def __init__(self) -> None:
+        self.connack: Any = None
+        self.acked: set[int] = set()
+
+    def on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        raw = getattr(sock, "_socket", sock)  # the websocket wrapper keeps the TCP socket here
+        with contextlib.suppress(OSError, AttributeError):  # not a TCP socket: nothing to tune
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.connack = reason
+
+    def on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        self.acked.add(mid)
+
+
+def _client(mqtt: Any, broker: BrokerLike, client_id: str, protocol: str, password: str | None,
+            state: _State) -> Any:
+    v5 = protocol == V5
+    client = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=None if v5 else True,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        transport=broker.transport,
+        reconnect_on_failure=False,
+    )
+    client.suppress_exceptions = False
+    if broker.transport == "websockets":
+        client.ws_set_options(path=broker.ws_path)
+    if broker.tls:
+        import ssl
+
+        try:
+            client.tls_set(
+                ca_certs=str(broker.ca_certs) if broker.ca_certs else None,
+                certfile=str(broker.certfile) if broker.certfile else None,
+                keyfile=str(broker.keyfile) if broker.keyfile else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot use the broker TLS files (ca_certs, certfile, keyfile): {exc}") from None
+    if broker.username is not None or password is not None:
+        client.username_pw_set(broker.username or "", password)
+    client.on_socket_open = state.on_socket_open
+    client.on_connect = state.on_connect
+    client.on_publish = state.on_publish
+    return client
+
+
+def _close(client: Any) -> None:
+    with contextlib.suppress(Exception):  # already broken: nothing left to close politely
+        client.disconnect()  # sends DISCONNECT if the socket is still open, then closes it
+
+
+def _cert_rejected(exc: BaseException) -> bool:
+    import ssl  # already loaded for real when TLS is in use
+
+    return isinstance(exc, ssl.SSLCertVerificationError)
+
+
+def _connect(mqtt: Any, broker: BrokerLike, client: Any, state: _State, protocol: str, deadline: float) -> None:
+    """Open the connection and wait for a successful CONNACK (raises otherwise)."""
+    client.connect_timeout = max(0.05, deadline - time.monotonic())
+    try:
+        if protocol == V5:
+            client.connect(broker.host, broker.effective_port, broker.keepalive, clean_start=True)
+        else:
+            client.connect(broker.host, broker.effective_port, broker.keepalive)
+    except (OSError, ValueError, mqtt.WebsocketConnectionError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        if broker.tls and _cert_rejected(exc):
+            raise BrokerUnreachable(f"broker unreachable ({broker.url}): {reason}", hint=_HINT) from None
+        raise _Retry(reason) from None
+    while state.connack is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Retry(f"no CONNACK within {broker.connect_timeout:.0f}s")
+        rc = client.loop(timeout=min(remaining, 1.0))
+        if rc != mqtt.MQTT_ERR_SUCCESS and state.connack is None:
+            raise _Retry(f"the broker closed the connection before its CONNACK ({mqtt.error_string(rc)})")
+    reason = state.connack
+    if reason.is_failure:
+        value = int(reason.value) if hasattr(reason, "value") else int(reason)
+        if protocol == V5 and value in (_UNSUPPORTED_PROTOCOL, 1) and broker.protocol == "auto":
+            raise _Fallback
+        raise BrokerUnreachable(f"broker unreachable ({broker.url}): connection refused: {reason}", hint=_HINT)
+
+
+def publish_once(broker: BrokerLike, topic: str, payload: bytes, *, agent_id: str | None,
+                 timeout: float = 10.0, retain: bool = False) -> str:
+    """Connect to ``broker``, publish ``payload`` on ``topic`` at QoS 1, wait for the PUBACK,
+    disconnect. Runs in the calling thread; returns the MQTT version used (``"5"`` or
+    ``"3.1.1"``). The client id is :func:`one_shot_client_id` for ``agent_id``, role ``send``.
+
+    Connecting (every attempt, including the 3.1.1 fallback) may take up to
+    ``broker.connect_timeout`` seconds; the PUBACK then up to ``timeout`` seconds.
+
+    :raises BrokerUnreachable: no connection within ``broker.connect_timeout`` (with the last
+        reason: refused, DNS, TLS, no CONNACK, ...), the broker refused the client, the
+        server certificate did not verify, or the connection dropped before the PUBACK.
+    :raises TimeoutExpired: no PUBACK within ``timeout`` seconds.
+    :raises ConfigError: the password file or the TLS files cannot be read.
+    """
+    mqtt = _paho()
+    password = broker.resolved_password()
+    client_id = one_shot_client_id(broker.client_id_prefix, agent_id, "send")
+    protocol = V311 if broker.protocol == V311 else V5
+    deadline = time.monotonic() + broker.connect_timeout
+    delay = 0.1
+    while True:
+        state = _State()
+        client = _client(mqtt, broker, client_id, protocol, password, state)
+        try:
+            _connect(mqtt, broker, client, state, protocol, deadline)
+        except _Fallback:
+            _close(client)
+            protocol = V311
+            continue
+        except _Retry as exc:
+            _close(client)
+            pause = min(delay, deadline - time.monotonic())
+            if pause <= 0:
+                raise BrokerUnreachable(f"broker unreachable ({broker.url}): {exc}", hint=_HINT) from None
+            time.sleep(pause)  # backoff before the next attempt, not synchronisation
+            delay = min(delay * 2, 1.0)
+            continue
+        except BaseException:
+            _close(client)
+            raise
+        break
+    try:
+        info = client.publish(topic, payload, qos=1, retain=retain)
+        ack_deadline = time.monotonic() + timeout
+        while info.mid not in state.acked:
+            remaining = ack_deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutExpired(f"no PUBACK from {broker.url} within {timeout:.0f}s")
+            rc = client.loop(timeout=min(remaining, 1.0))
+            if rc != mqtt.MQTT_ERR_SUCCESS and info.mid not in state.acked:
+                raise BrokerUnreachable(
+                    f"broker unreachable ({broker.url}): the connection dropped before the PUBACK "
+                    f"({mqtt.error_string(rc)}); the message may or may not have been delivered",
+                    hint=_HINT,
+                )
+    finally:
+        _close(client)
+    return protocol
