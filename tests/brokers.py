@@ -243,14 +243,20 @@ def broker_factory(tmp_path: Path) -> Iterator[BrokerFactory]:
 
     def factory(**overrides: Any) -> RunningBroker:
         n = len(started)
-        params: dict[str, Any] = {
-            "state_dir": tmp_path / f"broker-{n}",
-            "port": free_port(),
-            "persistence": True,
-            "autosave_interval": 1,
-        }
-        params.update(overrides)
-        running = start_broker(BrokerConfig(**params), mosquitto=exe)
+        for attempt in range(3):  # a free port can be taken before mosquitto binds it (tests run in parallel)
+            params: dict[str, Any] = {
+                "state_dir": tmp_path / f"broker-{n}",
+                "port": free_port(),
+                "persistence": True,
+                "autosave_interval": 1,
+            }
+            params.update(overrides)
+            try:
+                running = start_broker(BrokerConfig(**params), mosquitto=exe)
+                break
+            except RuntimeError:
+                if "port" in overrides or attempt == 2:
+                    raise
         started.append(running)
         return running
 

@@ -43,7 +43,7 @@ class SwarmEnv:
 
     @property
     def state_dir(self) -> Path:
-        return self.root / "state"
+        return Path(self.env["SWARMBUS_STATE_DIR"])
 
     def cli(self, *args: str, input: str | None = None, timeout: float = 60, env: dict[str, str] | None = None,
             check: bool = False) -> subprocess.CompletedProcess[str]:

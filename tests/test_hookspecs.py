@@ -243,8 +243,12 @@ def test_hook_swarmbus_route(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
         assert accepted.message is not None
 
         async def dispatch() -> None:
-            dispatcher = Dispatcher(store, relay, {"demo": Handler("demo", demo)}, context(relay, settings))
-            dispatcher.submit(accepted.message)
+            def record(outcomes: list[tuple[int, str, str, str]], done: list[int]) -> None:
+                store.record_outcomes(outcomes, done)
+                dispatcher.recorded(done)
+
+            dispatcher = Dispatcher(store, relay, {"demo": Handler("demo", demo)}, context(relay, settings), record)
+            dispatcher.start()  # takes in what the store holds undispatched
             await dispatcher.drain(10)
 
         asyncio.run(dispatch())

@@ -273,3 +273,48 @@ def test_two_store_objects_on_one_file(tmp_path: Path) -> None:
         a.accept(INBOX, payload(), ME)
         assert b.accept(INBOX, payload(), ME).outcome == "duplicate"
         assert b.message_ids() == ["m-1"]
+
+
+def test_schema_1_store_is_migrated(tmp_path: Path) -> None:
+    """A store written by schema 1 (dispatch state in messages.dispatched_at, envelope as text)
+    opens as schema 2 with its dispatch state carried over."""
+    path = tmp_path / "old.sqlite3"
+    with Store(path) as store:
+        for i in range(3):
+            store.accept(INBOX, payload(id=f"m{i}"), ME)
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE dispatches")
+    db.execute("UPDATE messages SET dispatched_at = 123.0, envelope = CAST(envelope AS TEXT) WHERE id = 'm0'")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with Store(path) as store:
+        assert [m.id for m in store.undispatched()] == ["m1", "m2"]
+        assert store.message(1) is not None and store.message(1).envelope.id == "m0"  # type: ignore[union-attr]
+        assert store._query("SELECT value FROM meta WHERE key = 'schema'")[0][0] == str(SCHEMA_VERSION)
+
+
+def test_large_payloads_spill_to_a_file(tmp_path: Path) -> None:
+    """A payload over SPILL_OVER bytes is kept in the spill file, read back transparently, and
+    recognised as a duplicate; a spill file that cannot be written is a store failure."""
+    from swarmbus.store import SPILL_OVER
+
+    path = tmp_path / "s.sqlite3"
+    big = payload(id="big", body="y" * (SPILL_OVER * 2))
+    with Store(path) as store:
+        assert store.accept(INBOX, payload(id="small"), ME).outcome == "stored"
+        assert store.accept(INBOX, big, ME).outcome == "stored"
+        assert store.accept(INBOX, big, ME).outcome == "duplicate"
+        assert store.message(2).envelope.body == "y" * (SPILL_OVER * 2)  # type: ignore[union-attr]
+        assert store.spill_path.stat().st_size == len(big) and stat.S_IMODE(store.spill_path.stat().st_mode) == 0o600
+        assert store._query("SELECT length(envelope) FROM messages WHERE id = 'big'")[0][0] == 0
+    with Store(path) as store:  # another connection (a reader) sees it too
+        assert [m.envelope.body[:1] for m in store.messages_after(0)] == ["h", "y"]
+
+        def full(data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        store._spill = full  # type: ignore[method-assign]
+        with pytest.raises(StoreError, match="No space left"):  # a store failure, not a quarantine
+            store.accept(INBOX, payload(id="big2", body="z" * (SPILL_OVER * 2)), ME)
+        assert store.count_messages() == 2 and store.quarantined() == []

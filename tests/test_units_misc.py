@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,16 @@ import pytest
 from swarmbus.errors import OwnershipError
 from swarmbus.ownership import Ownership, owner_of
 from swarmbus.paths import AgentPaths
+from swarmbus.presence_records import (
+    parse_presence,
+    presence_payload,
+)
 from swarmbus.topics import (
     BROADCAST_TOPIC,
     PRESENCE_FILTER,
     agent_of,
+    heartbeat_topic,
     inbox_topic,
-    parse_presence,
-    presence_payload,
     presence_topic,
     topic_for_recipient,
 )
@@ -77,30 +79,6 @@ def test_socket_natural_when_short() -> None:
     assert p.socket == Path("/tmp/sb/agents/coder/daemon.sock")
 
 
-def test_socket_falls_back_when_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_RUNTIME_DIR", "/tmp/sbrt")
-    long_root = "/tmp/" + "x" * 120
-    p = AgentPaths.for_agent("coder", long_root)
-    natural = p.root / "daemon.sock"
-    assert len(os.fsencode(natural)) > 100
-    sock = p.socket
-    assert sock != natural and sock.suffix == ".sock"
-    assert len(os.fsencode(sock)) <= 100
-    assert sock.parent == Path("/tmp/sbrt") / f"swarmbus-{os.getuid()}"
-    assert sock == AgentPaths.for_agent("coder", long_root).socket  # deterministic
-    assert sock != AgentPaths.for_agent("planner", long_root).socket  # distinct per agent
-    monkeypatch.delenv("XDG_RUNTIME_DIR")
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    assert p.socket.parent == tmp_path / f"swarmbus-{os.getuid()}"  # no runtime dir: the temp dir
-
-
-def test_ensure_creates_private_dirs(tmp_path: Path) -> None:
-    p = AgentPaths.for_agent("coder", tmp_path / "state")
-    p.ensure()
-    assert p.root.is_dir() and p.socket.parent.is_dir()
-    assert (p.root.stat().st_mode & 0o077) == 0
-
-
 # -- ownership -----------------------------------------------------------------------------------------
 
 
@@ -133,7 +111,8 @@ def test_topic_names() -> None:
     assert presence_topic("coder") == "agents/coder/presence"
     assert topic_for_recipient("coder") == "agents/coder/inbox"
     assert topic_for_recipient("broadcast") == BROADCAST_TOPIC == "agents/broadcast"
-    assert PRESENCE_FILTER == "agents/+/presence"
+    assert PRESENCE_FILTER == "agents/+/presence/#"  # records and heartbeats
+    assert heartbeat_topic("coder") == "agents/coder/presence/heartbeat"
     assert agent_of("agents/coder/inbox", "inbox") == "coder"
     assert agent_of("agents/coder/inbox", "presence") is None
     assert agent_of("agents/Coder/inbox", "inbox") is None

@@ -8,9 +8,9 @@ is used.
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # not `from typing import ...`: typing costs ~15 ms on the send path
+from swarmbus._version import __version__
 
-__version__ = "0.1.0"
+TYPE_CHECKING = False  # not `from typing import ...`: typing costs ~15 ms on the send path
 
 _EXPORTS: dict[str, str] = {
     "hookimpl": "swarmbus.hookspecs",

@@ -24,13 +24,17 @@ class StoredMessage:
     """A message committed to the local store.
 
     ``seq`` is the store's monotonically increasing sequence number (per agent), ``topic``
-    the MQTT topic it arrived on, ``received_at`` Unix seconds at commit.
+    the MQTT topic it arrived on, ``received_at`` Unix seconds at commit. ``redelivered`` is
+    True when this message is being dispatched again after the daemon restarted before it
+    recorded the outcome: a handler with an outside effect may have run already and should
+    check before repeating it (the built-in archive does; wakes are at-least-once).
     """
 
     seq: int
     envelope: Envelope
     topic: str
     received_at: float
+    redelivered: bool = False
 
     @property
     def id(self) -> str:

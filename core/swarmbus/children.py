@@ -3,23 +3,32 @@
 - :func:`scrubbed_env` builds a child environment from an allow-list, so broker credentials
   (``SWARMBUS_BROKER_*``, ``MQTT_*``) and anything else of the daemon's never reach a process
   that handles untrusted peer content;
-- :func:`run_child` runs an argv (never through a shell) in its own process group, makes the
-  child die with the daemon (Linux ``PR_SET_PDEATHSIG``; libc is loaded in the parent, because
-  loading a library in a child forked from a multithreaded process can deadlock), and kills the
-  whole group when the awaiting task is cancelled (handler timeout, shutdown).
+- :func:`run_child` runs an argv (never through a shell) in its own process group (session),
+  kills the whole group when the awaiting task is cancelled (handler timeout, shutdown), and
+  registers it with the daemon's :class:`ChildReaper` so that it dies with the daemon, even when
+  the daemon is killed with SIGKILL.
+
+Children are spawned without ``preexec_fn``, so CPython can use ``vfork`` (a few hundred
+microseconds instead of copying a large daemon's page tables, and no Python code in the child).
+The die-with-the-daemon guarantee that ``PR_SET_PDEATHSIG`` gave before is kept by the reaper: a
+tiny ``/bin/sh`` process, in a session of its own so a signal to the daemon's process group
+spares it, that reads ``+PGID``/``-PGID`` lines from a pipe only the daemon holds; when the pipe
+closes (the daemon exited or died) it SIGKILLs every process group still registered, and (on
+Linux) every process carrying this daemon run's random mark in ``SWARMBUS_CHILD_OF`` (a child
+started in the instant the daemon died, before it was registered), then exits. It runs fixed
+code and is only ever sent process-group numbers; it costs about 2 MB.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import signal
-import sys
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 BASE_ENV_ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "XDG_RUNTIME_DIR")
 """Variables a child always gets from the daemon's environment (when set)."""
@@ -35,25 +44,81 @@ def scrubbed_env(extra_allow: Iterable[str] = (), base: Mapping[str, str] | None
     return {k: base[k] for k in names if k in base and not k.upper().startswith(NEVER_PASSED)}
 
 
-_PRCTL: list[Any] = []
+_REAPER_SCRIPT = r"""
+trap '' HUP INT TERM PIPE
+live=" "
+while read -r op pg; do
+  case $pg in ''|*[!0-9]*) continue ;; esac
+  case $op in
+    +) live="$live$pg " ;;
+    -) case $live in *" $pg "*) live="${live%% $pg *} ${live#* $pg }" ;; esac ;;
+  esac
+done
+for pg in $live; do kill -s KILL -- "-$pg" 2>/dev/null; done
+# a child started in the instant the daemon died, before it was registered, carries the mark
+for f in $(grep -lzx "SWARMBUS_CHILD_OF=$1" /proc/[0-9]*/environ 2>/dev/null); do
+  pid=${f#/proc/}; pid=${pid%/environ}
+  kill -s KILL -- "-$pid" 2>/dev/null; kill -s KILL "$pid" 2>/dev/null
+done
+"""
 
 
-def _prctl() -> Any:
-    if not _PRCTL and sys.platform.startswith("linux"):
-        import ctypes
+class ChildReaper:
+    """Kills registered child process groups when this process goes away (see the module
+    docstring). One per daemon: :meth:`start` also makes it the one :func:`run_child` uses."""
 
+    current: ChildReaper | None = None
+
+    def __init__(self, proc: subprocess.Popen[bytes] | None, mark: str) -> None:
+        self._proc = proc
+        self.mark = mark
+
+    @classmethod
+    def start(cls) -> ChildReaper:
+        """Start the reaper process; without ``/bin/sh`` the reaper is a no-op (children are
+        still killed on timeout and shutdown, just not after a SIGKILL of the daemon)."""
+        import secrets
+
+        mark = secrets.token_hex(12)
         try:
-            _PRCTL.append(ctypes.CDLL(None, use_errno=True).prctl)
-        except (OSError, AttributeError):
-            _PRCTL.append(None)
-    return _PRCTL[0] if _PRCTL else None
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", _REAPER_SCRIPT, "swarmbus-reaper", mark], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True, env={"PATH": "/usr/bin:/bin"},
+            )
+        except OSError:
+            proc = None
+        reaper = cls(proc, mark)
+        cls.current = reaper
+        return reaper
 
+    def _send(self, line: str) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            return
+        try:
+            proc.stdin.write(line.encode())
+            proc.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            self._proc = None  # it died: children are still killed on cancellation
 
-def _die_with_parent(parent: int, prctl: Any) -> None:  # pragma: no cover - runs in the child
-    if prctl is not None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die when the daemon dies
-    if os.getppid() != parent:  # the daemon died before prctl took effect: no signal will come
-        os._exit(1)
+    def track(self, pgid: int) -> None:
+        self._send(f"+ {pgid}\n")
+
+    def untrack(self, pgid: int) -> None:
+        self._send(f"- {pgid}\n")
+
+    def close(self) -> None:
+        """Let the reaper kill what is still registered and exit; wait for it briefly."""
+        proc, self._proc = self._proc, None
+        if ChildReaper.current is self:
+            ChildReaper.current = None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
 
 
 async def run_child(
@@ -67,25 +132,111 @@ async def run_child(
     """Run ``argv`` and return ``(exit code, stdout, stderr)`` (stderr is empty with
     ``merge_stderr``, its bytes being in stdout). ``stdin`` None means no input (/dev/null).
 
+    The child is registered with the reaper right after it starts (no await in between), and
+    carries the reaper's mark in ``SWARMBUS_CHILD_OF`` for the instant before that.
+
     :raises OSError: the executable cannot be started (e.g. not found).
     :raises asyncio.CancelledError: after the child's process group has been killed.
     """
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+    loop = asyncio.get_running_loop()
+    reaper = ChildReaper.current
+    if reaper is not None:
+        env = {**env, "SWARMBUS_CHILD_OF": reaper.mark}
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
         env=dict(env),
         cwd=str(cwd) if cwd is not None else None,
         start_new_session=True,
-        preexec_fn=functools.partial(_die_with_parent, os.getpid(), _prctl()),
     )
+    if reaper is not None:
+        reaper.track(proc.pid)
     try:
-        out, err = await proc.communicate(stdin)
+        io = [_feed(loop, proc.stdin, stdin or b""), _drain(loop, proc.stdout), _drain(loop, proc.stderr)]
+        _, out, err = await asyncio.gather(*io)
+        code = await _exited(loop, proc)
     except asyncio.CancelledError:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
-            await asyncio.shield(proc.wait())
+            await asyncio.shield(_exited(loop, proc))
         raise
-    return (proc.returncode if proc.returncode is not None else -1), out, err or b""
+    finally:
+        if reaper is not None:
+            reaper.untrack(proc.pid)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+    return code, out, err
+
+
+async def _feed(loop: asyncio.AbstractEventLoop, pipe: IO[bytes] | None, data: bytes) -> bytes:
+    """Write ``data`` to the child's stdin without blocking the loop, then close it."""
+    if pipe is None:
+        return b""
+    fd = pipe.fileno()
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    try:
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                writable = loop.create_future()
+                loop.add_writer(fd, writable.set_result, None)
+                try:
+                    await writable
+                finally:
+                    loop.remove_writer(fd)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the child exited (or closed stdin) without reading everything: that is its business
+    finally:
+        pipe.close()
+    return b""
+
+
+async def _drain(loop: asyncio.AbstractEventLoop, pipe: IO[bytes] | None) -> bytes:
+    """Everything the child writes to ``pipe``, until it closes it."""
+    if pipe is None:
+        return b""
+    fd = pipe.fileno()
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            readable = loop.create_future()
+            loop.add_reader(fd, readable.set_result, None)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(fd)
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+async def _exited(loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes]) -> int:
+    """The child's exit code, awaited without a thread where the OS allows (Linux pidfd)."""
+    code = proc.poll()
+    if code is not None:
+        return code
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits instead
+        return await asyncio.to_thread(proc.wait)
+    try:
+        readable = loop.create_future()
+        loop.add_reader(pidfd, readable.set_result, None)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(pidfd)
+    finally:
+        os.close(pidfd)
+    return proc.wait()

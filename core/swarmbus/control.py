@@ -15,8 +15,14 @@ answers with one JSON object and a newline. Requests (``op``):
   messages the consumer has not acknowledged (the same ones again until it does), waiting up
   to ``wait`` seconds for one when there are none. ``max`` 0 only acknowledges.
 
+- a ``send`` may carry ``deadline`` (Unix seconds): a daemon that takes the request after it
+  refuses it without spooling (``{"ok": false, "status": "expired"}``), so a client that gave
+  up waiting can say "not sent" and be right (:func:`send_request` sets it).
+
 Errors answer ``{"ok": false, "error": "...", "kind": "usage" | "failure"}``. The socket is
-mode 0600 inside a 0700 directory: only the agent's own user can talk to it.
+mode 0600 inside a 0700 directory of the agent's user (:mod:`swarmbus.paths`); the daemon
+checks each peer's uid and the client checks the daemon's (``SO_PEERCRED`` on Linux; elsewhere
+it checks the socket's directory), so a message is never handed to another user's process.
 
 The client half is stdlib-only (``socket`` + ``json``) so ``swarmbus send`` stays fast.
 """
@@ -24,8 +30,13 @@ The client half is stdlib-only (``socket`` + ``json``) so ``swarmbus send`` stay
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sys
+import time
 from pathlib import Path
+
+from swarmbus.errors import SwarmbusError
 
 TYPE_CHECKING = False  # typing costs the send fast path ~4 ms
 if TYPE_CHECKING:
@@ -33,15 +44,45 @@ if TYPE_CHECKING:
 
 
 class DaemonUnavailable(Exception):
-    """No daemon answers on the socket (not running, stale socket, or wrong user)."""
+    """No daemon answers on the socket (not running, or a stale socket)."""
+
+
+class UnsafeSocket(SwarmbusError):
+    """The socket is served by another user's process, or lies in a directory others control:
+    nothing was sent to it."""
+
+
+ANSWER_GRACE = 2.0
+"""Seconds a client waits beyond a send's deadline for the daemon's answer."""
+TAKE_GRACE = 1.0
+"""Seconds beyond ``wait`` within which the daemon must take a send, or refuse it."""
+
+
+def _check_peer(sock: socket.socket, path: Path) -> None:
+    if sys.platform.startswith("linux") and hasattr(socket, "SO_PEERCRED"):
+        import struct
+
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        uid = struct.unpack("3i", creds)[1]
+        if uid != os.geteuid():
+            raise UnsafeSocket(f"{path} is served by uid {uid}, not by this user (uid {os.geteuid()}); nothing was sent",
+                               hint="another user's process is listening where this agent's daemon should be")
 
 
 def request(path: Path, payload: dict[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:
     """Send one request and return the decoded answer.
 
     :raises DaemonUnavailable: nothing listens on ``path``.
+    :raises UnsafeSocket: another user's process listens there (nothing was sent).
     :raises TimeoutError: the daemon did not answer within ``timeout`` seconds.
     """
+    linux = sys.platform.startswith("linux")
+    if not linux:  # no peer credentials to check: the directory must be ours alone
+        from swarmbus.paths import private_dir_problem
+
+        problem = private_dir_problem(path.parent)
+        if problem is not None and path.parent.exists():
+            raise UnsafeSocket(f"not using the control socket {path}: {problem}")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -49,6 +90,8 @@ def request(path: Path, payload: dict[str, Any], *, timeout: float = 10.0) -> di
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError, PermissionError, OSError) as exc:
             raise DaemonUnavailable(str(exc)) from None
+        if linux:
+            _check_peer(sock, path)
         try:
             sock.sendall(json.dumps(payload).encode("utf-8") + b"\n")
         except ConnectionError as exc:  # the listener went away between connect and send
@@ -75,9 +118,25 @@ def request(path: Path, payload: dict[str, Any], *, timeout: float = 10.0) -> di
     return answer
 
 
+def send_request(path: Path, envelope: dict[str, Any], wait: float) -> dict[str, Any]:
+    """Hand ``envelope`` (the wire object) to the daemon and return its answer: ``{"ok": true,
+    "status": "published" | "queued" | "duplicate", ...}`` or ``{"ok": false, ...}``. The
+    daemon must take it within ``wait`` + :data:`TAKE_GRACE` seconds or refuse it unsent, and
+    answers within ``wait`` seconds of taking it.
+
+    :raises DaemonUnavailable: no daemon listens (nothing was sent).
+    :raises UnsafeSocket: another user's process listens there (nothing was sent).
+    :raises TimeoutError: no answer even after the grace: the daemon is stuck; it refuses the
+        request if it ever gets to it, so it was not sent.
+    """
+    deadline = time.time() + wait + TAKE_GRACE
+    payload = {"op": "send", "envelope": envelope, "wait": wait, "deadline": deadline}
+    return request(path, payload, timeout=wait + TAKE_GRACE + ANSWER_GRACE)
+
+
 def daemon_status(path: Path, *, timeout: float = 2.0) -> dict[str, Any] | None:
-    """The daemon's status, or None when no daemon answers."""
+    """The daemon's status, or None when no daemon answers (or only another user's does)."""
     try:
         return request(path, {"op": "status"}, timeout=timeout)
-    except (DaemonUnavailable, TimeoutError, ValueError):
+    except (DaemonUnavailable, UnsafeSocket, TimeoutError, ValueError):
         return None

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from swarmbus import __version__
+from swarmbus._version import __version__
 from swarmbus.control import DaemonUnavailable, request
 from swarmbus.envelope import EnvelopeError, new_envelope
 from swarmbus.errors import SwarmbusError

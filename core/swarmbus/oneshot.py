@@ -22,28 +22,36 @@ from swarmbus.envelope import Envelope
 from swarmbus.errors import TimeoutExpired
 from swarmbus.ownership import Ownership
 from swarmbus.paths import AgentPaths
+from swarmbus.presence_records import (
+    Heartbeat,
+    Presence,
+    merge_heartbeats,
+    parse_heartbeat,
+    parse_presence,
+)
 from swarmbus.settings import Settings
 from swarmbus.store import Store
-from swarmbus.topics import PRESENCE_FILTER, Presence, parse_presence, topic_for_recipient
+from swarmbus.topics import (
+    PRESENCE_FILTER,
+    QOS,
+    presence_topic,
+    receive_filters,
+    topic_for_recipient,
+)
 from swarmbus.transport.link import MqttLink, Subscription, one_shot_client_id
 
 
 def send_direct(settings: Settings, envelope: Envelope, *, timeout: float = 10.0) -> None:
-    """Connect, publish at QoS 1, wait for the PUBACK, disconnect.
+    """Connect, publish at QoS 1, wait for the PUBACK, disconnect: synchronously, in the
+    calling thread (:func:`swarmbus.transport.publish.publish_once`).
 
-    :raises BrokerUnreachable: no connection within ``broker.connect_timeout``.
+    :raises BrokerUnreachable: no connection within ``broker.connect_timeout``, or refused.
     :raises TimeoutExpired: no PUBACK within ``timeout`` seconds.
     """
-    broker = settings.broker
-    link = MqttLink(broker, client_id=one_shot_client_id(broker.client_id_prefix, envelope.from_agent, "send"),
-                    reconnect_min=0.2, reconnect_max=1.0)
-    link.retry_log_level = logging.DEBUG  # the one-line error at the end says it all
-    link.start()
-    try:
-        link.wait_connected(broker.connect_timeout)
-        link.publish_and_wait(topic_for_recipient(envelope.to), envelope.to_wire(), timeout=timeout)
-    finally:
-        link.stop(timeout=2.0)
+    from swarmbus.transport.publish import publish_once
+
+    publish_once(settings.broker, topic_for_recipient(envelope.to), envelope.to_wire(),
+                 agent_id=envelope.from_agent, timeout=timeout)
 
 
 class _Sentinel:
@@ -66,8 +74,6 @@ def receive_once(
     :raises OwnershipError: a daemon (or another reader) owns the id.
     :raises BrokerUnreachable: the broker cannot be reached.
     """
-    from swarmbus.daemon.listener import receive_subscriptions
-
     paths = AgentPaths.for_agent(agent_id, settings.state_dir)
     paths.ensure()
     broker = settings.broker
@@ -98,7 +104,8 @@ def receive_once(
             persistent=True,
             session_expiry=settings.daemon.session_expiry,
             manual_ack=True,
-            subscriptions=[*receive_subscriptions(agent_id), Subscription(sentinel.topic, 1)],
+            subscriptions=[*(Subscription(t, QOS, no_local=n) for t, n in receive_filters(agent_id)),
+                           Subscription(sentinel.topic, 1)],
             on_message=on_message,
             on_connected=on_connected,
             reconnect_min=0.2,
@@ -118,8 +125,9 @@ def receive_once(
     return count
 
 
-def scan_presence(settings: Settings, *, timeout: float = 5.0) -> list[Presence]:
-    """Every retained presence record on the broker, sorted by agent id.
+def scan_presence(settings: Settings, *, timeout: float = 5.0, agent_id: str | None = None) -> list[Presence]:
+    """Every retained presence record on the broker (or only ``agent_id``'s), sorted by agent
+    id, each with the last heartbeat of its instance.
 
     :raises BrokerUnreachable: the broker cannot be reached.
     :raises TimeoutExpired: the retained set did not arrive within ``timeout`` seconds.
@@ -127,6 +135,7 @@ def scan_presence(settings: Settings, *, timeout: float = 5.0) -> list[Presence]
     broker = settings.broker
     sentinel = _Sentinel(broker.client_id_prefix)
     found: dict[str, Presence] = {}
+    beats: dict[str, Heartbeat] = {}
     link: MqttLink
 
     def on_message(topic: str, payload: bytes, mid: int, qos: int) -> None:
@@ -136,14 +145,19 @@ def scan_presence(settings: Settings, *, timeout: float = 5.0) -> list[Presence]
         record = parse_presence(topic, payload)
         if record is not None:
             found[record.agent] = record
+            return
+        beat = parse_heartbeat(topic, payload)
+        if beat is not None:
+            beats[beat.agent] = beat
 
     def on_connected(session_present: bool) -> None:
         link.publish(sentinel.topic, b"sync", qos=1)
 
+    topic_filter = PRESENCE_FILTER if agent_id is None else presence_topic(agent_id) + "/#"
     link = MqttLink(
         broker,
-        client_id=one_shot_client_id(broker.client_id_prefix, settings.agent_id, "list"),
-        subscriptions=[Subscription(PRESENCE_FILTER, 1), Subscription(sentinel.topic, 1)],
+        client_id=one_shot_client_id(broker.client_id_prefix, agent_id or settings.agent_id, "list"),
+        subscriptions=[Subscription(topic_filter, 1), Subscription(sentinel.topic, 1)],
         on_message=on_message,
         on_connected=on_connected,
         reconnect_min=0.2,
@@ -157,17 +171,19 @@ def scan_presence(settings: Settings, *, timeout: float = 5.0) -> list[Presence]
             raise TimeoutExpired(f"presence scan did not complete within {timeout:.0f}s")
     finally:
         link.stop(timeout=2.0)
-    return [found[k] for k in sorted(found)]
+    return merge_heartbeats(found, beats)
 
 
 def stale(record: Presence, now: float | None = None) -> bool:
-    """An online record whose last heartbeat is older than three intervals."""
+    """An online record whose last sign of life (its own time or its last heartbeat) is older
+    than three heartbeat intervals."""
     from swarmbus.envelope import parse_timestamp
 
-    if not record.online or record.ts is None or record.heartbeat_s is None:
+    seen = record.last_seen
+    if not record.online or seen is None or record.heartbeat_s is None:
         return False
     try:
-        age = (now or time.time()) - parse_timestamp(record.ts).timestamp()
+        age = (now or time.time()) - parse_timestamp(seen).timestamp()
     except ValueError:
         return False
     return age > 3 * record.heartbeat_s

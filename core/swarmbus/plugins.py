@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from swarmbus import __version__, hookspecs
+from swarmbus import hookspecs
+from swarmbus._version import __version__
 from swarmbus.hookspecs import PROJECT
 
 if TYPE_CHECKING:

@@ -1,34 +1,53 @@
 """The per-agent durable store: SQLite in WAL mode.
 
-Every inbound publish goes through :meth:`Store.accept` *before* its PUBACK is sent: it is
-either committed as a message, recognised as a duplicate, or kept in quarantine with its raw
-bytes, topic and reason. Nothing is dropped without a row or a counter to show for it.
+Every inbound publish goes through :meth:`Store.accept_batch` *before* its PUBACK is sent: it
+is either committed as a message, recognised as a duplicate, or kept in quarantine with its raw
+bytes, topic and reason. Nothing is dropped without a row or a counter to show for it. A batch
+of publishes is one transaction (group commit); parsing happens before the transaction.
 
-Tables: ``messages`` (one row per message id), ``quarantine``, ``deliveries`` (one row per
-message and handler), ``cursors`` (per reader), ``acks`` (messages a reader acknowledged past its
-cursor), ``outbox`` (sends waiting for a PUBACK), ``counters``, ``meta``. One connection per Store object, guarded by a lock, so the MQTT
-network thread and the daemon's event loop can share one Store.
+Tables: ``messages`` (one row per message id; ``envelope`` is the payload exactly as received, or,
+for a payload over :data:`SPILL_OVER` bytes, empty with the payload's ``payload_offset`` and
+``payload_length`` in the spill file ``<store>.payloads`` beside the database: one append
+instead of SQLite writing a few dozen overflow pages to its WAL and again to the database),
+``dispatches`` (one small row per message to dispatch: ``done_at`` is set when all its handlers
+finished, so marking a message done never rewrites its possibly large ``messages`` row),
+``quarantine``, ``deliveries`` (one row per message and handler), ``cursors`` (per reader),
+``acks`` (messages a reader acknowledged past its cursor), ``outbox`` (sends waiting for a
+PUBACK), ``counters``, ``meta``.
+
+Schema 2 (this version) adds ``dispatches`` (filled from ``messages.dispatched_at`` when a
+schema-1 store is opened; that column is no longer written) and the spill file's columns, and
+lets ``messages.digest`` be empty (the content digest is computed only when an id arrives twice).
+A schema-1 swarmbus refuses it.
+
+Spilled payloads are written (and, with ``sync="full"``, fsynced) before the transaction that
+references them commits; bytes left behind by a transaction that failed are never referenced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from swarmbus.api import StoredMessage
-from swarmbus.envelope import Envelope, EnvelopeError
+from swarmbus.envelope import BROADCAST, Envelope, EnvelopeError
 from swarmbus.errors import StoreError
 from swarmbus.topics import BROADCAST_TOPIC, agent_of
 
-SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+SCHEMA_VERSION = 2
+SPILL_OVER = 8192
+"""Payloads larger than this many bytes go to the spill file instead of the database."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -45,9 +64,10 @@ CREATE TABLE IF NOT EXISTS messages (
     received_at REAL NOT NULL,
     envelope TEXT NOT NULL,
     dispatch INTEGER NOT NULL DEFAULT 1,
-    dispatched_at REAL
+    dispatched_at REAL,
+    payload_offset INTEGER,
+    payload_length INTEGER
 );
-CREATE INDEX IF NOT EXISTS messages_pending ON messages(dispatch, dispatched_at);
 CREATE TABLE IF NOT EXISTS quarantine (
     qid INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at REAL NOT NULL,
@@ -80,6 +100,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS acks (consumer TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (consumer, seq));
+CREATE TABLE IF NOT EXISTS dispatches (seq INTEGER PRIMARY KEY, done_at REAL);
+CREATE INDEX IF NOT EXISTS dispatches_pending ON dispatches(seq) WHERE done_at IS NULL;
 """
 
 Outcome = Literal["stored", "duplicate", "quarantined", "self"]
@@ -125,9 +147,61 @@ class Delivery:
     updated_at: float
 
 
-def _row_message(row: sqlite3.Row) -> StoredMessage:
-    envelope = Envelope.from_dict(json.loads(row["envelope"]))
-    return StoredMessage(row["seq"], envelope, row["topic"], row["received_at"])
+def _row_envelope(stored: bytes | str) -> Envelope:
+    """The envelope of a ``messages`` row: the payload bytes (schema 2) or JSON text (schema 1)."""
+    return Envelope.from_dict(json.loads(stored))
+
+
+class Prepared:
+    """One inbound publish, parsed and classified outside any transaction (pure CPU, never raises).
+
+    ``kind`` is ``message`` (``envelope`` set), ``quarantine`` (``reason`` and maybe
+    ``message_id``) or ``self`` (our own broadcast echoed back on MQTT 3.1.1).
+    """
+
+    __slots__ = ("envelope", "kind", "message_id", "payload", "reason", "topic")
+
+    def __init__(self, topic: str, payload: bytes, own_id: str) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.envelope: Envelope | None = None
+        self.reason = ""
+        self.message_id: str | None = None
+        try:
+            envelope = Envelope.from_wire(payload)
+            reason = _misroute(topic, envelope, own_id)
+        except EnvelopeError as exc:
+            self.kind, self.reason = "quarantine", f"invalid envelope: {exc}"
+            return
+        except Exception as exc:  # a parser bug must not stall the receive path: keep the bytes, say why
+            self.kind, self.reason = "quarantine", f"unparseable payload ({type(exc).__name__}: {str(exc)[:200]})"
+            return
+        if reason:
+            self.kind, self.reason, self.message_id = "quarantine", reason, envelope.id
+        elif envelope.to == BROADCAST and envelope.from_agent == own_id:
+            self.kind, self.reason = "self", "own broadcast"
+        else:
+            self.kind, self.envelope = "message", envelope
+
+
+def _misroute(topic: str, envelope: Envelope, own_id: str) -> str:
+    if topic == BROADCAST_TOPIC:
+        return "" if envelope.to == BROADCAST else f"addressed to {envelope.to!r} but sent on {topic}"
+    inbox_of = agent_of(topic, "inbox")
+    if inbox_of is None:
+        return f"unexpected topic {topic}"
+    if inbox_of != own_id:
+        return f"arrived on {topic}, which is not this agent's inbox"
+    if envelope.to != own_id:
+        return f"addressed to {envelope.to!r} but sent on {topic}"
+    return ""
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """True when ``exc`` means the store itself cannot be written (disk full, I/O error,
+    read-only, locked, corrupt; the spill file too), as opposed to one row the database refused."""
+    return (isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError | OSError | StoreError)
+            or type(exc) is sqlite3.DatabaseError)
 
 
 class Store:
@@ -136,6 +210,9 @@ class Store:
     ``sync`` is SQLite's ``synchronous`` level: ``normal`` survives a process crash (WAL),
     ``full`` also survives power loss at the cost of an fsync per commit. Raises StoreError
     if the file cannot be opened or was written by a newer schema.
+
+    One connection per object, guarded by a lock; the daemon writes through one object (on its
+    MQTT thread) and reads through another (on its event loop), so reads never wait for writes.
     """
 
     def __init__(self, path: Path, *, sync: str = "normal") -> None:
@@ -163,15 +240,62 @@ class Store:
                     hint="upgrade swarmbus",
                 )
             self._db.executescript(_SCHEMA)
-            if row is None:
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            if row is not None and int(row[0]) < 2:  # schema 1 kept the dispatch state in messages
+                columns = {c[1] for c in self._db.execute("PRAGMA table_info(messages)")}
+                for column in ("payload_offset", "payload_length"):
+                    if column not in columns:
+                        self._db.execute(f"ALTER TABLE messages ADD COLUMN {column} INTEGER")
+                self._db.execute("DROP INDEX IF EXISTS messages_pending")
+                self._db.execute("INSERT OR IGNORE INTO dispatches SELECT seq, dispatched_at FROM messages"
+                                 " WHERE dispatch = 1")
+            if row is None or int(row[0]) < SCHEMA_VERSION:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from None
         self._lock = threading.RLock()
+        self._depth = 0
+        self._sync_full = sync == "full"
+        self.spill_path = path.with_name(path.name + ".payloads")
+        self._spill_w: int | None = None  # append fd, opened at the first large payload
+        self._spill_r: int | None = None
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            for fd in (self._spill_w, self._spill_r):
+                if fd is not None:
+                    os.close(fd)
+            self._spill_w = self._spill_r = None
+
+    # -- the spill file -----------------------------------------------------------------------------
+    def _spill(self, payload: bytes) -> int:
+        """Append ``payload`` to the spill file; return its offset. Raises OSError."""
+        if self._spill_w is None:
+            self._spill_w = os.open(self.spill_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = self._spill_w
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view):]
+        return os.lseek(fd, 0, os.SEEK_CUR) - len(payload)
+
+    def _unspill(self, offset: int, length: int) -> bytes:
+        if self._spill_r is None:
+            self._spill_r = os.open(self.spill_path, os.O_RDONLY)
+        data = os.pread(self._spill_r, length, offset)
+        if len(data) != length:
+            raise StoreError(f"{self.spill_path} is shorter than the store says (offset {offset}, length {length})")
+        return data
+
+    def _payload(self, row: sqlite3.Row) -> bytes | str:
+        """The stored payload of a ``messages`` row (from the spill file when it is there)."""
+        if row["payload_length"] is not None:
+            with self._lock:
+                return self._unspill(row["payload_offset"], row["payload_length"])
+        return row["envelope"]  # type: ignore[no-any-return]
+
+    def _message(self, row: sqlite3.Row, redelivered: bool = False) -> StoredMessage:
+        return StoredMessage(row["seq"], _row_envelope(self._payload(row)), row["topic"], row["received_at"],
+                             redelivered)
 
     def __enter__(self) -> Store:
         return self
@@ -180,16 +304,36 @@ class Store:
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; nested uses become savepoints, so a failing inner part rolls back
+        alone and the caller decides whether the outer one goes on. Commits on normal exit."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            depth = self._depth
+            self._db.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT sp{depth}")
+            self._depth = depth + 1
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._depth = depth
+                with contextlib.suppress(sqlite3.Error):  # the database may already have rolled back
+                    if depth == 0:
+                        self._db.execute("ROLLBACK")
+                    else:
+                        self._db.execute(f"ROLLBACK TO sp{depth}")
+                        self._db.execute(f"RELEASE sp{depth}")
                 raise
-            else:
+            self._depth = depth
+            if depth:
+                self._db.execute(f"RELEASE sp{depth}")
+                return
+            try:
                 self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+
+    _tx = transaction
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -201,69 +345,109 @@ class Store:
             (name, by, by),
         )
 
-    # -- intake ---------------------------------------------------------------------------
-    def accept(self, topic: str, payload: bytes, own_id: str, *, dispatch: bool = True) -> AcceptResult:
-        """Validate and commit one inbound publish. Never raises for bad input.
-
-        Outcomes: ``stored`` (new message), ``duplicate`` (same id, same content: not stored
-        again), ``quarantined`` (invalid, misrouted, or a reused id with different content),
-        ``self`` (our own broadcast echoed back on MQTT 3.1.1: counted, not stored).
-        Raises StoreError only when the database itself fails; then nothing was committed
-        and the caller must not acknowledge the publish.
-        """
-        now = time.time()
-        try:
-            envelope = Envelope.from_wire(payload)
-            reason = self._misroute(topic, envelope, own_id)
-        except EnvelopeError as exc:
-            return self._quarantine(topic, payload, f"invalid envelope: {exc}", None, now)
-        if reason:
-            return self._quarantine(topic, payload, reason, envelope.id, now)
-        if envelope.is_broadcast and envelope.from_agent == own_id:
-            try:
-                with self._tx() as db:
-                    self._bump(db, "self_echo")
-            except sqlite3.Error as exc:
-                raise StoreError(f"store write failed: {exc}") from None
-            return AcceptResult("self", reason="own broadcast")
-        digest = envelope.digest()
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a transaction; a database failure becomes StoreError."""
         try:
             with self._tx() as db:
-                row = db.execute("SELECT seq, digest FROM messages WHERE id = ?", (envelope.id,)).fetchone()
-                if row is not None and row["digest"] == digest:
-                    self._bump(db, "duplicates")
-                    return AcceptResult("duplicate", row["seq"], "already stored")
-                if row is not None:
-                    conflict = "conflicting duplicate: this id was already stored with different content"
-                    self._insert_quarantine(db, topic, payload, conflict, envelope.id, now)
-                    return AcceptResult("quarantined", None, conflict)
-                cur = db.execute(
-                    "INSERT INTO messages (id, digest, topic, from_agent, to_agent, subject, priority,"
-                    " ts, received_at, envelope, dispatch) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        envelope.id, digest, topic, envelope.from_agent, envelope.to,
-                        envelope.subject, envelope.priority, envelope.ts, now,
-                        json.dumps(envelope.to_dict()), 1 if dispatch else 0,
-                    ),
-                )
-                self._bump(db, "stored")
-                seq = int(cur.lastrowid or 0)
+                return fn(db)
         except sqlite3.Error as exc:
             raise StoreError(f"store write failed: {exc}") from None
-        return AcceptResult("stored", seq, "", StoredMessage(seq, envelope, topic, now))
 
-    @staticmethod
-    def _misroute(topic: str, envelope: Envelope, own_id: str) -> str:
-        if topic == BROADCAST_TOPIC:
-            return "" if envelope.is_broadcast else f"addressed to {envelope.to!r} but sent on {topic}"
-        inbox_of = agent_of(topic, "inbox")
-        if inbox_of is None:
-            return f"unexpected topic {topic}"
-        if inbox_of != own_id:
-            return f"arrived on {topic}, which is not this agent's inbox"
-        if envelope.to != own_id:
-            return f"addressed to {envelope.to!r} but sent on {topic}"
-        return ""
+    # -- intake ---------------------------------------------------------------------------
+    def accept(self, topic: str, payload: bytes, own_id: str, *, dispatch: bool = True) -> AcceptResult:
+        """Validate and commit one inbound publish; see :meth:`accept_batch`."""
+        return self.accept_batch([(topic, payload)], own_id, dispatch=dispatch)[0]
+
+    def accept_batch(
+        self, items: Sequence[tuple[str, bytes]], own_id: str, *, dispatch: bool = True
+    ) -> list[AcceptResult]:
+        """Validate and commit inbound publishes ``(topic, payload)`` in one transaction (group
+        commit); one result per item, in order. Never raises for bad input.
+
+        Outcomes: ``stored`` (new message), ``duplicate`` (same id, same content: not stored
+        again), ``quarantined`` (invalid, unparseable, misrouted, a reused id with different
+        content, or a row the database refused: raw bytes, topic and reason kept), ``self`` (our
+        own broadcast echoed back on MQTT 3.1.1: counted, not stored).
+
+        :raises StoreError: the database itself failed (disk full, I/O error, read-only); then
+            nothing was committed and the caller must not acknowledge these publishes.
+        """
+        prepared = [Prepared(topic, payload, own_id) for topic, payload in items]
+        return self.commit_prepared(prepared, dispatch=dispatch)
+
+    def commit_prepared(self, prepared: Sequence[Prepared], *, dispatch: bool = True) -> list[AcceptResult]:
+        """The transaction half of :meth:`accept_batch`, for callers that parsed already."""
+        now = time.time()
+        try:
+            with self._tx() as db:
+                results = self._commit(db, prepared, now, dispatch)
+                if self._sync_full and self._spill_w is not None:
+                    os.fsync(self._spill_w)
+                return results
+        except Exception as exc:
+            if is_store_failure(exc):
+                raise StoreError(f"store write failed: {exc}") from None
+            if len(prepared) == 1:
+                return [self._quarantine_refused(prepared[0], exc, now)]
+        # one row the database refused: commit the others, quarantine that one
+        return [r for p in prepared for r in self.commit_prepared([p], dispatch=dispatch)]
+
+    def _quarantine_refused(self, p: Prepared, exc: Exception, now: float) -> AcceptResult:
+        reason = f"could not be stored ({type(exc).__name__}: {str(exc)[:200]})"
+        try:
+            with self._tx() as db:
+                self._insert_quarantine(db, p.topic, p.payload, reason, None, now)
+                self._bump(db, "quarantined")
+        except Exception as again:
+            raise StoreError(f"store write failed: {again}") from None
+        return AcceptResult("quarantined", None, reason)
+
+    def _commit(self, db: sqlite3.Connection, prepared: Sequence[Prepared], now: float, dispatch: bool) -> list[AcceptResult]:
+        results: list[AcceptResult] = []
+        stored = duplicates = quarantined = echoes = 0
+        flag = 1 if dispatch else 0
+        for p in prepared:
+            if p.kind == "quarantine":
+                self._insert_quarantine(db, p.topic, p.payload, p.reason, p.message_id, now)
+                quarantined += 1
+                results.append(AcceptResult("quarantined", None, p.reason))
+                continue
+            if p.kind == "self":
+                echoes += 1
+                results.append(AcceptResult("self", reason=p.reason))
+                continue
+            e = p.envelope
+            assert e is not None
+            row = db.execute("SELECT * FROM messages WHERE id = ?", (e.id,)).fetchone()
+            if row is None:  # (an INSERT that conflicts would still use up an AUTOINCREMENT seq)
+                inline, offset, length = p.payload, None, None
+                if len(inline) > SPILL_OVER:
+                    inline, offset, length = b"", self._spill(p.payload), len(p.payload)
+                cur = db.execute(
+                    "INSERT INTO messages (id, digest, topic, from_agent, to_agent, subject, priority, ts,"
+                    " received_at, envelope, dispatch, payload_offset, payload_length)"
+                    " VALUES (?,'',?,?,?,?,?,?,?,?,?,?,?)",
+                    (e.id, p.topic, e.from_agent, e.to, e.subject, e.priority, e.ts, now, inline, flag, offset, length),
+                )
+                seq = int(cur.lastrowid or 0)
+                if flag:
+                    db.execute("INSERT INTO dispatches (seq) VALUES (?)", (seq,))
+                stored += 1
+                results.append(AcceptResult("stored", seq, "", StoredMessage(seq, e, p.topic, now)))
+                continue
+            if (row["digest"] or _row_envelope(self._payload(row)).digest()) == e.digest():
+                duplicates += 1
+                results.append(AcceptResult("duplicate", row["seq"], "already stored"))
+            else:
+                conflict = "conflicting duplicate: this id was already stored with different content"
+                self._insert_quarantine(db, p.topic, p.payload, conflict, e.id, now)
+                quarantined += 1
+                results.append(AcceptResult("quarantined", None, conflict))
+        for name, count in (("stored", stored), ("duplicates", duplicates), ("quarantined", quarantined),
+                            ("self_echo", echoes)):
+            if count:
+                self._bump(db, name, count)
+        return results
 
     def _insert_quarantine(
         self, db: sqlite3.Connection, topic: str, payload: bytes, reason: str, message_id: str | None, now: float
@@ -272,18 +456,7 @@ class Store:
             "INSERT INTO quarantine (received_at, topic, payload, reason, message_id) VALUES (?,?,?,?,?)",
             (now, topic, payload, reason, message_id),
         )
-        self._bump(db, "quarantined")
         return int(cur.lastrowid or 0)
-
-    def _quarantine(
-        self, topic: str, payload: bytes, reason: str, message_id: str | None, now: float
-    ) -> AcceptResult:
-        try:
-            with self._tx() as db:
-                self._insert_quarantine(db, topic, payload, reason, message_id, now)
-        except sqlite3.Error as exc:
-            raise StoreError(f"store write failed: {exc}") from None
-        return AcceptResult("quarantined", None, reason)
 
     # -- reading --------------------------------------------------------------------------
     def last_seq(self) -> int:
@@ -296,15 +469,15 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             args = (seq, limit)
-        return [_row_message(r) for r in self._query(sql, args)]
+        return [self._message(r) for r in self._query(sql, args)]
 
     def recent(self, limit: int) -> list[StoredMessage]:
         rows = self._query("SELECT * FROM (SELECT * FROM messages ORDER BY seq DESC LIMIT ?) ORDER BY seq", (limit,))
-        return [_row_message(r) for r in rows]
+        return [self._message(r) for r in rows]
 
     def message(self, seq: int) -> StoredMessage | None:
         rows = self._query("SELECT * FROM messages WHERE seq = ?", (seq,))
-        return _row_message(rows[0]) if rows else None
+        return self._message(rows[0]) if rows else None
 
     def count_messages(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM messages")[0][0])
@@ -328,12 +501,12 @@ class Store:
         return int(rows[0][0]) if rows else 0
 
     def set_cursor(self, consumer: str, seq: int) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT(consumer) DO UPDATE"
-                " SET seq = excluded.seq, updated_at = excluded.updated_at",
-                (consumer, seq, time.time()),
-            )
+        """:raises StoreError: the database failed."""
+        self._write(lambda db: db.execute(
+            "INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT(consumer) DO UPDATE"
+            " SET seq = excluded.seq, updated_at = excluded.updated_at",
+            (consumer, seq, time.time()),
+        ))
 
     # -- acknowledgements (non-destructive reads) ------------------------------------------
     def unacked(self, consumer: str, limit: int) -> list[StoredMessage]:
@@ -345,7 +518,7 @@ class Store:
             " ORDER BY m.seq LIMIT ?",
             (consumer, consumer, limit),
         )
-        return [_row_message(r) for r in rows]
+        return [self._message(r) for r in rows]
 
     def ack(self, consumer: str, ids: list[str]) -> int:
         """Acknowledge the messages with these ids for ``consumer``; return how many were newly
@@ -354,7 +527,8 @@ class Store:
         now implied by the cursor, are dropped."""
         if not ids:
             return 0
-        with self._tx() as db:
+
+        def write(db: sqlite3.Connection) -> int:
             row = db.execute("SELECT seq FROM cursors WHERE consumer = ?", (consumer,)).fetchone()
             cursor = int(row[0]) if row else 0
             newly = 0
@@ -379,21 +553,78 @@ class Store:
                     (consumer, advanced, time.time()),
                 )
                 db.execute("DELETE FROM acks WHERE consumer = ? AND seq <= ?", (consumer, advanced))
-        return newly
+            return newly
+
+        return self._write(write)
 
     # -- dispatch bookkeeping -------------------------------------------------------------
     def undispatched(self) -> list[StoredMessage]:
         """Messages the daemon has not finished dispatching (e.g. after a crash)."""
-        rows = self._query("SELECT * FROM messages WHERE dispatch = 1 AND dispatched_at IS NULL ORDER BY seq")
-        return [_row_message(r) for r in rows]
+        return [m for m, _ in self.pending_dispatch(0, None)]
+
+    def pending_dispatch(
+        self, after_seq: int, limit: int | None, *, redelivered_upto: int = 0
+    ) -> list[tuple[StoredMessage, set[str]]]:
+        """Up to ``limit`` messages after ``after_seq`` whose dispatch has not finished, oldest
+        first, each with the names of the handlers that already finished it; those with a seq up
+        to ``redelivered_upto`` are marked ``redelivered``."""
+        sql = ("SELECT m.* FROM dispatches d JOIN messages m ON m.seq = d.seq"
+               " WHERE d.done_at IS NULL AND d.seq > ? ORDER BY d.seq")
+        args: tuple[Any, ...] = (after_seq,)
+        if limit is not None:
+            sql += " LIMIT ?"
+            args = (after_seq, limit)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+            if not rows:
+                return []
+            finished: dict[int, set[str]] = {}
+            for seq, handler in self._db.execute(
+                "SELECT seq, handler FROM deliveries WHERE seq BETWEEN ? AND ? AND status NOT IN ('running', 'pending')",
+                (rows[0]["seq"], rows[-1]["seq"]),
+            ):
+                finished.setdefault(seq, set()).add(handler)
+        return [(self._message(r, r["seq"] <= redelivered_upto), finished.get(r["seq"], set())) for r in rows]
 
     def mark_dispatched(self, seq: int) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE messages SET dispatched_at = ? WHERE seq = ?", (time.time(), seq))
+        self.record_outcomes((), (seq,))
+
+    def record_outcomes(self, outcomes: Iterable[tuple[int, str, str, str]], dispatched: Iterable[int] = (),
+                        published: Iterable[str] = ()) -> None:
+        """Record, in one transaction: finished handler runs ``(seq, handler, status, detail)``
+        (status ``ok``/``failed``/``timeout``/``skipped``; each adds one attempt), messages whose
+        dispatch finished, and outbox ids the broker acknowledged.
+
+        :raises StoreError: the database failed; nothing was recorded (retry later).
+        """
+        now = time.time()
+        rows = [(seq, handler, status, detail[:2000], now) for seq, handler, status, detail in outcomes]
+        done = [(now, seq) for seq in dispatched]
+        sent = [(now, message_id) for message_id in published]
+
+        def write(db: sqlite3.Connection) -> None:
+            if rows:
+                db.executemany(
+                    "INSERT INTO deliveries (seq, handler, status, attempts, detail, updated_at)"
+                    " VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(seq, handler) DO UPDATE SET"
+                    " status = excluded.status, detail = excluded.detail, updated_at = excluded.updated_at,"
+                    " attempts = deliveries.attempts + 1",
+                    rows,
+                )
+                for status in ("failed", "timeout"):
+                    count = sum(1 for r in rows if r[2] == status)
+                    if count:
+                        self._bump(db, f"handler_{status}", count)
+            if done:
+                db.executemany("UPDATE dispatches SET done_at = ? WHERE seq = ?", done)
+            if sent:
+                db.executemany("UPDATE outbox SET published_at = ? WHERE id = ? AND published_at IS NULL", sent)
+
+        self._write(write)
 
     def record_delivery(self, seq: int, handler: str, status: str, detail: str = "") -> None:
         """Upsert one handler's state for one message; ``running`` increments ``attempts``."""
-        with self._tx() as db:
+        def write(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT INTO deliveries (seq, handler, status, attempts, detail, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(seq, handler) DO UPDATE SET"
@@ -403,6 +634,8 @@ class Store:
             )
             if status in ("failed", "timeout"):
                 self._bump(db, f"handler_{status}")
+
+        self._write(write)
 
     def deliveries(self, seq: int | None = None) -> list[Delivery]:
         if seq is None:
@@ -420,16 +653,13 @@ class Store:
     # -- outbox ---------------------------------------------------------------------------
     def outbox_add(self, message_id: str, topic: str, payload: bytes) -> bool:
         """Spool an outgoing message; False if this id is already spooled."""
-        with self._tx() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO outbox (id, topic, payload, created_at) VALUES (?,?,?,?)",
-                (message_id, topic, payload, time.time()),
-            )
-            return cur.rowcount == 1
+        return self._write(lambda db: db.execute(
+            "INSERT OR IGNORE INTO outbox (id, topic, payload, created_at) VALUES (?,?,?,?)",
+            (message_id, topic, payload, time.time()),
+        ).rowcount == 1)
 
     def outbox_published(self, message_id: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE outbox SET published_at = ? WHERE id = ? AND published_at IS NULL", (time.time(), message_id))
+        self.record_outcomes((), (), (message_id,))
 
     def outbox_pending(self) -> list[tuple[str, str, bytes]]:
         rows = self._query("SELECT id, topic, payload FROM outbox WHERE published_at IS NULL ORDER BY oseq")

@@ -5,6 +5,13 @@ Polling and processes:
 - :func:`wait_for`: poll a predicate with a deadline (raises AssertionError with what it waited for).
 - :func:`pid_alive`, :func:`kill_process_group`.
 
+A private mosquitto (re-exported from the dev broker module, so plugin tests need nothing internal):
+:class:`BrokerConfig`, :func:`start_broker` (a :class:`RunningBroker`), :func:`free_port`,
+:func:`find_mosquitto`.
+
+A host type's init steps, applied without the CLI (re-exported from the provisioning module):
+:func:`run_step`, :func:`undo`, :class:`StepResult`.
+
 A daemon on a private broker:
 
 - :func:`isolated_env`: the environment of an isolated swarmbus (its own state dir, config file
@@ -43,7 +50,35 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from swarmbus.control import daemon_status
+from swarmbus.dev_broker import BrokerConfig, RunningBroker, find_mosquitto, free_port, start_broker
 from swarmbus.paths import AgentPaths
+from swarmbus.provision import StepResult, run_step, undo
+
+__all__ = [
+    "FAKE_SYSTEMCTL",
+    "AgentPaths",
+    "BrokerConfig",
+    "InitHome",
+    "RunningBroker",
+    "StepResult",
+    "agent_status",
+    "describe_run",
+    "find_mosquitto",
+    "finished_delivery",
+    "free_port",
+    "install_fake_systemctl",
+    "isolated_env",
+    "kill_process_group",
+    "pid_alive",
+    "run_cli",
+    "run_step",
+    "start_broker",
+    "start_daemon",
+    "stop_daemon",
+    "undo",
+    "wait_daemon_connected",
+    "wait_for",
+]
 
 T = TypeVar("T")
 
@@ -139,13 +174,13 @@ def wait_daemon_connected(env: Mapping[str, str], agent_id: str, proc: subproces
     """Wait until the control socket of ``agent_id``'s daemon (under ``env``'s
     ``SWARMBUS_STATE_DIR``) reports it connected; return that status. Raises AssertionError,
     with the daemon's log, as soon as ``proc`` exits."""
-    socket = AgentPaths.for_agent(agent_id, env["SWARMBUS_STATE_DIR"]).socket
+    paths = AgentPaths.for_agent(agent_id, env["SWARMBUS_STATE_DIR"])
 
     def connected() -> dict[str, Any] | None:
         if proc.poll() is not None:
             log = log_path.read_text(errors="replace") if log_path and log_path.exists() else ""
             raise AssertionError(f"daemon {agent_id} exited {proc.returncode}:\n{log}")
-        status = daemon_status(socket)
+        status = daemon_status(paths.socket)  # (re-read: a long state dir's socket path is recorded at start)
         return status if status and status.get("connected") else None
 
     return wait_for(connected, timeout, f"daemon {agent_id} to connect")

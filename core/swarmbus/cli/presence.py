@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         rows.append((r, state))
     if args.json:
         print_json([
-            {"agent": r.agent, "status": state, "ts": r.ts, "heartbeat_s": r.heartbeat_s, "version": r.version}
+            {"agent": r.agent, "status": state, "ts": r.ts, "last_seen": r.last_seen, "heartbeat_s": r.heartbeat_s,
+             "version": r.version, "host": r.host, "pid": r.pid, "reason": r.reason}
             for r, state in rows
         ])
         return 0
@@ -44,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     width = max(len(r.agent) for r, _ in rows)
     for r, state in rows:
-        print(f"{r.agent:<{width}}  {state:<7}  {_age(r.ts, now)}")
+        print(f"{r.agent:<{width}}  {state:<7}  {_age(r.last_seen, now)}")
     return 0

@@ -13,12 +13,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from swarmbus import __version__
+from swarmbus._version import __version__
 from swarmbus.api import CheckResult, DoctorCheck, DoctorContext
 from swarmbus.hookspecs import hookimpl
 from swarmbus.settings import Settings
 
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+UNACKED_LIMIT = 5.0
+"""Seconds a received message may wait for its commit and PUBACK before doctor calls it stuck."""
 
 
 def check_config(ctx: DoctorContext) -> CheckResult:
@@ -122,8 +124,19 @@ def check_daemon(ctx: DoctorContext) -> CheckResult:
     if not status.get("connected"):
         return CheckResult("fail", f"daemon pid {status['pid']} is not connected: {status.get('last_error')}",
                            fix="check the broker and the daemon's log")
-    if not status.get("link_thread_alive"):
-        return CheckResult("fail", "daemon's MQTT thread is not running", fix="restart the daemon")
+    if not status.get("link_running"):
+        return CheckResult("fail", "daemon's MQTT link is not running", fix="restart the daemon")
+    if status.get("store_error"):
+        return CheckResult("fail", f"daemon pid {status['pid']} cannot write its store: {status['store_error']} "
+                                   f"({status.get('unacked', 0)} received messages wait unacknowledged)",
+                           fix="free disk space or fix the store's permissions; the daemon retries by itself")
+    age = status.get("oldest_unacked_age")
+    if age is not None and float(age) > UNACKED_LIMIT:
+        return CheckResult("fail", f"daemon pid {status['pid']} has {status.get('unacked')} received messages "
+                                   f"unacknowledged for {float(age):.0f}s", fix="check the daemon's log; restart it")
+    if status.get("callback_errors"):
+        return CheckResult("fail", f"daemon pid {status['pid']} had {status['callback_errors']} errors in its receive "
+                                   "path since it started", fix="see the daemon's log for the traceback; report it")
     beat = ctx.settings.daemon.heartbeat_interval
     last = status.get("last_puback_at")
     if last is None or time.time() - float(last) > 3 * beat + 5:
@@ -140,10 +153,12 @@ def check_store(ctx: DoctorContext) -> CheckResult:
     from swarmbus.store import Store
 
     paths = AgentPaths.for_agent(ctx.agent_id, ctx.settings.state_dir)
+    daemon = ctx.cache.get("daemon")
     try:
         paths.ensure()
         with Store(paths.store) as store:
-            store.set_cursor("_doctor", store.last_seq())
+            if not daemon:  # a running daemon reports its own write errors; never write beside it
+                store.set_cursor("_doctor", store.last_seq())
             counters = store.counters()
     except Exception as exc:
         return CheckResult("fail", f"store {paths.store} not writable: {exc}", fix="check permissions and free disk space")

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
-import secrets
+import select
 import socket
 import ssl
 import threading
@@ -36,13 +37,22 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from swarmbus.errors import BrokerUnreachable, TimeoutExpired
-from swarmbus.settings import BrokerSettings
+from swarmbus.transport.publish import one_shot_client_id
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from swarmbus.settings import BrokerSettings
+
+__all__ = ["MqttLink", "PublishTicket", "Subscription", "Will", "backoff_delay", "one_shot_client_id"]
 
 log = logging.getLogger("swarmbus.transport")
 
 V5 = "5"
 V311 = "3.1.1"
 _UNSUPPORTED_PROTOCOL = 132
+SESSION_TAKEN_OVER = 142
+"""MQTT 5 DISCONNECT reason: another connection with the same client id took the session."""
+_DRAIN_PACKETS = 256  # publishes read back to back into one batch before on_cycle runs
 # CONNACK codes that retrying will not fix: 3.1.1 bad user name or password (4) / not
 # authorized (5); MQTT 5 bad user name or password (134), not authorized (135), banned (138),
 # bad authentication method (140). One-shot commands fail at once on these; the daemon
@@ -59,12 +69,6 @@ def backoff_delay(attempt: int, minimum: float, maximum: float) -> float:
     floor = min(minimum / 2, maximum)
     ceiling = min(maximum, minimum * (2 ** max(0, attempt - 1)))
     return random.uniform(floor, max(floor, ceiling))
-
-
-def one_shot_client_id(prefix: str, agent_id: str | None, role: str) -> str:
-    """A unique client id for short-lived connections, so they never take over the
-    daemon's persistent session ``<prefix>-<agent_id>``."""
-    return f"{prefix}-{agent_id or 'anon'}-{role}-{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True)
@@ -89,13 +93,13 @@ class PublishTicket:
     mid: int
     done: threading.Event = field(default_factory=threading.Event)
     acked_at: float | None = None
-    _callbacks: list[Callable[[], None]] = field(default_factory=list)
+    _callbacks: list[Callable[[], object]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def wait(self, timeout: float) -> bool:
         return self.done.wait(timeout)
 
-    def on_done(self, callback: Callable[[], None]) -> None:
+    def on_done(self, callback: Callable[[], object]) -> None:
         """Call ``callback()`` once the PUBACK arrives (now, if it already has); it runs in
         the link's thread and must be quick."""
         with self._lock:
@@ -129,6 +133,21 @@ class MqttLink:
     :param subscriptions: (re)subscribed after every successful connect.
     :param on_message: ``(topic, payload, mid, qos)``, called in the link's thread.
     :param on_connected: ``(session_present: bool)``, called after subscribing.
+    :param on_cycle: called in the link's thread after each read burst and after every
+        :meth:`wake` (the place to commit a batch of received messages and acknowledge them,
+        and to run work other threads handed over); returns the seconds until it wants to run
+        again even if nothing happens (None: no deadline).
+    :param on_taken_over: called once, in the link's thread, when the broker disconnects us
+        because another client connected with our client id (MQTT 5 reason 142); the link then
+        stops reconnecting.
+    :param before_connect: called in the link's thread before each connection attempt; returning
+        False stops the link instead.
+
+    The link's thread drives paho through its external-loop API (``loop_read``,
+    ``loop_write``, ``loop_misc`` around our own ``select``): every socket write happens in
+    this one thread (paho's ``publish``/``ack`` from other threads only queue, and wake us),
+    publishes that arrive together are read back to back so ``on_cycle`` can commit them in
+    one transaction, and an idle link wakes only for keepalive.
     """
 
     def __init__(
@@ -144,6 +163,9 @@ class MqttLink:
         on_message: MessageCallback | None = None,
         on_connected: Callable[[bool], None] | None = None,
         on_disconnected: Callable[[str], None] | None = None,
+        on_cycle: Callable[[], float | None] | None = None,
+        on_taken_over: Callable[[], None] | None = None,
+        before_connect: Callable[[], bool] | None = None,
         reconnect_min: float = 0.5,
         reconnect_max: float = 60.0,
         logger: logging.Logger | None = None,
@@ -158,6 +180,13 @@ class MqttLink:
         self.on_message = on_message
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
+        self.on_cycle = on_cycle
+        self.on_taken_over = on_taken_over
+        self.before_connect = before_connect
+        self._wake_r = self._wake_w = -1  # the thread driver's wake-up pipe (made by start())
+        self._packets = 0  # packets handled by callbacks: tells a read burst from an empty socket
+        self.generation = 0  # connection number; acks are only valid on the connection that received
+        self.taken_over = False
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.log = logger or log
@@ -217,6 +246,9 @@ class MqttLink:
         client.on_message = self._guard(self._handle_message)
         client.on_publish = self._guard(self._handle_publish)
         client.on_socket_open = self._guard(self._handle_socket_open)
+        # with a register-write callback set, paho never writes from the caller's thread: other
+        # threads' publish()/ack() queue the packet and we wake the link's select
+        client.on_socket_register_write = self._guard(self._handle_register_write)
         return client
 
     def _guard(self, fn: Callable[..., None]) -> Callable[..., None]:
@@ -236,6 +268,9 @@ class MqttLink:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             self.log.debug("could not set TCP_NODELAY")
+
+    def _handle_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self.wake()
 
     def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -269,6 +304,13 @@ class MqttLink:
             self.on_connected(self.session_present)
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if getattr(reason, "value", None) == SESSION_TAKEN_OVER and not self.taken_over:
+            self.taken_over = True
+            self._no_reconnect.set()
+            self.last_error = "session taken over by another client with the same client id"
+            self.log.error("the broker says another client connected as %s and took over this session", self.client_id)
+            if self.on_taken_over:
+                self.on_taken_over()
         was = self._connected.is_set()
         self._connected.clear()
         self.connected_since = None
@@ -278,13 +320,19 @@ class MqttLink:
                 self.on_disconnected(str(reason))
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._packets += 1
         self.last_inbound_at = time.time()
         if self.on_message is not None:
-            self.on_message(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+            try:
+                topic = msg.topic
+            except UnicodeDecodeError:  # MQTT requires UTF-8 topics; keep a readable form anyway
+                topic = bytes(msg._topic).decode("utf-8", "replace")
+            self.on_message(topic, bytes(msg.payload), msg.mid, msg.qos)
         elif self.manual_ack:
             client.ack(msg.mid, msg.qos)
 
     def _handle_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        self._packets += 1
         now = time.time()
         self.last_puback_at = now
         with self._lock:
@@ -299,6 +347,10 @@ class MqttLink:
         """Start the link's thread; it connects and keeps reconnecting until :meth:`stop`."""
         if self._thread is not None:
             return
+        if self._wake_r < 0:
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
         self._thread = threading.Thread(target=self._run, name=f"swarmbus-mqtt-{self.client_id}", daemon=True)
         self._thread.start()
 
@@ -320,6 +372,9 @@ class MqttLink:
     def _run(self) -> None:
         failures = 0
         while not self._no_reconnect.is_set():
+            if self.before_connect is not None and not self._call_before_connect():
+                self._no_reconnect.set()
+                break
             self._fallback = False
             try:
                 self._connect_once()
@@ -331,23 +386,19 @@ class MqttLink:
                 delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
                 self.log.log(self.retry_log_level, "cannot connect to %s (%s); retrying in %.1fs",
                              self.broker.url, self.last_error, delay)
-                self._wait(delay)
+                self._idle(delay)
                 continue
+            self.generation += 1
             started = time.monotonic()
             try:
-                while not self._halt.is_set():
-                    rc = self._client.loop(timeout=0.2)
-                    if rc != mqtt.MQTT_ERR_SUCCESS:
-                        break
-                    if self._kick.is_set():
-                        self._kick.clear()
-                        self._client.disconnect()
+                self._serve()
             except Exception:
                 self.callback_errors += 1
                 self.log.exception("MQTT network loop failed; reconnecting")
                 with contextlib.suppress(Exception):  # best effort on a broken socket
                     self._client.disconnect()
             self._connected.clear()
+            self._cycle()  # commit what arrived before the connection dropped (it is not acknowledged)
             if self._halt.is_set() or self._no_reconnect.is_set():
                 break
             if self._fallback:
@@ -358,10 +409,89 @@ class MqttLink:
             failures = 1 if time.monotonic() - started > 30 else failures + 1
             delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
             self.log.info("reconnecting to %s in %.1fs", self.broker.url, delay)
-            self._wait(delay)
+            self._idle(delay)
 
-    def _wait(self, seconds: float) -> None:
-        self._no_reconnect.wait(seconds)
+    def _call_before_connect(self) -> bool:
+        try:
+            return bool(self.before_connect and self.before_connect())
+        except Exception:
+            self.callback_errors += 1
+            self.log.exception("error before connecting (connecting anyway)")
+            return True
+
+    def _serve(self) -> None:
+        """Drive one connection until it drops or the link stops."""
+        client = self._client
+        tick = min(5.0, self.broker.keepalive / 4)  # keepalive pings need a visit now and then
+        while not self._halt.is_set():
+            sock: Any = client.socket()
+            if sock is None:
+                return
+            pending = getattr(sock, "pending", None)  # bytes TLS has decrypted but select cannot see
+            timeout = tick
+            deadline = self._cycle()
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, deadline))
+            if pending is not None and pending():
+                timeout = 0.0
+            wlist = [sock] if client.want_write() else []
+            try:
+                readable, _, _ = select.select([sock, self._wake_r], wlist, [], timeout)
+            except (OSError, ValueError, TypeError):
+                return  # the socket was closed under us
+            if self._wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            if sock in readable or (pending is not None and pending()):
+                if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                    return
+                for _ in range(_DRAIN_PACKETS):  # read what is already there, to commit it as one batch
+                    seen = self._packets
+                    if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                        return
+                    if self._packets == seen:
+                        break
+                self._cycle()
+            if client.want_write() and client.loop_write() != mqtt.MQTT_ERR_SUCCESS:
+                return
+            if client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
+                return
+            if self._kick.is_set():
+                self._kick.clear()
+                client.disconnect()
+
+    def _cycle(self) -> float | None:
+        if self.on_cycle is None:
+            return None
+        try:
+            return self.on_cycle()
+        except Exception:
+            self.callback_errors += 1
+            self.log.exception("error in the link's cycle callback (connection kept)")
+            return 1.0
+
+    def _idle(self, seconds: float) -> None:
+        """Wait between connection attempts while still running ``on_cycle`` for work that
+        other threads hand over (e.g. commits that do not need the connection)."""
+        deadline = time.monotonic() + seconds
+        while not self._no_reconnect.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            wanted = self._cycle()
+            timeout = min(left, 1.0 if wanted is None else max(0.0, wanted))
+            try:
+                readable, _, _ = select.select([self._wake_r], [], [], timeout)
+            except (OSError, ValueError):
+                return
+            if readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+
+    def wake(self) -> None:
+        """Make the link's thread run a cycle soon (thread-safe, never blocks)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -419,13 +549,15 @@ class MqttLink:
 
     def reconnect_soon(self) -> None:
         """Drop the connection so the broker redelivers unacknowledged messages after the
-        backoff (used when the store cannot commit)."""
+        backoff."""
         self._kick.set()
+        self.wake()
 
     def stop(self, *, final: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
         """Stop reconnecting; publish ``final`` (retained, QoS 1) and wait for its PUBACK
         when connected; send DISCONNECT; join the thread."""
         self._no_reconnect.set()
+        self.wake()
         if final is not None and self.connected:
             try:
                 self.publish_and_wait(final[0], final[1], retain=True, timeout=timeout)
@@ -437,5 +569,11 @@ class MqttLink:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 self._halt.set()
+                self.wake()
                 self._thread.join(timeout)
         self._connected.clear()
+        if self._thread is None or not self._thread.is_alive():
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1

@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 
 from swarmbus import testing
-from swarmbus.dev_broker import BrokerConfig, find_mosquitto, free_port, start_broker  # internal: fine in tests
-from swarmbus.testing import wait_for
+from swarmbus.testing import BrokerConfig, find_mosquitto, free_port, start_broker, wait_for
 from swarmbus_claude_code.install import hook_command
 
 AGENT = "coder"
@@ -181,13 +180,10 @@ def test_messages_during_a_wake_are_coalesced_by_the_daemon(bus: Bus, fake_claud
         bus.send(f"MARKER-LATER-{i}")
 
     def all_waiting() -> bool:
-        proc = bus.cli("inbox", "--agent-id", AGENT, "--json")
-        messages = json.loads(proc.stdout)["messages"] if proc.returncode == 0 else []
-        running = [m for m in messages if any(d["handler"] == "wake" and d["status"] == "running"
-                                              for d in m["deliveries"])]
-        return len(running) == 4
+        status = testing.agent_status(AGENT, bus.env["SWARMBUS_STATE_DIR"]) or {}
+        return bool(status.get("handlers_running", {}).get("wake") == 4)
 
-    wait_for(all_waiting, 30, "four wake deliveries to be running (one wake, three queued)")
+    wait_for(all_waiting, 30, "four wake runs in progress (one wake, three waiting to be coalesced)")
     assert len(fake_claude.runs()) == 1
     release.touch()
     fake_claude.wait_for(lambda: len(fake_claude.records("finished")) == 2, 30, "the second wake")

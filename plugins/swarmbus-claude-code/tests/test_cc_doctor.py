@@ -14,7 +14,7 @@ import pytest
 
 import swarmbus_claude_code
 from swarmbus import DoctorContext, HookRelay, Settings, StoredMessage, new_envelope
-from swarmbus.provision import run_step  # internal: fine in tests
+from swarmbus.testing import run_step
 from swarmbus_claude_code import context as cc_context
 from swarmbus_claude_code.settings import CCSettings
 from swarmbus_claude_code.waker import LAST_WAKE_FILE

@@ -26,9 +26,8 @@ from typing import Any
 import pytest
 
 from swarmbus import testing
-from swarmbus.dev_broker import BrokerConfig, find_mosquitto, free_port, start_broker  # internal: fine in tests
+from swarmbus.testing import BrokerConfig, find_mosquitto, free_port, pid_alive, start_broker, wait_for
 from swarmbus.testing import describe_run as out
-from swarmbus.testing import pid_alive, wait_for
 from swarmbus_claude_code.install import hook_entry, mcp_entry, skill_text
 
 AGENT = "ccagent"

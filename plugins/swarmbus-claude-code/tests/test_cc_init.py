@@ -12,7 +12,7 @@ import pytest
 
 import swarmbus_claude_code
 from swarmbus import HookRelay, Settings, get_plugin_manager
-from swarmbus.provision import StepResult, run_step, undo  # internal: fine in tests
+from swarmbus.testing import StepResult, run_step, undo
 from swarmbus_claude_code import hooks_json
 from swarmbus_claude_code.install import hook_entry, mcp_entry, skill_text
 from swarmbus_claude_code.settings import CCSettings

@@ -22,7 +22,7 @@ from cc_real_support import QUIET, RealBus
 from messages_mock import MockServer, start_mock
 
 from swarmbus import testing
-from swarmbus.dev_broker import BrokerConfig, find_mosquitto, free_port, start_broker  # internal: fine in tests
+from swarmbus.testing import BrokerConfig, find_mosquitto, free_port, start_broker
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,7 @@ from cc_real_support import AGENT, PASSTHROUGH, RealBus  # type: ignore[import-n
 from messages_mock import MockServer  # type: ignore[import-not-found]
 
 from swarmbus import Settings
-from swarmbus.provision import run_step  # internal: fine in tests
-from swarmbus.testing import wait_for
+from swarmbus.testing import run_step, wait_for
 from swarmbus_claude_code.install import SKILL_DESCRIPTION, init_steps
 from swarmbus_claude_code.settings import CCSettings
 

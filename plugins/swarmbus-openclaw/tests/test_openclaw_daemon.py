@@ -14,8 +14,7 @@ from openclaw_fake_gateway import FakeGateway
 from openclaw_helpers import TOKEN
 
 from swarmbus import testing
-from swarmbus.dev_broker import BrokerConfig, find_mosquitto, free_port, start_broker
-from swarmbus.testing import wait_for
+from swarmbus.testing import BrokerConfig, find_mosquitto, free_port, start_broker, wait_for
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
 

@@ -28,9 +28,8 @@ from openclaw_fake_gateway import FakeGateway
 from openclaw_helpers import TOKEN
 
 from swarmbus import testing
-from swarmbus.dev_broker import BrokerConfig, find_mosquitto, free_port, start_broker  # internal: fine in tests
+from swarmbus.testing import BrokerConfig, find_mosquitto, free_port, pid_alive, start_broker
 from swarmbus.testing import describe_run as out
-from swarmbus.testing import pid_alive
 from swarmbus_openclaw.setup import render_skill, swarmbus_command
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")

@@ -14,7 +14,7 @@ from openclaw_fake_gateway import FakeGateway
 from openclaw_helpers import AGENT, TOKEN, make_settings
 
 from swarmbus import HookRelay, Settings, Verify, WriteFile
-from swarmbus.provision import run_step, undo
+from swarmbus.testing import run_step, undo
 from swarmbus_openclaw.config import (
     OpenClawSettings,
     json5_to_json,

@@ -34,9 +34,7 @@ sys.path.append(str(Path(__file__).parent))
 from openclaw_mock_model import MockModel, request_text
 
 from swarmbus import HandlerContext, HookRelay, Settings, StoredMessage, get_plugin_manager, new_envelope, testing, wake
-from swarmbus.dev_broker import BrokerConfig, free_port, start_broker
-from swarmbus.provision import run_step
-from swarmbus.testing import wait_for
+from swarmbus.testing import BrokerConfig, free_port, run_step, start_broker, wait_for
 from swarmbus_openclaw.gateway import ConnectOptions, GatewayError, probe
 
 NODE_DIR = os.environ.get("OC_REAL_NODE_DIR", "")

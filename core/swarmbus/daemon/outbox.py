@@ -1,0 +1,81 @@
+"""Sending through the daemon: spooled durably, published on its connection, answered truthfully.
+
+A send checks the caller's deadline, commits the envelope to the ``outbox`` table and publishes
+it at QoS 1; the caller (the control socket, or a handler's ``context.send``) then waits up to its
+``wait`` seconds for the PUBACK: ``published`` if it came, else ``queued`` (it stays spooled and
+is published after a reconnect or a restart). A request taken after its deadline is refused
+before anything is spooled (``expired``), so a sender that gave up on an answer never finds its
+message delivered later. Waiting is a future on the event loop: any number of concurrent
+senders, no thread held for any of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from swarmbus.envelope import Envelope
+from swarmbus.store import Store
+from swarmbus.topics import topic_for_recipient
+from swarmbus.transport.link import MqttLink, PublishTicket
+
+from .receiver import Receiver
+
+
+class Outbox:
+    """Spooled sends for one daemon (use from the event loop)."""
+
+    def __init__(self, store: Store, receiver: Receiver, link: MqttLink) -> None:
+        self.store = store
+        self.receiver = receiver
+        self.link = link
+        self._inflight: set[str] = set()  # ids handed to paho and not yet PUBACKed (it resends them itself)
+
+    def _publish(self, message_id: str, topic: str, payload: bytes) -> PublishTicket:
+        self._inflight.add(message_id)
+        ticket = self.link.publish(topic, payload)
+
+        def acked() -> None:
+            self._inflight.discard(message_id)
+            self.receiver.published(message_id)
+
+        ticket.on_done(acked)
+        return ticket
+
+    def publish_pending(self) -> None:
+        """(Re)publish every spooled send paho does not already hold (on connect)."""
+        for message_id, topic, payload in self.store.outbox_pending():
+            if message_id not in self._inflight:
+                self._publish(message_id, topic, payload)
+
+    async def send(self, envelope: Envelope, wait: float, deadline: float | None = None) -> str:
+        """Spool and publish ``envelope``. Returns ``published`` (PUBACKed within ``wait`` s),
+        ``queued`` (spooled; published later), ``duplicate`` (this id is already spooled) or
+        ``expired`` (``deadline``, Unix seconds, passed before it could be spooled: not sent).
+
+        :raises StoreError: the spool could not be written (nothing was sent).
+        """
+        if deadline is not None and time.time() > deadline:
+            return "expired"
+        payload = envelope.to_wire()
+        topic = topic_for_recipient(envelope.to)
+        if not self.store.outbox_add(envelope.id, topic, payload):
+            return "duplicate"
+        ticket = self._publish(envelope.id, topic, payload)
+        if ticket.done.is_set():
+            return "published"
+        if wait <= 0:
+            return "queued"
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ticket.on_done(lambda: _resolve(acked))
+        try:
+            async with asyncio.timeout(wait):
+                await acked
+        except TimeoutError:
+            return "queued"
+        return "published"
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
