@@ -39,5 +39,5 @@ plugin_args=()
 for p in plugins/*/; do [ -f "$p/pyproject.toml" ] && plugin_args+=(-e "$p"); done
 # one pip call: the plugins pin swarmbus==<version>, which only this checkout provides
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[mcp]" "${plugin_args[@]}" \
-  "pytest>=8" "tox>=4" "ruff>=0.5" "mypy>=1.10"
+  "pytest>=8" "pytest-xdist>=3.5" "hypothesis>=6.100" "tox>=4" "ruff>=0.5" "mypy>=1.10" "import-linter>=2.1"
 .venv/bin/python -c 'import swarmbus' >/dev/null
