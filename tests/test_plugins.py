@@ -291,14 +291,6 @@ def _cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
     return proc
 
 
-@pytest.fixture
-def example_installed() -> str:
-    try:
-        return importlib.metadata.version("swarmbus-example")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("swarmbus-example is not installed (pip install -e . -e plugins/swarmbus-example)")
-
-
 def test_plugins_all_json_lists_the_builtins(tmp_path: Path) -> None:
     proc = _cli(tmp_path, "plugins", "--all", "--json", SWARMBUS_LOAD_PLUGINS="")
     assert proc.returncode == 0, proc.stderr
@@ -311,35 +303,6 @@ def test_plugins_all_json_lists_the_builtins(tmp_path: Path) -> None:
     proc = _cli(tmp_path, "plugins", "--json", SWARMBUS_LOAD_PLUGINS="")
     assert proc.returncode == 0, proc.stderr
     assert not [row for row in json.loads(proc.stdout) if row["builtin"]]  # --all only
-
-
-@pytest.mark.parametrize(
-    ("selection", "status"),
-    [(None, "loaded"), ("", "blocked"), ("example", "loaded"), ("swarmbus-example", "loaded"), ("other", "blocked")],
-)
-def test_load_plugins_with_the_installed_example(
-    tmp_path: Path, example_installed: str, selection: str | None, status: str
-) -> None:
-    env = {} if selection is None else {"SWARMBUS_LOAD_PLUGINS": selection}
-    proc = _cli(tmp_path, "plugins", "--json", **env)
-    assert proc.returncode == 0, proc.stderr
-    rows = {row["name"]: row for row in json.loads(proc.stdout)}
-    assert rows["example"]["status"] == status
-    assert rows["example"]["version"] == example_installed
-    if status == "blocked":
-        assert rows["example"]["hooks"] == []
-    else:
-        assert "swarmbus_route" in rows["example"]["hooks"]
-
-
-def test_version_lists_installed_plugins(tmp_path: Path, example_installed: str) -> None:
-    proc = _cli(tmp_path, "--version")
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[0] == f"swarmbus {__version__}"
-    assert f"  swarmbus-example {example_installed} [example]" in lines
-    blocked = _cli(tmp_path, "--version", SWARMBUS_LOAD_PLUGINS="").stdout.splitlines()
-    assert f"  swarmbus-example {example_installed} [example] (blocked)" in blocked
 
 
 def test_trace_plugins_in_the_cli(tmp_path: Path) -> None:

@@ -7,12 +7,14 @@ doctor checks do not clash, and a daemon with all of them loaded still stores an
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import swarmbus
 from swarmbus import testing
 
 PLUGINS = {"example", "cc", "openclaw"}
@@ -67,3 +69,33 @@ def test_daemon_with_every_plugin_loaded(env: dict[str, str], tmp_path: Path) ->
     finally:
         testing.stop_daemon(daemon)
     assert "Traceback" not in log_path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("selection", "status"),
+    [(None, "loaded"), ("", "blocked"), ("example", "loaded"), ("swarmbus-example", "loaded"), ("other", "blocked")],
+)
+def test_load_plugins_with_the_installed_example(
+    env: dict[str, str], selection: str | None, status: str
+) -> None:
+    chosen = {} if selection is None else {"SWARMBUS_LOAD_PLUGINS": selection}
+    proc = testing.run_cli({**env, **chosen}, "plugins", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["name"]: row for row in json.loads(proc.stdout)}
+    assert rows["example"]["status"] == status
+    assert rows["example"]["version"] == importlib.metadata.version("swarmbus-example")
+    if status == "blocked":
+        assert rows["example"]["hooks"] == []
+    else:
+        assert "swarmbus_route" in rows["example"]["hooks"]
+
+
+def test_version_lists_installed_plugins(env: dict[str, str]) -> None:
+    example_installed = importlib.metadata.version("swarmbus-example")
+    proc = testing.run_cli(env, "--version")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"swarmbus {swarmbus.__version__}"
+    assert f"  swarmbus-example {example_installed} [example]" in lines
+    blocked = testing.run_cli({**env, "SWARMBUS_LOAD_PLUGINS": ""}, "--version").stdout.splitlines()
+    assert f"  swarmbus-example {example_installed} [example] (blocked)" in blocked

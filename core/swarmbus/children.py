@@ -11,7 +11,7 @@
 Children are spawned without ``preexec_fn``, so CPython can use ``vfork`` (a few hundred
 microseconds instead of copying a large daemon's page tables, and no Python code in the child).
 The die-with-the-daemon guarantee that ``PR_SET_PDEATHSIG`` gave before is kept by the reaper: a
-tiny ``/bin/sh`` process, in a session of its own so a signal to the daemon's process group
+tiny ``/bin/sh`` process (started with the first child), in a session of its own so a signal to the daemon's process group
 spares it, that reads ``+PGID``/``-PGID`` lines from a pipe only the daemon holds; when the pipe
 closes (the daemon exited or died) it SIGKILLs every process group still registered, and (on
 Linux) every process carrying this daemon run's random mark in ``SWARMBUS_CHILD_OF`` (a child
@@ -65,31 +65,35 @@ done
 
 class ChildReaper:
     """Kills registered child process groups when this process goes away (see the module
-    docstring). One per daemon: :meth:`start` also makes it the one :func:`run_child` uses."""
+    docstring). One per daemon: :meth:`install` makes it the one :func:`run_child` uses; its
+    process starts with the first child (an idle daemon has none)."""
 
     current: ChildReaper | None = None
 
-    def __init__(self, proc: subprocess.Popen[bytes] | None, mark: str) -> None:
-        self._proc = proc
-        self.mark = mark
+    def __init__(self) -> None:
+        self.mark = os.urandom(12).hex()
+        self._proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def start(cls) -> ChildReaper:
-        """Start the reaper process; without ``/bin/sh`` the reaper is a no-op (children are
-        still killed on timeout and shutdown, just not after a SIGKILL of the daemon)."""
-        import secrets
-
-        mark = secrets.token_hex(12)
-        try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", _REAPER_SCRIPT, "swarmbus-reaper", mark], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, start_new_session=True, env={"PATH": "/usr/bin:/bin"},
-            )
-        except OSError:
-            proc = None
-        reaper = cls(proc, mark)
+    def install(cls) -> ChildReaper:
+        reaper = cls()
         cls.current = reaper
         return reaper
+
+    def ensure_running(self) -> None:
+        """Start the reaper process if it is not running (before a child is started). Without
+        ``/bin/sh`` it stays a no-op: children are still killed on timeout and shutdown, just
+        not after a SIGKILL of the daemon."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        try:
+            self._proc = subprocess.Popen(
+                ["/bin/sh", "-c", _REAPER_SCRIPT, "swarmbus-reaper", self.mark], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                env={"PATH": "/usr/bin:/bin"},
+            )
+        except OSError:
+            self._proc = None
 
     def _send(self, line: str) -> None:
         proc = self._proc
@@ -99,7 +103,7 @@ class ChildReaper:
             proc.stdin.write(line.encode())
             proc.stdin.flush()
         except (BrokenPipeError, ValueError, OSError):
-            self._proc = None  # it died: children are still killed on cancellation
+            self._proc = None  # it died: the next child starts a new one
 
     def track(self, pgid: int) -> None:
         self._send(f"+ {pgid}\n")
@@ -141,6 +145,7 @@ async def run_child(
     loop = asyncio.get_running_loop()
     reaper = ChildReaper.current
     if reaper is not None:
+        reaper.ensure_running()
         env = {**env, "SWARMBUS_CHILD_OF": reaper.mark}
     proc = subprocess.Popen(
         list(argv),

@@ -122,7 +122,7 @@ class Daemon:
                                      backlog=settings.daemon.backlog)
         self.control = ControlServer(self.paths.make_socket_path(), agent_id=agent_id, store=store,
                                      outbox=self.outbox, new_messages=self.new_messages, status=self.status)
-        self.reaper = ChildReaper.start()
+        self.reaper = ChildReaper.install()
         await self.control.start()
         loaded = [name for name, info in self.pm.infos.items() if info.status == "loaded" and not info.builtin]
         record = {

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -79,7 +78,7 @@ class PresenceKeeper:
         self.settings = settings
         self.agent_id = agent_id
         self.on_conflict = on_conflict
-        self.instance = secrets.token_hex(8)
+        self.instance = os.urandom(8).hex()
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.heartbeat_s = settings.daemon.heartbeat_interval

@@ -29,6 +29,7 @@ import sys
 import time
 
 from swarmbus.errors import BrokerUnreachable, ConfigError, TimeoutExpired
+from swarmbus.transport import defer_import
 
 TYPE_CHECKING = False  # not from typing: see swarmbus.config
 if TYPE_CHECKING:
@@ -98,50 +99,19 @@ def one_shot_client_id(prefix: str, agent_id: str | None, role: str) -> str:
 
 # -- importing paho cheaply -------------------------------------------------------------------------
 
-# Standard modules paho-mqtt imports at import time but does not use for a plain publish. Each
-# is put in sys.modules as a stand-in that imports the real module the first time any of its
-# attributes is read, so nothing breaks if paho (or anyone else) does touch it:
-#
-# - urllib.request (with http.client, email, ...: ~25 ms): only in Client._get_proxy, which
-#   reads it only when PySocks is installed (then the stand-in loads it on the spot);
-# - ssl (~6 ms): only when TLS is configured (tls_set, the TLS handshake) or while handling an
-#   exception in _sock_recv/_sock_send (``except ssl.SSLWantReadError``);
-# - hashlib, base64, uuid (~5 ms): only for the websockets handshake, or for a client id paho
-#   makes up itself (we always pass one).
-#
-# Why not importlib.util.LazyLoader: on Python 3.11 an ``import urllib.request`` statement of an
-# already lazily-loaded module reads its ``__spec__``, which makes LazyLoader load it right away
-# (the C import code checks ``__spec__._initializing``), so paho's own imports would undo it. A
-# stand-in module with a PEP 562 ``__getattr__`` has a real ``__spec__`` and stays unloaded.
-_DEFERRED = ("urllib.request", "ssl", "hashlib", "base64", "uuid")
-
-
-def _defer(name: str) -> None:
-    import importlib
-    import importlib.machinery
-    import types
-
-    stand_in = types.ModuleType(name, f"stand-in for {name}: imported on first use")
-    stand_in.__spec__ = importlib.machinery.ModuleSpec(name, None)
-
-    def __getattr__(attr: str) -> Any:  # PEP 562: only for attributes the stand-in lacks
-        if sys.modules.get(name) is stand_in:
-            del sys.modules[name]  # the import below replaces it, here and on the parent package
-        return getattr(importlib.import_module(name), attr)
-
-    stand_in.__getattr__ = __getattr__  # type: ignore[method-assign]
-    sys.modules[name] = stand_in
-    parent, _, child = name.rpartition(".")
-    if parent:
-        setattr(importlib.import_module(parent), child, stand_in)
+# Standard modules paho-mqtt imports at import time but a plain publish never uses: besides
+# urllib.request (deferred for every user, see swarmbus.transport), ssl (~6 ms: only with TLS, or
+# while handling an exception in _sock_recv/_sock_send), and hashlib, base64, uuid (~5 ms: only for
+# the websockets handshake, or a client id paho makes up itself; we always pass one).
+_DEFERRED = ("ssl", "hashlib", "base64", "uuid")
 
 
 def _paho() -> ModuleType:
-    """``paho.mqtt.client``, imported with the stand-ins above when nothing imported it yet."""
+    """``paho.mqtt.client``, imported with stand-ins for :data:`_DEFERRED` when nothing imported
+    it yet (see :func:`swarmbus.transport.defer_import`)."""
     if "paho.mqtt.client" not in sys.modules:
         for name in _DEFERRED:
-            if name not in sys.modules:
-                _defer(name)
+            defer_import(name)
     import paho.mqtt.client as mqtt
 
     return mqtt
