@@ -224,7 +224,7 @@ def test_hook_swarmbus_route(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     all_handlers = frozenset({"archive", "wake", "demo"})
     names = relay.route(message(), all_handlers, settings)
     assert sorted(names) == ["archive", "demo", "ghost", "wake"]  # the union, each name once
-    assert relay.route(message("no-opinion"), all_handlers, settings) == ["archive", "wake"]
+    assert relay.route(message("no-opinion"), all_handlers, settings) == ["wake", "archive"]
     assert relay.route(message("no-opinion"), frozenset({"demo"}), settings) == []  # built-in: only registered
 
     # the dispatcher runs the known names and logs and ignores the unknown ones

@@ -139,7 +139,7 @@ def test_builtins_are_registered_as_ordinary_plugins() -> None:
         assert info.hooks
     # like any plugin, a built-in can be taken out
     relay = HookRelay(pm)
-    assert relay.route(message(), frozenset({"archive", "wake"}), Settings()) == ["archive", "wake"]
+    assert relay.route(message(), frozenset({"archive", "wake"}), Settings()) == ["wake", "archive"]
     pm.unregister(name="swarmbus.default_plugins.routing")
     assert relay.route(message(), frozenset({"archive", "wake"}), Settings()) == []
 
@@ -270,7 +270,7 @@ def test_trace_plugins_logs_hook_calls_and_results(plugin_log: _Records) -> None
     pm = get_plugin_manager(entry_points=False, env={TRACE_ENV: "1"})
     HookRelay(pm).route(message(), frozenset({"archive", "wake"}), Settings())
     assert "hook swarmbus_route(handlers, message, settings)" in plugin_log.lines
-    assert "hook swarmbus_route -> [['archive', 'wake']]" in plugin_log.lines
+    assert "hook swarmbus_route -> [['wake', 'archive']]" in plugin_log.lines
 
 
 def test_no_trace_by_default(plugin_log: _Records) -> None:

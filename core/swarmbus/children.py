@@ -8,8 +8,9 @@
   registers it with the daemon's :class:`ChildReaper` so that it dies with the daemon, even when
   the daemon is killed with SIGKILL.
 
-Children are spawned without ``preexec_fn``, so CPython can use ``vfork`` (a few hundred
-microseconds instead of copying a large daemon's page tables, and no Python code in the child).
+Children are spawned with ``posix_spawn`` (or ``subprocess.Popen`` when a ``cwd`` is given), never
+with ``preexec_fn``: glibc spawns with ``CLONE_VFORK`` (a few hundred microseconds instead of
+copying a large daemon's page tables, and no Python code in the child).
 The die-with-the-daemon guarantee that ``PR_SET_PDEATHSIG`` gave before is kept by the reaper: a
 tiny ``/bin/sh`` process (started with the first child), in a session of its own so a signal to the daemon's process group
 spares it, that reads ``+PGID``/``-PGID`` lines from a pipe only the daemon holds; when the pipe
@@ -147,35 +148,127 @@ async def run_child(
     if reaper is not None:
         reaper.ensure_running()
         env = {**env, "SWARMBUS_CHILD_OF": reaper.mark}
-    proc = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-        env=dict(env),
-        cwd=str(cwd) if cwd is not None else None,
-        start_new_session=True,
-    )
+    child = _Child(argv, env, cwd, stdin is not None, merge_stderr)
     if reaper is not None:
-        reaper.track(proc.pid)
+        reaper.track(child.pid)
     try:
-        io = [_feed(loop, proc.stdin, stdin or b""), _drain(loop, proc.stdout), _drain(loop, proc.stderr)]
+        io = [_feed(loop, child.stdin, stdin or b""), _drain(loop, child.stdout), _drain(loop, child.stderr)]
         _, out, err = await asyncio.gather(*io)
-        code = await _exited(loop, proc)
+        code = await child.exited(loop)
     except asyncio.CancelledError:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(child.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
-            await asyncio.shield(_exited(loop, proc))
+            await asyncio.shield(child.exited(loop))
         raise
     finally:
         if reaper is not None:
-            reaper.untrack(proc.pid)
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            reaper.untrack(child.pid)
+        child.close()
+    return code, out, err
+
+
+def _resolve(program: str, env: Mapping[str, str]) -> str:
+    """``program`` looked up on the child's ``PATH`` (as ``subprocess`` does; ``posix_spawnp``
+    would search the daemon's). :raises FileNotFoundError: not found there."""
+    if os.sep in program:
+        return program
+    import shutil
+
+    found = shutil.which(program, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(2, f"{program} not found on the child's PATH", program)
+    return found
+
+
+class _Child:
+    """A started child: its pid, and our ends of its stdin/stdout/stderr pipes (None when
+    unused). Started with ``posix_spawn`` (no Python runs between the fork and the exec, and
+    glibc spawns with ``CLONE_VFORK``); with a ``cwd``, which ``posix_spawn`` cannot set before
+    Python 3.13, with ``subprocess.Popen`` (also vfork: no ``preexec_fn``)."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | Path | None, feed: bool,
+                 merge_stderr: bool) -> None:
+        self.stdin: IO[bytes] | None = None
+        self.stdout: IO[bytes] | None = None
+        self.stderr: IO[bytes] | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._code: int | None = None
+        if cwd is not None:
+            popen = subprocess.Popen(
+                list(argv), stdin=subprocess.PIPE if feed else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, env=dict(env), cwd=str(cwd),
+                start_new_session=True,
+            )
+            self._popen, self.pid = popen, popen.pid
+            self.stdin, self.stdout, self.stderr = popen.stdin, popen.stdout, popen.stderr
+            return
+        ours: list[int] = []  # the parent's ends, kept
+        theirs: list[int] = []  # the child's ends, closed once it runs
+        actions: list[tuple[int, int, int] | tuple[int, int, str, int, int]] = []
+        try:
+            if feed:
+                r, w = os.pipe()
+                ours.append(w)
+                theirs.append(r)
+                actions.append((os.POSIX_SPAWN_DUP2, r, 0))
+            else:
+                actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+            r, w = os.pipe()
+            ours.append(r)
+            theirs.append(w)
+            actions.append((os.POSIX_SPAWN_DUP2, w, 1))
+            if merge_stderr:
+                actions.append((os.POSIX_SPAWN_DUP2, w, 2))
+            else:
+                r2, w2 = os.pipe()
+                ours.append(r2)
+                theirs.append(w2)
+                actions.append((os.POSIX_SPAWN_DUP2, w2, 2))
+            # our other descriptors are all close-on-exec (Python opens them so; SQLite too)
+            self.pid = os.posix_spawn(_resolve(argv[0], env), list(argv), dict(env), file_actions=actions,
+                                      setsid=True)
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        fds = iter(ours)
+        self.stdin = os.fdopen(next(fds), "wb", buffering=0) if feed else None
+        self.stdout = os.fdopen(next(fds), "rb", buffering=0)
+        self.stderr = None if merge_stderr else os.fdopen(next(fds), "rb", buffering=0)
+
+    async def exited(self, loop: asyncio.AbstractEventLoop) -> int:
+        """The child's exit code (negative: the signal that ended it), awaited without a thread
+        where the OS allows (Linux pidfd)."""
+        if self._popen is not None:
+            return await _exited(loop, self._popen)
+        if self._code is None:
+            try:
+                pidfd = os.pidfd_open(self.pid)
+            except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits instead
+                status = await asyncio.to_thread(lambda: os.waitpid(self.pid, 0)[1])
+            else:
+                try:
+                    readable = loop.create_future()
+                    loop.add_reader(pidfd, readable.set_result, None)
+                    try:
+                        await readable
+                    finally:
+                        loop.remove_reader(pidfd)
+                finally:
+                    os.close(pidfd)
+                status = os.waitpid(self.pid, 0)[1]
+            self._code = os.waitstatus_to_exitcode(status)
+        return self._code
+
+    def close(self) -> None:
+        for pipe in (self.stdin, self.stdout, self.stderr):
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
-    return code, out, err
 
 
 async def _feed(loop: asyncio.AbstractEventLoop, pipe: IO[bytes] | None, data: bytes) -> bytes:

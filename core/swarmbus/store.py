@@ -15,6 +15,9 @@ finished, so marking a message done never rewrites its possibly large ``messages
 ``acks`` (messages a reader acknowledged past its cursor), ``outbox`` (sends waiting for a
 PUBACK), ``counters``, ``meta``.
 
+``messages.seq`` grows by one per stored message (rows are never deleted, so the largest is never
+reused; schema 1 declared it AUTOINCREMENT, which costs a page write per commit).
+
 Schema 2 (this version) adds ``dispatches`` (filled from ``messages.dispatched_at`` when a
 schema-1 store is opened; that column is no longer written) and the spill file's columns, and
 lets ``messages.digest`` be empty (the content digest is computed only when an id arrives twice).
@@ -52,7 +55,7 @@ SPILL_OVER = 8192
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     digest TEXT NOT NULL,
     topic TEXT NOT NULL,
@@ -404,7 +407,7 @@ class Store:
 
     def _commit(self, db: sqlite3.Connection, prepared: Sequence[Prepared], now: float, dispatch: bool) -> list[AcceptResult]:
         results: list[AcceptResult] = []
-        stored = duplicates = quarantined = echoes = 0
+        duplicates = quarantined = echoes = 0
         flag = 1 if dispatch else 0
         for p in prepared:
             if p.kind == "quarantine":
@@ -419,7 +422,7 @@ class Store:
             e = p.envelope
             assert e is not None
             row = db.execute("SELECT * FROM messages WHERE id = ?", (e.id,)).fetchone()
-            if row is None:  # (an INSERT that conflicts would still use up an AUTOINCREMENT seq)
+            if row is None:  # (look before inserting: a schema-1 store's AUTOINCREMENT would skip a seq)
                 inline, offset, length = p.payload, None, None
                 if len(inline) > SPILL_OVER:
                     inline, offset, length = b"", self._spill(p.payload), len(p.payload)
@@ -432,7 +435,6 @@ class Store:
                 seq = int(cur.lastrowid or 0)
                 if flag:
                     db.execute("INSERT INTO dispatches (seq) VALUES (?)", (seq,))
-                stored += 1
                 results.append(AcceptResult("stored", seq, "", StoredMessage(seq, e, p.topic, now)))
                 continue
             if (row["digest"] or _row_envelope(self._payload(row)).digest()) == e.digest():
@@ -443,9 +445,8 @@ class Store:
                 self._insert_quarantine(db, p.topic, p.payload, conflict, e.id, now)
                 quarantined += 1
                 results.append(AcceptResult("quarantined", None, conflict))
-        for name, count in (("stored", stored), ("duplicates", duplicates), ("quarantined", quarantined),
-                            ("self_echo", echoes)):
-            if count:
+        for name, count in (("duplicates", duplicates), ("quarantined", quarantined), ("self_echo", echoes)):
+            if count:  # (rare; "stored" is the last seq: seqs have no gaps, so no write for it)
                 self._bump(db, name, count)
         return results
 
@@ -493,7 +494,12 @@ class Store:
         ]
 
     def counters(self) -> dict[str, int]:
-        return {r["name"]: int(r["value"]) for r in self._query("SELECT name, value FROM counters")}
+        """Event counts since the store was created: ``stored`` (messages ever stored: the last
+        seq), ``duplicates``, ``quarantined``, ``self_echo``, ``handler_failed``,
+        ``handler_timeout`` (absent while zero)."""
+        rows = self._query("SELECT name, value FROM counters WHERE name != 'stored'"
+                           " UNION ALL SELECT 'stored', COALESCE(MAX(seq), 0) FROM messages")
+        return {r[0]: int(r[1]) for r in rows if r[1]}
 
     # -- cursors --------------------------------------------------------------------------
     def cursor(self, consumer: str) -> int:

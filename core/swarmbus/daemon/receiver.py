@@ -9,8 +9,9 @@ After each read burst the link calls :meth:`Receiver.cycle`, which
 2. only then acknowledges them (PUBACK), for publishes that arrived on the current connection
    (older ones are redelivered by the broker and recognised as duplicates);
 3. hands the newly stored messages to the dispatcher;
-4. records dispatch outcomes and PUBACKed sends that piled up since the last cycle, batched, in
-   one more transaction (so acknowledging a burst never waits for bookkeeping).
+4. records dispatch outcomes and PUBACKed sends that piled up, batched, in one more transaction,
+   at most :data:`BOOKKEEPING_DELAY` after they happened (so acknowledging a burst never waits
+   for bookkeeping, and bookkeeping for many messages is one write).
 
 When the store itself fails (disk full, I/O error, read-only), received publishes are kept in
 memory and not acknowledged, and the commit is retried with backoff; the broker stops sending
@@ -33,6 +34,9 @@ from swarmbus.store import Prepared, Store
 from swarmbus.transport.link import MqttLink
 
 log = logging.getLogger("swarmbus.daemon")
+BOOKKEEPING_DELAY = 0.02
+"""Seconds outcomes wait before they are written: they coalesce, and a message arriving
+meanwhile is committed and acknowledged first."""
 
 Outcome = tuple[int, str, str, str]  # seq, handler, status, detail
 
@@ -102,7 +106,8 @@ class Receiver:
 
     # -- from the dispatcher and the outbox ------------------------------------------------------------
     def record(self, outcomes: list[Outcome], dispatched: list[int]) -> None:
-        """Record handler outcomes and finished dispatches (batched: written this loop iteration)."""
+        """Record handler outcomes and finished dispatches (batched: written within
+        :data:`BOOKKEEPING_DELAY` seconds)."""
         self._outcomes.extend(outcomes)
         self._dispatched.extend(dispatched)
         self._soon()
@@ -125,7 +130,7 @@ class Receiver:
     def _soon(self) -> None:
         if not self._scheduled and self._retry is None:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.cycle)
+            asyncio.get_running_loop().call_later(BOOKKEEPING_DELAY, self.cycle)
 
     def _commit_intake(self) -> bool:
         batch = self._pending
