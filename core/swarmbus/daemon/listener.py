@@ -51,6 +51,9 @@ from .receiver import Receiver
 
 log = logging.getLogger("swarmbus.daemon")
 EXIT_CONFLICT = 1
+RECEIVE_MAXIMUM = 100
+"""MQTT 5 Receive Maximum the daemon asks for: received publishes wait unacknowledged in memory
+only while the store cannot commit them, so this bounds that memory on any broker."""
 
 
 class Daemon:
@@ -103,6 +106,7 @@ class Daemon:
                 f"another client connected as {self.link.client_id} and took over this agent's MQTT session"),
             on_disconnected=self.presence.on_disconnected,
             before_connect=self.presence.before_connect,
+            receive_maximum=RECEIVE_MAXIMUM,
             reconnect_min=settings.daemon.reconnect_min,
             reconnect_max=settings.daemon.reconnect_max,
             logger=logging.getLogger("swarmbus.transport"),

@@ -15,7 +15,8 @@ After each read burst the link calls :meth:`Receiver.cycle`, which
 
 When the store itself fails (disk full, I/O error, read-only), received publishes are kept in
 memory and not acknowledged, and the commit is retried with backoff; the broker stops sending
-once its in-flight window is full, so memory stays bounded. Bookkeeping that fails is kept and
+once its in-flight window is full (the daemon asks for an MQTT 5 Receive Maximum of 100), so
+memory stays bounded. Bookkeeping that fails is kept and
 retried the same way, and the dispatcher keeps the affected messages until it is written. The
 state (``store_error``, the oldest unacknowledged publish) is in the daemon's status and checked
 by ``swarmbus doctor``.

@@ -142,6 +142,9 @@ class MqttLink:
         stops reconnecting.
     :param before_connect: called in the link's thread before each connection attempt; returning
         False stops the link instead.
+    :param receive_maximum: MQTT 5 Receive Maximum: the most QoS 1 publishes the broker may have
+        in flight to us unacknowledged (bounds what waits in memory while the store cannot commit;
+        mosquitto also caps it with its own ``max_inflight_messages``, 20 by default).
 
     The link's thread drives paho through its external-loop API (``loop_read``,
     ``loop_write``, ``loop_misc`` around our own ``select``): every socket write happens in
@@ -166,6 +169,7 @@ class MqttLink:
         on_cycle: Callable[[], float | None] | None = None,
         on_taken_over: Callable[[], None] | None = None,
         before_connect: Callable[[], bool] | None = None,
+        receive_maximum: int | None = None,
         reconnect_min: float = 0.5,
         reconnect_max: float = 60.0,
         logger: logging.Logger | None = None,
@@ -183,6 +187,7 @@ class MqttLink:
         self.on_cycle = on_cycle
         self.on_taken_over = on_taken_over
         self.before_connect = before_connect
+        self.receive_maximum = receive_maximum
         self._wake_r = self._wake_w = -1  # the thread driver's wake-up pipe (made by start())
         self._packets = 0  # packets handled by callbacks: tells a read burst from an empty socket
         self.generation = 0  # connection number; acks are only valid on the connection that received
@@ -359,9 +364,12 @@ class MqttLink:
         client = self._client
         if self.protocol == V5:
             props = None
-            if self.persistent and self.session_expiry:
+            if (self.persistent and self.session_expiry) or self.receive_maximum:
                 props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                props.SessionExpiryInterval = self.session_expiry
+                if self.persistent and self.session_expiry:
+                    props.SessionExpiryInterval = self.session_expiry
+                if self.receive_maximum:
+                    props.ReceiveMaximum = self.receive_maximum
             client.connect(
                 b.host, b.effective_port, b.keepalive,
                 clean_start=not self.persistent, properties=props,
