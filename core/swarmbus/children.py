@@ -243,25 +243,16 @@ class _Child:
     async def exited(self, loop: asyncio.AbstractEventLoop) -> int:
         """The child's exit code (negative: the signal that ended it), awaited without a thread
         where the OS allows (Linux pidfd)."""
-        if self._popen is not None:
-            return await _exited(loop, self._popen)
         if self._code is None:
-            try:
-                pidfd = os.pidfd_open(self.pid)
-            except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits instead
-                status = await asyncio.to_thread(lambda: os.waitpid(self.pid, 0)[1])
+            popen = self._popen
+            if popen is not None:
+                if popen.poll() is None and not await _until_exited(loop, self.pid):
+                    await asyncio.to_thread(popen.wait)
+                self._code = popen.wait()
+            elif await _until_exited(loop, self.pid):
+                self._code = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
             else:
-                try:
-                    readable = loop.create_future()
-                    loop.add_reader(pidfd, readable.set_result, None)
-                    try:
-                        await readable
-                    finally:
-                        loop.remove_reader(pidfd)
-                finally:
-                    os.close(pidfd)
-                status = os.waitpid(self.pid, 0)[1]
-            self._code = os.waitstatus_to_exitcode(status)
+                self._code = os.waitstatus_to_exitcode((await asyncio.to_thread(os.waitpid, self.pid, 0))[1])
         return self._code
 
     def close(self) -> None:
@@ -269,6 +260,36 @@ class _Child:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool = False) -> None:
+    """Return once ``fd`` is readable (or writable), without a thread."""
+    ready: asyncio.Future[None] = loop.create_future()
+    add, remove = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    add(fd, wake)
+    try:
+        await ready
+    finally:
+        remove(fd)
+
+
+async def _until_exited(loop: asyncio.AbstractEventLoop, pid: int) -> bool:
+    """Return once the child ``pid`` has exited (it is not reaped); False at once when the OS
+    cannot tell without a thread (no pidfd: not Linux >= 5.3)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return False
+    try:
+        await _ready(loop, pidfd)
+    finally:
+        os.close(pidfd)
+    return True
 
 
 async def _feed(loop: asyncio.AbstractEventLoop, pipe: IO[bytes] | None, data: bytes) -> bytes:
@@ -283,12 +304,7 @@ async def _feed(loop: asyncio.AbstractEventLoop, pipe: IO[bytes] | None, data: b
             try:
                 view = view[os.write(fd, view):]
             except BlockingIOError:
-                writable = loop.create_future()
-                loop.add_writer(fd, writable.set_result, None)
-                try:
-                    await writable
-                finally:
-                    loop.remove_writer(fd)
+                await _ready(loop, fd, write=True)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the child exited (or closed stdin) without reading everything: that is its business
     finally:
@@ -307,34 +323,8 @@ async def _drain(loop: asyncio.AbstractEventLoop, pipe: IO[bytes] | None) -> byt
         try:
             chunk = os.read(fd, 65536)
         except BlockingIOError:
-            readable = loop.create_future()
-            loop.add_reader(fd, readable.set_result, None)
-            try:
-                await readable
-            finally:
-                loop.remove_reader(fd)
+            await _ready(loop, fd)
             continue
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
-
-
-async def _exited(loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes]) -> int:
-    """The child's exit code, awaited without a thread where the OS allows (Linux pidfd)."""
-    code = proc.poll()
-    if code is not None:
-        return code
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits instead
-        return await asyncio.to_thread(proc.wait)
-    try:
-        readable = loop.create_future()
-        loop.add_reader(pidfd, readable.set_result, None)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(pidfd)
-    finally:
-        os.close(pidfd)
-    return proc.wait()

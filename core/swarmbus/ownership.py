@@ -68,3 +68,19 @@ def owner_of(path: Path) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists on this host and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc (macOS): it exists, that is all we know
+        return True
+    return state not in ("Z", "X")

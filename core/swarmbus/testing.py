@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 
 from swarmbus.control import daemon_status
 from swarmbus.dev_broker import BrokerConfig, RunningBroker, find_mosquitto, free_port, start_broker
+from swarmbus.ownership import pid_alive
 from swarmbus.paths import AgentPaths
 from swarmbus.provision import StepResult, run_step, undo
 
@@ -97,21 +98,6 @@ def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
-
-
-def pid_alive(pid: int) -> bool:
-    """True unless the process is gone or a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 def kill_process_group(pid: int, sig: int = signal.SIGKILL) -> None:

@@ -39,6 +39,7 @@ from typing import Any
 from swarmbus._version import __version__
 from swarmbus.envelope import parse_timestamp, utc_now_iso
 from swarmbus.errors import BrokerUnreachable, TimeoutExpired
+from swarmbus.ownership import pid_alive
 from swarmbus.presence_records import (
     Heartbeat,
     Presence,
@@ -57,17 +58,6 @@ log = logging.getLogger("swarmbus.daemon")
 QUICK_LOSS = 10.0
 QUICK_LOSSES = 3
 QUICK_WINDOW = 60.0
-
-
-def pid_running(pid: int) -> bool:
-    """True when a process with this pid exists (on this host)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class PresenceKeeper:
@@ -118,7 +108,7 @@ class PresenceKeeper:
         """Who else holds this agent id, as text, or None when nobody live does."""
         if record is None or not record.online or record.instance in (None, self.instance):
             return None  # the predecessor's records carry no instance: nothing to tell from them
-        if record.host == self.host and record.pid is not None and (record.pid == self.pid or not pid_running(record.pid)):
+        if record.host == self.host and record.pid is not None and (record.pid == self.pid or not pid_alive(record.pid)):
             return None  # a previous run on this machine that is gone
         stamps = [record.ts] + ([beat.ts] if beat is not None and beat.instance == record.instance else [])
         try:

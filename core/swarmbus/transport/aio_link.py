@@ -25,7 +25,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from .link import V311, MqttLink, backoff_delay
+from .link import MqttLink, backoff_delay
 
 _DRAIN_PACKETS = 256
 
@@ -85,19 +85,11 @@ class AsyncMqttLink(MqttLink):
             self._attach()
             await self._lost.wait()
             self._detach()
-            self._connected.clear()
-            self._cycle()  # commit what arrived before the connection dropped (it is not acknowledged)
-            if self._no_reconnect.is_set():
+            failures, wait = self._connection_ended(started, failures)
+            if wait is None:
                 break
-            if self._fallback:
-                self.log.info("broker does not speak MQTT 5; using MQTT 3.1.1")
-                self.protocol = V311
-                self._client = self._new_client()
-                continue
-            failures = 1 if time.monotonic() - started > 30 else failures + 1
-            delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
-            self.log.info("reconnecting to %s in %.1fs", self.broker.url, delay)
-            await self._pause(delay)
+            if wait:
+                await self._pause(wait)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep between attempts; :meth:`aclose` cuts it short."""

@@ -405,19 +405,30 @@ class MqttLink:
                 self.log.exception("MQTT network loop failed; reconnecting")
                 with contextlib.suppress(Exception):  # best effort on a broken socket
                     self._client.disconnect()
-            self._connected.clear()
-            self._cycle()  # commit what arrived before the connection dropped (it is not acknowledged)
-            if self._halt.is_set() or self._no_reconnect.is_set():
+            if self._halt.is_set():
                 break
-            if self._fallback:
-                self.log.info("broker does not speak MQTT 5; using MQTT 3.1.1")
-                self.protocol = V311
-                self._client = self._new_client()
-                continue
-            failures = 1 if time.monotonic() - started > 30 else failures + 1
-            delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
-            self.log.info("reconnecting to %s in %.1fs", self.broker.url, delay)
-            self._idle(delay)
+            failures, wait = self._connection_ended(started, failures)
+            if wait is None:
+                break
+            self._idle(wait)
+
+    def _connection_ended(self, started: float, failures: int) -> tuple[int, float | None]:
+        """After a connection ended (both drivers): commit what arrived on it (it is not
+        acknowledged), then decide the next attempt: ``(failures, seconds to wait)``, 0 for at once
+        (MQTT 5 was refused: 3.1.1 next), None to stop."""
+        self._connected.clear()
+        self._cycle()
+        if self._no_reconnect.is_set():
+            return failures, None
+        if self._fallback:
+            self.log.info("broker does not speak MQTT 5; using MQTT 3.1.1")
+            self.protocol = V311
+            self._client = self._new_client()
+            return failures, 0.0
+        failures = 1 if time.monotonic() - started > 30 else failures + 1
+        delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
+        self.log.info("reconnecting to %s in %.1fs", self.broker.url, delay)
+        return failures, delay
 
     def _call_before_connect(self) -> bool:
         try:
