@@ -17,14 +17,15 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from swarmbus import DoctorCheck, HandlerContext, HostType, Settings, StoredMessage, WakeDecision, hookimpl
+from swarmbus import DoctorCheck, HandlerContext, HostType, InitStep, Settings, StoredMessage, WakeDecision, hookimpl
 from swarmbus_openclaw._version import __version__
 from swarmbus_openclaw.config import NAME, OpenClawSettings, config
-from swarmbus_openclaw.doctor import register_checks
-from swarmbus_openclaw.setup import init_steps
-from swarmbus_openclaw.wake import HOST_TYPE, wake_openclaw
+from swarmbus_openclaw.protocol import HOST_TYPE
 
 __all__ = ["HOST_TYPE", "NAME", "OpenClawSettings", "__version__", "config"]
+
+# The gateway client, doctor checks and init steps (with websockets and cryptography) load on
+# first use: a daemon of another host type, or a command that never wakes, does not pay for them.
 
 
 @hookimpl
@@ -36,15 +37,25 @@ def swarmbus_settings_sections(register: Callable[[str, type[BaseModel]], None])
 def swarmbus_wake(message: StoredMessage, decision: WakeDecision, context: HandlerContext) -> object:
     if context.settings.host_type != HOST_TYPE:
         return None
+    from swarmbus_openclaw.wake import wake_openclaw
+
     return wake_openclaw(message, decision, context)
+
+
+def _init_steps(settings: Settings) -> list[InitStep]:
+    from swarmbus_openclaw.setup import init_steps
+
+    return init_steps(settings)
 
 
 @hookimpl
 def swarmbus_host_types(register: Callable[[HostType], None]) -> None:
     register(HostType(HOST_TYPE, "an OpenClaw agent, woken through the OpenClaw gateway (WebSocket protocol v4)",
-                      init_steps))
+                      _init_steps))
 
 
 @hookimpl
 def swarmbus_doctor_checks(register: Callable[[DoctorCheck], None], settings: Settings) -> None:
+    from swarmbus_openclaw.doctor import register_checks
+
     register_checks(register)

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from swarmbus_openclaw.gateway import CLIENT_IDS, CLIENT_MODES, DEFAULT_PORT
+from swarmbus_openclaw.protocol import CLIENT_IDS, CLIENT_MODES, DEFAULT_PORT
 
 NAME = "openclaw"
 

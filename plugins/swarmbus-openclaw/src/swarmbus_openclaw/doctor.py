@@ -19,8 +19,9 @@ from typing import Any
 from swarmbus import CheckResult, DoctorCheck, DoctorContext
 from swarmbus_openclaw.cli_fallback import cli_environment, find_openclaw
 from swarmbus_openclaw.config import ConfigProblem, config, resolve_target
-from swarmbus_openclaw.gateway import PROTOCOL_VERSION, GatewayError, probe, scopes_text
-from swarmbus_openclaw.wake import HOST_TYPE, connect_options, explain
+from swarmbus_openclaw.gateway import GatewayError, probe, scopes_text
+from swarmbus_openclaw.protocol import HOST_TYPE, PROTOCOL_VERSION
+from swarmbus_openclaw.wake import connect_options, explain
 
 CACHE_KEY = "openclaw-probe"
 

@@ -38,15 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarmbus_openclaw.identity import DeviceIdentity
+from swarmbus_openclaw.protocol import CLIENT_IDS, CLIENT_MODES, PROTOCOL_VERSION
 
-PROTOCOL_VERSION = 4
-DEFAULT_PORT = 18789
-CLIENT_IDS = (
-    "webchat-ui", "openclaw-control-ui", "openclaw-browser-copilot", "openclaw-tui", "webchat", "cli",
-    "gateway-client", "openclaw-macos", "openclaw-linux", "openclaw-ios", "openclaw-watchos", "openclaw-android",
-    "node-host", "openclaw-worker", "test", "fingerprint", "openclaw-probe",
-)
-CLIENT_MODES = ("webchat", "cli", "ui", "backend", "node", "worker", "probe", "test")
 DEFAULT_SCOPES = ("operator.read", "operator.write")
 MAX_FRAME = 64 * 1024 * 1024  # hello-ok is large; the gateway's own policy caps payloads at 25 MiB
 FINAL_STATUSES = frozenset({"ok", "error", "timeout", "aborted", "cancelled", "canceled", "failed"})

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from swarmbus import InitStep, ProvisionError, Settings, Verify, WriteFile
 from swarmbus_openclaw.config import ConfigProblem, config, resolve_target
-from swarmbus_openclaw.gateway import PROTOCOL_VERSION, GatewayError, probe, scopes_text
+from swarmbus_openclaw.gateway import GatewayError, probe, scopes_text
+from swarmbus_openclaw.protocol import PROTOCOL_VERSION
 from swarmbus_openclaw.wake import connect_options, explain
 
 SKILL_NAME = "swarmbus"

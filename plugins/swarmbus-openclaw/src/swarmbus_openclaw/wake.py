@@ -25,7 +25,6 @@ from swarmbus_openclaw.config import ConfigProblem, OpenClawSettings, Target, co
 from swarmbus_openclaw.gateway import AgentRun, ConnectOptions, GatewayError, GatewayUnreachable, run_agent
 from swarmbus_openclaw.identity import DeviceIdentity, load_or_create
 
-HOST_TYPE = "openclaw"
 LABEL_LIMIT = 128
 LOCAL_CODES = frozenset({"TIMEOUT", "CLOSED", "PROTOCOL", "HANDSHAKE", "INVALID_URL", "UNREACHABLE"})
 _LABEL_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
