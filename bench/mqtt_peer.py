@@ -2,7 +2,7 @@
 the floor subscriber. Nothing of swarmbus runs here except building envelopes (stdlib only).
 
     python bench/mqtt_peer.py pub --port P --to ID --count N --body-bytes B
-    python bench/mqtt_peer.py sub --port P --agent-id ID (--expect N | --echo)
+    python bench/mqtt_peer.py sub --port P --agent-id ID (--expect N | --echo | --spawn CMD)
 
 ``pub`` builds N valid envelopes (body of B bytes) first, then connects (MQTT 5, clean start,
 TCP_NODELAY), publishes them all at QoS 1 as fast as paho allows (its default in-flight window
@@ -13,13 +13,20 @@ wall time when the last PUBACK arrived, "count": N}``.
 1 h), subscribed at QoS 1 to ``agents/<ID>/inbox``, TCP_NODELAY, automatic PUBACK. It prints
 ``ready`` after the SUBACK. With ``--expect N`` it only counts: it prints ``first <t>`` for the
 first message and ``done <t> <count>`` when the N-th arrives (t = wall time of receipt); with
-``--echo`` it prints ``msg <t>`` for every message. It runs until stdin closes or SIGTERM.
+``--echo`` it prints ``msg <t>`` for every message. With ``--spawn CMD`` (a command line, split
+like a shell would, no shell run) it is the wake floor: for every message it starts CMD with
+``posix_spawn`` straight from paho's callback, stdin /dev/null, storing nothing and deciding
+nothing; children are reaped by the kernel (SIGCHLD ignored). It runs until stdin closes or
+SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import signal
 import socket
 import sys
 import threading
@@ -94,7 +101,15 @@ def subscribe(opts: argparse.Namespace) -> int:
     def on_subscribe(client: Any, userdata: Any, mid: Any, codes: Any, props: Any) -> None:
         _emit("ready")
 
+    spawn = shlex.split(opts.spawn) if opts.spawn else None
+    if spawn:
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
+        devnull = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+
     def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        if spawn:
+            os.posix_spawn(spawn[0], spawn, os.environ, file_actions=devnull)
+            return
         t = time.time()
         count[0] += 1
         if opts.echo:
@@ -133,6 +148,7 @@ def main() -> int:
     mode = s.add_mutually_exclusive_group(required=True)
     mode.add_argument("--expect", type=int, default=0)
     mode.add_argument("--echo", action="store_true")
+    mode.add_argument("--spawn", default="")
     opts = ap.parse_args()
     return publish(opts) if opts.cmd == "pub" else subscribe(opts)
 
