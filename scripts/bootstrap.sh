@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Set up a development machine: mosquitto (when absent) and a virtualenv in .venv with
 # swarmbus and every plugin under plugins/ installed editable, plus the test tools.
-# Safe to re-run. Used by scripts/demo.sh and scripts/test.sh.
+# Safe to re-run, and fast then: the pip install is skipped while a stamp in .venv says that
+# nothing it depends on changed (every pyproject.toml, this script, the Python version); delete
+# .venv/.bootstrap-stamp to force it. Used by scripts/demo.sh and scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+. scripts/say.sh
 
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   say "installing mosquitto"
@@ -34,10 +36,42 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   "$PYTHON" -m venv .venv
 fi
-say "installing swarmbus, its plugins and the dev tools into .venv"
 plugin_args=()
-for p in plugins/*/; do [ -f "$p/pyproject.toml" ] && plugin_args+=(-e "$p"); done
+pyprojects=(pyproject.toml)
+for p in plugins/*/; do
+  [ -f "$p/pyproject.toml" ] || continue
+  plugin_args+=(-e "$p")
+  pyprojects+=("${p}pyproject.toml")
+done
+
+# What the install depends on: the Python version, this script, and every pyproject.toml (names
+# and contents), hashed by the venv's Python (sha256sum is not on macOS).
+STAMP=.venv/.bootstrap-stamp
+stamp=$(.venv/bin/python -c '
+import hashlib, sys
+h = hashlib.sha256(sys.version.encode())
+for path in sys.argv[1:]:
+    with open(path, "rb") as f:
+        h.update(b"\0" + path.encode() + b"\0" + f.read())
+print(h.hexdigest())' scripts/bootstrap.sh "${pyprojects[@]}")
+installed=1
+for tool in swarmbus pytest tox ruff mypy lint-imports; do [ -x ".venv/bin/$tool" ] || installed=0; done
+if [ "$installed" = 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$stamp" ]; then
+  say ".venv is up to date (nothing changed since the last install)"
+  exit 0
+fi
+
+say "installing swarmbus, its plugins and the dev tools into .venv"
+rm -f "$STAMP"
+# the dev tools: the `dev` dependency group in pyproject.toml (PEP 735), read here because the pip
+# of a new venv (ensurepip's) is older than pip 25.1, the first with `pip install --group`
+dev_group=$(.venv/bin/python -c '
+import tomllib
+with open("pyproject.toml", "rb") as f:
+    print("\n".join(tomllib.load(f)["dependency-groups"]["dev"]))')
+dev_tools=()
+while IFS= read -r req; do dev_tools+=("$req"); done <<< "$dev_group"
 # one pip call: the plugins pin swarmbus==<version>, which only this checkout provides
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[mcp]" "${plugin_args[@]}" \
-  "pytest>=8" "pytest-xdist>=3.5" "hypothesis>=6.100" "tox>=4" "ruff>=0.5" "mypy>=1.10" "import-linter>=2.1"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[mcp]" "${plugin_args[@]}" "${dev_tools[@]}"
 .venv/bin/python -c 'import swarmbus' >/dev/null
+printf '%s\n' "$stamp" > "$STAMP"

@@ -101,7 +101,7 @@ def main() -> int:
                 received = json.loads(swarmbus(env, "read", "--agent-id", agent, "--json"))
                 print(f"\n== {agent} received {len(received)} message(s):")
                 for m in received:
-                    thread = f" (in reply to {m['in_reply_to'][:8]}…)" if m.get("in_reply_to") else ""
+                    thread = f" (in reply to {m['in_reply_to'][:8]}...)" if m.get("in_reply_to") else ""
                     print(f"   from {m['from']} to {m['to']} [{m['priority']}] {m['subject']!r}{thread}: {m['body']}")
             print("\n   (planner did not receive its own broadcast)")
         finally:

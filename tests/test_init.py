@@ -6,6 +6,7 @@ file renderers (quoting) and of the undo records."""
 from __future__ import annotations
 
 import json
+import os
 import plistlib
 import shlex
 import sys
@@ -39,7 +40,7 @@ def init_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InitEnv]:
 
 
 def mutating(calls: list[list[str]]) -> list[list[str]]:
-    return [c for c in calls if not {"is-enabled", "is-active"} & set(c)]
+    return [c for c in calls if not testing.READ_ONLY_SYSTEMCTL & set(c)]
 
 
 # -- init, second init, uninit -------------------------------------------------------------------
@@ -356,3 +357,219 @@ def test_undo_leaves_values_the_user_changed_since(tmp_path: Path) -> None:
 def test_fake_systemctl_script_is_valid_python() -> None:
     compile(FAKE_SYSTEMCTL.format(python=sys.executable, log="/x", state="/y"), "systemctl", "exec")
     assert textwrap.dedent(FAKE_SYSTEMCTL).startswith("#!")
+
+
+# -- no user bus: the daemon runs detached ---------------------------------------------------------
+@pytest.fixture
+def nobus_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InitEnv]:
+    """A temporary HOME whose `systemctl` fails like it does without a user bus (containers, root
+    shells, WSL, CI runners)."""
+    root = Path(tmp_path_factory.mktemp("nobus"))
+    home = root / "home"
+    home.mkdir()
+    ienv = InitEnv(home, root / "fake", AGENT, bus=False)
+    yield ienv
+    ienv.kill_daemons()
+
+
+USER_CONFIG = """\
+# my swarmbus settings -- keep this comment
+log_level = "warning"   # quiet, please
+
+[daemon]
+# a slower heartbeat for this laptop
+heartbeat_interval = 30.0
+"""
+
+
+@pytest.mark.broker
+def test_init_without_a_user_bus_runs_a_detached_daemon(nobus_env: InitEnv, broker: Any) -> None:
+    nobus_env.config_path.parent.mkdir(parents=True)
+    nobus_env.config_path.write_text(USER_CONFIG)
+    proc = nobus_env.swarmbus("init", "--agent-id", AGENT, "--broker", broker.url)
+    out = clean(proc)
+    assert proc.returncode == 0, out
+    pid = nobus_env.detached_pid()
+    assert pid and pid_alive(pid), out
+    assert f"{AGENT} is set up: its daemon runs detached (pid {pid}, log {nobus_env.agent_dir / 'daemon.log'})" \
+        in proc.stdout, out
+    assert "no user service manager works here (`systemctl --user show-environment` exited 1: Failed to connect " \
+           "to bus: No medium found)" in proc.stdout, out
+    assert "It does not survive a reboot" in proc.stdout and "@reboot" in proc.stdout, out
+    assert "none failed" in proc.stdout, out
+    assert not nobus_env.unit_path.exists()
+    assert nobus_env.systemctl_calls() == [["--user", "show-environment"]]  # asked once, nothing more
+    status = nobus_env.status() or {}
+    assert status.get("pid") == pid and status["supervisor"] == "detached" and status.get("connected"), status
+    # the config keeps the user's comments and layout, with init's keys added
+    text = nobus_env.config_path.read_text()
+    assert text.startswith(USER_CONFIG.split("\n[daemon]")[0]) and "# a slower heartbeat for this laptop" in text
+    import tomllib
+
+    assert tomllib.loads(text) == {"log_level": "warning", "daemon": {"heartbeat_interval": 30.0},
+                                   "agent_id": AGENT, "broker": {"url": broker.url}}
+    # the daemon is the one a user gets by hand: status says so
+    proc = nobus_env.swarmbus("status", "--agent-id", AGENT)
+    assert proc.returncode == 0 and "supervisor: detached" in proc.stdout, clean(proc)
+
+    # a second init changes nothing and keeps the daemon
+    tree = nobus_env.tree()
+    proc = nobus_env.swarmbus("init", "--agent-id", AGENT, "--broker", broker.url)
+    out = clean(proc)
+    assert proc.returncode == 0 and "nothing to change" in proc.stdout, out
+    assert nobus_env.tree() == tree and nobus_env.detached_pid() == pid and pid_alive(pid)
+
+    # uninit stops it, removes its pid file and log, and gives the config back byte for byte
+    proc = nobus_env.swarmbus("uninit", "--agent-id", AGENT)
+    out = clean(proc)
+    assert proc.returncode == 0 and "what init wrote has been removed" in proc.stdout, out
+    assert not pid_alive(pid) and nobus_env.status() is None
+    assert nobus_env.config_path.read_text() == USER_CONFIG
+    assert not (nobus_env.agent_dir / "daemon.pid").exists() and not (nobus_env.agent_dir / "daemon.log").exists()
+    assert not nobus_env.manifest.exists()
+
+
+@pytest.mark.broker
+def test_uninit_keeps_config_edits_made_after_init(nobus_env: InitEnv, broker: Any) -> None:
+    nobus_env.config_path.parent.mkdir(parents=True)
+    nobus_env.config_path.write_text(USER_CONFIG)
+    assert nobus_env.swarmbus("init", "--agent-id", AGENT, "--broker", broker.url).returncode == 0
+    edited = nobus_env.config_path.read_text() + "\n# added later\n[wake]\npolicy = \"all\"\n"
+    nobus_env.config_path.write_text(edited)
+    proc = nobus_env.swarmbus("uninit", "--agent-id", AGENT)
+    assert proc.returncode == 0, clean(proc)
+    # only init's keys went; the user's comments and later edits stay (tomlkit files the comment
+    # written after init's [broker] table under that table, so its empty header stays with it)
+    text = nobus_env.config_path.read_text()
+    assert text.startswith(USER_CONFIG) and "# added later" in text and "url =" not in text, text
+    import tomllib
+
+    assert tomllib.loads(text) == {"log_level": "warning", "daemon": {"heartbeat_interval": 30.0},
+                                   "broker": {}, "wake": {"policy": "all"}}
+
+
+@pytest.mark.broker
+def test_forcing_systemd_without_a_user_bus_fails_before_changing_anything(nobus_env: InitEnv, broker: Any) -> None:
+    proc = nobus_env.swarmbus("init", "--agent-id", AGENT, "--broker", broker.url, "--service", "systemd")
+    out = clean(proc)
+    assert proc.returncode == 1, out
+    assert "--service systemd: `systemctl --user show-environment` exited 1: Failed to connect to bus" in proc.stderr
+    assert "nothing was changed" in proc.stderr, out
+    assert not nobus_env.config_path.exists() and not nobus_env.state_dir.exists()
+
+
+@pytest.mark.broker
+def test_service_none_starts_nothing(nobus_env: InitEnv, broker: Any) -> None:
+    proc = nobus_env.swarmbus("init", "--agent-id", AGENT, "--broker", broker.url, "--service", "none")
+    out = clean(proc)
+    assert proc.returncode == 0, out
+    assert "set up without a daemon" in proc.stdout and f"swarmbus start --agent-id {AGENT} --detach" in proc.stdout
+    assert nobus_env.status() is None and nobus_env.systemctl_calls() == []
+    assert nobus_env.swarmbus("uninit", "--agent-id", AGENT).returncode == 0
+    assert not nobus_env.config_path.exists()
+
+
+@pytest.mark.broker
+def test_service_systemd_with_a_working_user_manager(init_env: InitEnv, broker: Any) -> None:
+    proc = init_env.swarmbus("init", "--agent-id", AGENT, "--broker", broker.url, "--service", "systemd")
+    out = clean(proc)
+    assert proc.returncode == 0 and "runs as a user service" in proc.stdout, out
+    pid = init_env.daemon_pid()
+    status = wait_for(lambda: (init_env.status() or {}).get("connected") and init_env.status(), 20, what="connected")
+    assert status["pid"] == pid and status["supervisor"] == "systemd"
+    proc = init_env.swarmbus("status", "--agent-id", AGENT)
+    assert proc.returncode == 0 and f"supervisor: systemd (unit swarmbus-{AGENT}.service)" in proc.stdout, clean(proc)
+    # `swarmbus stop` hands a systemd-run daemon to systemctl (a SIGTERM would leave systemd's state wrong)
+    ncalls = len(init_env.systemctl_calls())
+    proc = init_env.swarmbus("stop", "--agent-id", AGENT)
+    assert proc.returncode == 0 and "systemctl --user stop" in proc.stdout, clean(proc)
+    assert ["--user", "stop", f"swarmbus-{AGENT}.service"] in init_env.systemctl_calls()[ncalls:]
+    assert not pid_alive(pid)
+    assert init_env.swarmbus("uninit", "--agent-id", AGENT).returncode == 0
+    assert not init_env.unit_path.exists()
+
+
+# -- an init interrupted half-way can be undone ----------------------------------------------------
+STEPPY_PLUGIN = '''\
+import os
+import sys
+from pathlib import Path
+
+from swarmbus import HostType, InitStep, RunCommand, Verify, WriteFile, hookimpl
+
+OUT = Path(os.environ["STEPPY_DIR"])
+
+
+def boom():
+    raise RuntimeError("steppy exploded")
+
+
+def steps(settings):
+    late = {
+        "hang": [RunCommand((sys.executable, "-c", "import os, time; from pathlib import Path; "
+                             f"Path({str(OUT / 'hanging')!r}).write_text(str(os.getpid())); time.sleep(120)"))],
+        "raise": [Verify("steppy", boom)],
+    }[os.environ["STEPPY_MODE"]]
+    return [InitStep("files", [WriteFile(OUT / "steppy.txt", "written by init\\n")]), InitStep("late", late)]
+
+
+@hookimpl
+def swarmbus_host_types(register):
+    register(HostType("steppy", "a host type whose last step hangs or raises", init_steps=steps))
+'''
+
+
+def _steppy(site: Path) -> dict[str, str]:
+    (site / "steppy_plugin.py").parent.mkdir(parents=True, exist_ok=True)
+    (site / "steppy_plugin.py").write_text(STEPPY_PLUGIN)
+    dist = site / "swarmbus_steppy-0.1.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: swarmbus-steppy\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[swarmbus]\nsteppy = steppy_plugin\n")
+    return {"PYTHONPATH": str(site), "SWARMBUS_LOAD_PLUGINS": "steppy", "STEPPY_DIR": str(site)}
+
+
+def _assert_uninit_undoes_everything(ienv: InitEnv, site: Path, pid: int) -> None:
+    manifest = json.loads(ienv.manifest.read_text())
+    assert {r["kind"] for r in manifest["undo"]} >= {"toml", "command", "file"}, manifest
+    proc = ienv.swarmbus("uninit", "--agent-id", AGENT)
+    out = clean(proc)
+    assert proc.returncode == 0 and "what init wrote has been removed" in proc.stdout, out
+    assert not pid_alive(pid) and ienv.status() is None
+    assert not (site / "steppy.txt").exists() and not ienv.config_path.exists() and not ienv.manifest.exists()
+
+
+@pytest.mark.broker
+def test_an_init_that_raises_half_way_can_be_undone(nobus_env: InitEnv, broker: Any, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    env = {**_steppy(site), "STEPPY_MODE": "raise"}
+    proc = nobus_env.swarmbus("init", "--agent-id", AGENT, "--host-type", "steppy", "--broker", broker.url, env=env)
+    assert proc.returncode == 1 and "steppy exploded" in proc.stderr, proc.stderr
+    pid = nobus_env.detached_pid()
+    assert pid and pid_alive(pid) and (site / "steppy.txt").exists()
+    _assert_uninit_undoes_everything(nobus_env, site, pid)
+
+
+@pytest.mark.broker
+def test_an_init_killed_half_way_can_be_undone(nobus_env: InitEnv, broker: Any, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    site = tmp_path / "site"
+    env = {**nobus_env.env, **_steppy(site), "STEPPY_MODE": "hang"}
+    init = subprocess.Popen([sys.executable, "-m", "swarmbus", "init", "--agent-id", AGENT, "--host-type", "steppy",
+                             "--broker", broker.url], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hanging = site / "hanging"
+    try:
+        wait_for(hanging.exists, 60, what="init to reach its last step")
+        init.send_signal(signal.SIGKILL)  # no cleanup of any kind
+        assert init.wait(10) == -signal.SIGKILL
+    finally:
+        if init.poll() is None:
+            init.kill()
+        wait_for(lambda: hanging.exists() and hanging.read_text(), 10, what="the hanging step's pid")
+        os.kill(int(hanging.read_text()), signal.SIGKILL)
+    pid = nobus_env.detached_pid()
+    assert pid and pid_alive(pid)
+    nobus_env.pids.add(pid)
+    _assert_uninit_undoes_everything(nobus_env, site, pid)

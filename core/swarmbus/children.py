@@ -168,6 +168,28 @@ async def run_child(
     return code, out, err
 
 
+def program_problem(program: str, env: Mapping[str, str] | None = None) -> str | None:
+    """Why ``program`` (a wake command's ``argv[0]``) cannot be run, or None when it can: looked up
+    on ``env``'s ``PATH`` (default: the scrubbed environment a child gets, so the daemon's
+    ``PATH``) unless it contains a ``/``, in which case that path (relative to the current
+    directory) must be an executable file. The text says what is wrong and with which PATH."""
+    env = scrubbed_env() if env is None else env
+    if os.sep not in program:
+        try:
+            _resolve(program, env)
+        except FileNotFoundError:
+            return f"{program!r} is not found on PATH ({env.get('PATH', os.defpath)})"
+        return None
+    path = Path(program)
+    if not path.exists():
+        return f"{program} does not exist"
+    if path.is_dir():
+        return f"{program} is a directory"
+    if not os.access(path, os.X_OK):
+        return f"{program} is not executable (chmod +x {program})"
+    return None
+
+
 def _resolve(program: str, env: Mapping[str, str]) -> str:
     """``program`` looked up on the child's ``PATH`` (as ``subprocess`` does; ``posix_spawnp``
     would search the daemon's). :raises FileNotFoundError: not found there."""

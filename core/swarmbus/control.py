@@ -3,7 +3,8 @@
 One request per connection: the client writes one JSON object and a newline, the daemon
 answers with one JSON object and a newline. Requests (``op``):
 
-- ``status``: ``{"ok": true, "agent_id", "pid", "version", "connected", "protocol", ...}``;
+- ``status``: ``{"ok": true, "agent_id", "pid", "version", "started_at", "supervisor",
+  "connected", "protocol", ...}`` (``supervisor``: systemd, launchd, detached or foreground);
 - ``send`` with ``envelope`` (the wire object) and ``wait`` (seconds to wait for the PUBACK):
   spools it in the durable outbox, publishes it, answers ``{"ok": true, "id", "status":
   "published" | "queued"}``;

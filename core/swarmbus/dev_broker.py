@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import ipaddress
 import os
 import re
@@ -56,8 +57,10 @@ __all__ = [
     "BrokerConfig",
     "MosquittoNotFound",
     "RunningBroker",
+    "answers_mqtt",
     "find_mosquitto",
     "free_port",
+    "port_in_use",
     "render_mosquitto_conf",
     "start_broker",
     "wait_until_listening",
@@ -435,6 +438,57 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _bind_address(bind: str) -> tuple[int, str]:
+    """The socket family and the address to bind for a ``BrokerConfig.bind`` value."""
+    if bind == "*":
+        return socket.AF_INET, ""
+    return (socket.AF_INET6 if ":" in bind else socket.AF_INET), bind
+
+
+def port_in_use(bind: str, port: int) -> bool:
+    """True when another socket already holds ``port`` on ``bind`` (a listener there, or on the
+    wildcard address), so mosquitto would fail with "Address already in use".
+
+    It binds a socket the way mosquitto does (``SO_REUSEADDR``: connections left in TIME_WAIT do
+    not count) and closes it at once. Any other bind error (an address not on this machine, a
+    privileged port) is not "in use": mosquitto reports those itself.
+    """
+    family, host = _bind_address(bind)
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+# MQTT 3.1.1 CONNECT, clean session, keepalive 10 s, client id "swarmbus-port-probe".
+_PROBE_ID = b"swarmbus-port-probe"
+_PROBE_CONNECT = (bytes([0x10, 12 + len(_PROBE_ID)]) + b"\x00\x04MQTT\x04\x02\x00\x0a"
+                  + len(_PROBE_ID).to_bytes(2, "big") + _PROBE_ID)
+_CONNACK = 0x20
+_DISCONNECT = b"\xe0\x00"
+
+
+def answers_mqtt(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when whatever listens on ``host``:``port`` answers an MQTT 3.1.1 CONNECT with a
+    CONNACK (accepting or refusing the client: either way it is an MQTT broker). Plain TCP
+    only: a TLS or websockets listener answers False. Never raises; waits at most about
+    ``timeout`` seconds for the connect and again for the answer."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(_PROBE_CONNECT)
+            first = sock.recv(1)
+            if first and first[0] == _CONNACK:
+                with contextlib.suppress(OSError):
+                    sock.sendall(_DISCONNECT)
+                return True
+    except OSError:
+        pass
+    return False
 
 
 def _tail(path: Path, lines: int = 40) -> str:

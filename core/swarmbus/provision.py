@@ -163,10 +163,15 @@ _MISSING = object()
 
 @dataclass(frozen=True)
 class TomlEntries:
-    """Merge ``values`` (nested dicts) into the TOML file ``path``. Comments in an existing
-    file are not preserved (the merged file is rewritten). Undo puts back the keys init changed
-    (their earlier value, or none; a file init created and left empty is removed), except keys
-    changed since."""
+    """Merge ``values`` (nested dicts) into the TOML file ``path``. The file is edited with
+    tomlkit, so the user's comments, key order and layout stay as they were; a new file starts
+    with a one-line header comment.
+
+    Undo (see :func:`undo`): when the file still holds exactly what init wrote (its sha256 is in
+    the record), it is put back byte for byte as it was before (or removed, when init created
+    it). When the user edited it since, only the keys init changed are undone (their earlier
+    value, or none; tables init created and left empty go too, unless the user wrote a comment
+    in one), and keys changed since are left as the user set them."""
 
     path: Path
     values: dict[str, Any]
@@ -175,49 +180,100 @@ class TomlEntries:
     def describe(self) -> str:
         return f"set {', '.join(sorted(_flat(self.values)))} in {_home_relative(self.path)}"
 
+    def _text(self) -> str | None:
+        """The file's text, or None when it does not exist."""
+        try:
+            return self.path.read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ProvisionError(f"cannot read {self.path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ProvisionError(f"cannot read {self.path}: not UTF-8 text") from None
+
     def _load(self) -> dict[str, Any]:
         import tomllib
 
+        text = self._text()
         try:
-            with self.path.open("rb") as fh:
-                return tomllib.load(fh)
-        except FileNotFoundError:
-            return {}
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            return tomllib.loads(text) if text is not None else {}
+        except tomllib.TOMLDecodeError as exc:
             raise ProvisionError(f"cannot read {self.path}: {exc}") from None
+
+    def render(self, text: str | None) -> str:
+        """``text`` (None: a new file) with ``values`` merged in, comments and layout kept.
+
+        :raises ProvisionError: ``text`` is not valid TOML, or a key on the way is not a table.
+        """
+        import tomlkit
+        from tomlkit.exceptions import TOMLKitError
+
+        try:
+            doc = tomlkit.parse(text) if text is not None else tomlkit.document()
+        except TOMLKitError as exc:
+            raise ProvisionError(f"cannot read {self.path}: {exc}") from None
+        if text is None:
+            doc.add(tomlkit.comment(TOML_HEADER.removeprefix("# ").rstrip("\n")))
+        for dotted, value in _flat(self.values).items():
+            node: Any = doc
+            *parents, leaf = dotted.split(".")
+            for depth, parent in enumerate(parents):
+                if parent not in node:
+                    node[parent] = tomlkit.table()
+                node = node[parent]
+                if not isinstance(node, dict):
+                    where = ".".join(parents[: depth + 1])
+                    raise ProvisionError(f"{where} in {self.path} is not a table; fix or move it, then re-run")
+            node[leaf] = value
+        return tomlkit.dumps(doc)
 
     def pending(self) -> bool:
         current = _flat(self._load())
         return any(current.get(k, _MISSING) != v for k, v in _flat(self.values).items())
 
     def apply(self) -> str:
-        import tomli_w
-
-        data = self._load()
-        for dotted, value in _flat(self.values).items():
-            node = data
-            *parents, leaf = dotted.split(".")
-            for parent in parents:
-                node = node.setdefault(parent, {})
-            node[leaf] = value
-        header = "# swarmbus configuration (swarmbus config show explains each value)\n"
+        text = self._text()
         try:
-            _atomic_write(self.path, (header + tomli_w.dumps(data)).encode(), self.mode)
+            mode = self.path.stat().st_mode & 0o777 if text is not None else self.mode
+            _atomic_write(self.path, self.render(text).encode(), mode)
         except OSError as exc:
             raise ProvisionError(f"cannot write {self.path}: {exc.strerror}") from None
         return f"updated {_home_relative(self.path)}"
 
     def undo_record(self) -> dict[str, Any]:
-        """Called just before :meth:`apply`: records only the keys it changes, and what they were."""
-        current = _flat(self._load())
+        """Called just before :meth:`apply`: records the keys it changes and what they were, the
+        tables it creates, the file as it was and the sha256 of what it will write."""
+        text = self._text()
+        data = self._load()
+        current = _flat(data)
         changed = {k: v for k, v in _flat(self.values).items() if current.get(k, _MISSING) != v}
-        record: dict[str, Any] = {"kind": "toml", "path": str(self.path), "keys": sorted(changed), "values": changed}
+        record: dict[str, Any] = {"kind": "toml", "path": str(self.path), "keys": sorted(changed), "values": changed,
+                                  "sha256": _sha(self.render(text).encode())}
         previous = {k: current[k] for k in changed if k in current and _jsonable(current[k])}
         if previous:
             record["previous"] = previous
-        if not self.path.exists():
+        tables = sorted({".".join(k.split(".")[:n]) for k in changed for n in range(1, k.count(".") + 1)}
+                        - _tables(data))
+        if tables:
+            record["new_tables"] = tables
+        if text is None:
             record["created"] = True
+        else:
+            record["original"] = text
         return record
+
+
+TOML_HEADER = "# swarmbus configuration (swarmbus config show explains each value)\n"
+
+
+def _tables(data: dict[str, Any], prefix: str = "") -> set[str]:
+    """The dotted names of every table in ``data``."""
+    out: set[str] = set()
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.add(prefix + key)
+            out |= _tables(value, f"{prefix}{key}.")
+    return out
 
 
 def _jsonable(value: Any) -> bool:
@@ -304,9 +360,13 @@ class StepResult:
     undo: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_step(name: str, changes: Sequence[Change], *, dry_run: bool) -> StepResult:
+def run_step(name: str, changes: Sequence[Change], *, dry_run: bool,
+             on_undo: Callable[[dict[str, Any]], None] | None = None) -> StepResult:
     """Apply (or with ``dry_run`` only describe) one step's changes, in order. Verifies run
-    even when nothing else is pending, so a second init still proves the setup works."""
+    even when nothing else is pending, so a second init still proves the setup works.
+
+    ``on_undo`` is called with each undo record just before its change is applied (so that a
+    caller can save it durably first: an init killed half-way can still be undone)."""
     lines: list[str] = []
     undo: list[dict[str, Any]] = []
     changed = False
@@ -335,6 +395,8 @@ def run_step(name: str, changes: Sequence[Change], *, dry_run: bool) -> StepResu
             record = change.undo_record()
             if record is not None:
                 undo.append(record)
+                if on_undo is not None:
+                    on_undo(record)
             lines.append(change.apply())
         except ProvisionError as exc:
             return StepResult(name, "failed", [*lines, str(exc)], undo)
@@ -404,21 +466,44 @@ def _undo_json(record: dict[str, Any], path: Path) -> str | None:
     return line
 
 
+def _holds_comments(table: Any) -> bool:
+    """Whether a tomlkit table's body has a comment line (which deleting the table would delete)."""
+    from tomlkit.items import Comment
+
+    body = getattr(getattr(table, "value", None), "body", [])
+    return any(isinstance(item, Comment) for _, item in body)
+
+
 def _undo_toml(record: dict[str, Any], path: Path) -> str | None:
-    if not path.exists():
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
         return None
-    data = TomlEntries(path, {})._load()
+    if record.get("sha256") == _sha(content):  # nobody edited it since: put it back as it was
+        if record.get("created"):
+            path.unlink()
+            return f"removed {_home_relative(path)}"
+        if "original" in record:
+            _atomic_write(path, str(record["original"]).encode(), path.stat().st_mode & 0o777)
+            return f"restored {_home_relative(path)} as it was before init"
+    import tomllib
+
+    import tomlkit
+
+    text = content.decode("utf-8")
+    data, doc = tomllib.loads(text), tomlkit.parse(text)
     written, previous = record.get("values", {}), record.get("previous", {})
     undone, kept = [], []
     for dotted in record["keys"]:
-        node = data
         *parents, leaf = dotted.split(".")
+        plain: Any = data
+        node: Any = doc
         for parent in parents:
-            child = node.get(parent)
-            node = child if isinstance(child, dict) else {}
-        if leaf not in node:
+            plain = plain.get(parent) if isinstance(plain, dict) else None
+            node = node.get(parent) if isinstance(node, dict) else None
+        if not isinstance(plain, dict) or not isinstance(node, dict) or leaf not in plain:
             continue
-        if dotted in written and node[leaf] != written[dotted]:
+        if dotted in written and plain[leaf] != written[dotted]:
             kept.append(dotted)
         elif dotted in previous:
             node[leaf] = previous[dotted]
@@ -428,26 +513,21 @@ def _undo_toml(record: dict[str, Any], path: Path) -> str | None:
             undone.append(dotted)
     lines = []
     if undone:
-        data = _prune_empty(data)
-        if record.get("created") and not data:
+        for table in sorted(record.get("new_tables", []), key=lambda t: -t.count(".")):  # innermost first
+            *parents, leaf = table.split(".")
+            node = doc
+            for parent in parents:
+                node = node.get(parent) if isinstance(node, dict) else None
+            table = node.get(leaf) if isinstance(node, dict) else None
+            if isinstance(table, dict) and not table and not _holds_comments(table):
+                del node[leaf]  # (a comment the user wrote in it keeps the empty table, so it is not lost)
+        new_text = tomlkit.dumps(doc)
+        if record.get("created") and not new_text.replace(TOML_HEADER, "", 1).strip():
             path.unlink()
             lines.append(f"removed {_home_relative(path)}")
         else:
-            import tomli_w
-
-            _atomic_write(path, tomli_w.dumps(data).encode(), 0o600)
+            _atomic_write(path, new_text.encode(), path.stat().st_mode & 0o777)
             lines.append(f"undid {', '.join(undone)} in {_home_relative(path)}")
     if kept:
         lines.append(f"left {', '.join(kept)} in {_home_relative(path)} in place: changed after init wrote them")
     return "; ".join(lines) or None
-
-
-def _prune_empty(data: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            value = _prune_empty(value)
-            if not value:
-                continue
-        out[key] = value
-    return out

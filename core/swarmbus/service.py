@@ -96,12 +96,51 @@ class ServicePlan:
 
 
 def service_manager() -> str | None:
-    """``systemd`` (Linux with systemctl), ``launchd`` (macOS), or None."""
+    """``systemd`` (Linux with systemctl), ``launchd`` (macOS), or None. Whether it actually
+    works here (a user bus) is :func:`service_problem`'s question."""
     if sys.platform == "darwin":
         return "launchd"
     if sys.platform.startswith("linux") and shutil.which("systemctl"):
         return "systemd"
     return None
+
+
+def service_problem(manager: str) -> str | None:
+    """Why ``manager`` (``systemd`` | ``launchd``) cannot run this user's services here, or None
+    when it can: systemd needs Linux, ``systemctl`` and a user manager that answers
+    (``systemctl --user show-environment``; containers, root shells, WSL and CI runners often have
+    no user bus), launchd needs macOS and ``launchctl print gui/<uid>``."""
+    platform = str(sys.platform)  # (not narrowed by type checkers: this runs on every platform)
+    if manager == "systemd":
+        if not platform.startswith("linux"):
+            return f"systemd is not available on {platform}"
+        if shutil.which("systemctl") is None:
+            return "systemctl is not installed"
+        argv = ["systemctl", "--user", "show-environment"]
+    elif manager == "launchd":
+        if platform != "darwin":
+            return f"launchd is macOS only (this is {platform})"
+        argv = ["launchctl", "print", f"gui/{os.getuid()}"]
+    else:
+        raise ValueError(f"unknown service manager {manager!r}")
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`{' '.join(argv)}` failed: {exc}"
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        return f"`{' '.join(argv)}` exited {proc.returncode}" + (f": {detail[-1]}" if detail else "")
+    return None
+
+
+def usable_service_manager() -> tuple[str | None, str | None]:
+    """``(manager, None)`` when this platform's user service manager works, else ``(None, why)``."""
+    native = service_manager()
+    if native is None:
+        return None, f"no systemd or launchd on {sys.platform}" if not sys.platform.startswith("linux") \
+            else "systemctl is not installed"
+    problem = service_problem(native)
+    return (native, None) if problem is None else (None, problem)
 
 
 def _quiet(argv: list[str]) -> bool:

@@ -88,7 +88,8 @@ class DaemonSettings(_Model):
     archive: bool = True
     store_sync: Literal["normal", "full"] = "normal"
     reconnect_min: float = Field(default=0.5, gt=0)
-    reconnect_max: float = Field(default=60.0, gt=0)
+    reconnect_max: float = Field(default=5.0, gt=0)
+    """The reconnect backoff's cap: a broker that comes back is used within about this long."""
     backlog: int = Field(default=1024, ge=16, le=1_000_000)
     """The most messages the dispatcher holds in memory; the rest wait in the store."""
 

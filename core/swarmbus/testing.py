@@ -30,7 +30,9 @@ A daemon on a private broker:
   ``$XDG_CONFIG_HOME/systemd/user``: ``restart`` really runs the unit's ``ExecStart=`` (detached,
   with its ``Environment=``), so ``swarmbus init`` can be tested end to end in a temporary HOME
   on a machine without a user systemd.
-- :func:`install_fake_systemctl`: write it into a bin directory.
+- :data:`NO_BUS_SYSTEMCTL`: a fake ``systemctl`` for a machine without a user bus (every call
+  fails like the real one there: exit 1, ``Failed to connect to bus: No medium found``).
+- :func:`install_fake_systemctl`: write one of them into a bin directory.
 - :class:`InitHome`: a temporary HOME with the fake systemctl first on PATH, and what a test
   reads back (the calls, the unit's daemon, the files under HOME).
 - :func:`describe_run`: a completed CLI run as an assertion message (failing on a traceback).
@@ -57,6 +59,7 @@ from swarmbus.provision import StepResult, run_step, undo
 
 __all__ = [
     "FAKE_SYSTEMCTL",
+    "NO_BUS_SYSTEMCTL",
     "AgentPaths",
     "BrokerConfig",
     "InitHome",
@@ -267,6 +270,9 @@ def main(args):
     args = [a for a in args[1:] if a != "--quiet"]
     if args == ["daemon-reload"]:
         return 0
+    if args == ["show-environment"]:
+        print(f"HOME={{os.environ.get('HOME', '')}}")
+        return 0
     verb, unit = args[0], args[-1]
     state = load()
     entry = state.setdefault(unit, {{}})
@@ -289,6 +295,9 @@ def main(args):
             stop(entry)
             entry["enabled"] = False
             return 0
+        if verb == "stop":
+            stop(entry)
+            return 0
         if verb == "is-enabled":
             return 0 if entry.get("enabled") and exists else 1
         if verb == "is-active":
@@ -303,21 +312,51 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-def install_fake_systemctl(bin_dir: Path, python: str, log: Path, state: Path) -> Path:
+NO_BUS_SYSTEMCTL = '''\
+#!{python}
+"""A fake `systemctl` on a machine without a user bus (containers, root shells, WSL, CI): every
+call is recorded and fails the way the real one does there."""
+import json, sys
+
+with open({log!r}, "a") as fh:
+    fh.write(json.dumps(sys.argv[1:]) + "\\n")
+print("Failed to connect to bus: No medium found", file=sys.stderr)
+sys.exit(1)
+'''
+"""The source of a fake ``systemctl`` (format it with ``python`` and ``log``) that records its
+calls and fails every one with exit 1 and ``Failed to connect to bus: No medium found``."""
+
+
+def install_fake_systemctl(bin_dir: Path, python: str, log: Path, state: Path, *, bus: bool = True) -> Path:
     """Write the fake ``systemctl`` (shebang ``python``) into ``bin_dir``; calls go to ``log``
-    (JSON lines), unit state to ``state`` (JSON). Returns the script's path."""
+    (JSON lines), unit state to ``state`` (JSON). With ``bus=False`` it is
+    :data:`NO_BUS_SYSTEMCTL` instead: no user service manager works. Returns the script's path."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     script = bin_dir / "systemctl"
-    script.write_text(FAKE_SYSTEMCTL.format(python=python, log=str(log), state=str(state)))
+    source = FAKE_SYSTEMCTL if bus else NO_BUS_SYSTEMCTL
+    script.write_text(source.format(python=python, log=str(log), state=str(state)))
     script.chmod(0o755)
     return script
+
+
+READ_ONLY_SYSTEMCTL = frozenset({"is-enabled", "is-active", "show-environment"})
+"""``systemctl`` verbs that change nothing (left out of :meth:`InitHome.mutating_calls`)."""
+
+
+def _is_swarmbus(pid: int) -> bool:
+    """Whether ``pid`` still runs swarmbus (not a reused pid), as far as /proc tells."""
+    try:
+        return b"swarmbus" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
 
 
 class InitHome:
     """``swarmbus init`` in a temporary HOME, for agent ``agent_id``, with the fake systemctl.
 
-    The fake ``systemctl`` is installed in ``bin_dir`` (default ``root/bin``), which is put first
-    on PATH (unless it already is); its call log, its unit state and the unit's output are
+    The fake ``systemctl`` (with ``bus=False`` the one of a machine without a user bus, so that
+    init runs the daemon detached) is installed in ``bin_dir`` (default ``root/bin``), which is put
+    first on PATH (unless it already is); its call log, its unit state and the unit's output are
     ``root/systemctl-calls.jsonl``, ``root/systemctl-state.json`` and ``root/<unit>.log``.
     :attr:`env` is the environment for ``swarmbus``: the variables in ``inherit``, that PATH,
     HOME and ``XDG_CONFIG_HOME`` in ``home``, ``SWARMBUS_STATE_DIR=home/state``,
@@ -327,14 +366,15 @@ class InitHome:
     :meth:`kill_daemons` at teardown leaves none running, whatever the test did."""
 
     def __init__(self, home: Path, root: Path, agent_id: str, *, bin_dir: Path | None = None, plugins: str = "",
-                 inherit: tuple[str, ...] = ("LANG", "LC_ALL", "TMPDIR")) -> None:
+                 inherit: tuple[str, ...] = ("LANG", "LC_ALL", "TMPDIR"), bus: bool = True) -> None:
         self.home = home
         self.root = root
         self.agent_id = agent_id
         self.unit = f"swarmbus-{agent_id}.service"
         self.pids: set[int] = set()
         bin_dir = bin_dir or root / "bin"
-        install_fake_systemctl(bin_dir, sys.executable, root / "systemctl-calls.jsonl", root / "systemctl-state.json")
+        install_fake_systemctl(bin_dir, sys.executable, root / "systemctl-calls.jsonl", root / "systemctl-state.json",
+                               bus=bus)
         path = os.environ.get("PATH", "/usr/bin:/bin")
         if path.split(os.pathsep)[0] != str(bin_dir):
             path = os.pathsep.join([str(bin_dir), path])
@@ -370,6 +410,10 @@ class InitHome:
         """Run ``python -m swarmbus ARGS`` with :attr:`env` (plus ``env``)."""
         proc = run_cli({**self.env, **(env or {})}, *args, timeout=timeout)
         self.daemon_pid()  # remember every daemon the fake systemctl started, for the teardown
+        self.detached_pid()  # and every one `start --detach` started
+        status = self.status()
+        if status and isinstance(status.get("pid"), int):
+            self.pids.add(status["pid"])
         return proc
 
     def systemctl_calls(self) -> list[list[str]]:
@@ -378,8 +422,9 @@ class InitHome:
         return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
     def mutating_calls(self, since: int = 0) -> list[list[str]]:
-        """The ``systemctl`` calls from the ``since``-th on, other than ``is-enabled``/``is-active``."""
-        return [c for c in self.systemctl_calls()[since:] if not {"is-enabled", "is-active"} & set(c)]
+        """The ``systemctl`` calls from the ``since``-th on, other than the queries
+        (``is-enabled``, ``is-active``, ``show-environment``)."""
+        return [c for c in self.systemctl_calls()[since:] if not READ_ONLY_SYSTEMCTL & set(c)]
 
     def systemctl_state(self) -> dict[str, Any]:
         path = self.root / "systemctl-state.json"
@@ -395,6 +440,23 @@ class InitHome:
     def status(self) -> dict[str, Any] | None:
         return agent_status(self.agent_id, self.state_dir)
 
+    @property
+    def agent_dir(self) -> Path:
+        return self.state_dir / "agents" / self.agent_id
+
+    def detached_pid(self) -> int | None:
+        """The pid in the agent's ``daemon.pid`` (written by ``swarmbus start --detach``), if any."""
+        try:
+            pid = int((self.agent_dir / "daemon.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        self.pids.add(pid)
+        return pid
+
+    def detached_log(self) -> str:
+        path = self.agent_dir / "daemon.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def daemon_log(self) -> str:
         path = self.root / f"{self.unit}.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -406,10 +468,12 @@ class InitHome:
                 if p.is_file() and (include_state or not p.is_relative_to(self.state_dir))}
 
     def kill_daemons(self) -> None:
-        """SIGKILL the process group of every daemon the fake systemctl started that still runs."""
+        """SIGKILL the process group of every daemon seen (started by the fake systemctl or by
+        ``start --detach``) that still runs."""
         self.pids.update(int(e["pid"]) for e in self.systemctl_state().values() if e.get("pid"))
+        self.detached_pid()
         for pid in self.pids:
-            if pid_alive(pid):
+            if pid_alive(pid) and _is_swarmbus(pid):
                 kill_process_group(pid)
 
 

@@ -6,9 +6,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swarmbus.cli.common import load_settings_for, print_json, raw_config
+
+if TYPE_CHECKING:
+    from swarmbus.dev_broker import BrokerConfig
+    from swarmbus.errors import UsageError
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,6 +112,7 @@ def _broker(args: argparse.Namespace) -> int:  # returns only via print-config o
         BrokerConfig,
         MosquittoNotFound,
         find_mosquitto,
+        port_in_use,
         render_mosquitto_conf,
         write_mosquitto_conf,
     )
@@ -123,6 +128,35 @@ def _broker(args: argparse.Namespace) -> int:  # returns only via print-config o
     binary = find_mosquitto()
     if binary is None:
         raise SwarmbusError(str(MosquittoNotFound()), hint="apt-get install mosquitto  (or: brew install mosquitto)")
+    if port_in_use(cfg.bind, cfg.port):
+        raise _port_taken(cfg)
     conf = write_mosquitto_conf(cfg)
-    print(f"swarmbus broker: mosquitto on {args.bind}:{args.port}, config {conf}", file=sys.stderr, flush=True)
+    print(f"swarmbus broker: mosquitto on {args.bind}:{args.port}, config {conf}, log {cfg.log_path}",
+          file=sys.stderr, flush=True)
     os.execv(binary, [binary, "-c", str(conf)])  # noqa: S606 - replace ourselves with mosquitto
+
+
+def _port_taken(cfg: BrokerConfig) -> UsageError:
+    """The usage error (exit 2) for ``swarmbus broker`` on a port something already listens on:
+    what is there (an MQTT broker, or another program), and what to do."""
+    from swarmbus.dev_broker import answers_mqtt, port_in_use
+    from swarmbus.errors import UsageError
+
+    host, port = cfg.connect_host, cfg.port
+
+    def where(p: int | str) -> str:
+        return f"[{host}]:{p}" if ":" in host else f"{host}:{p}"
+
+    other = next((p for p in range(port + 1, min(port + 100, 65536)) if not port_in_use(cfg.bind, p)), None)
+    instead = f"swarmbus broker --port {other or 'N'}, then pass --broker mqtt://{where(other or 'N')}"
+    if answers_mqtt(host, port):
+        use = "nothing to pass: localhost:1883 is the default" if port == 1883 else f"pass --broker mqtt://{where(port)}"
+        return UsageError(
+            f"port {port} is taken: an MQTT broker already listens on {where(port)} (perhaps the system's "
+            "mosquitto service), so there is no need to start another",
+            hint=f"use that broker ({use}; `swarmbus doctor` checks it), or run a private one on another port: {instead}",
+        )
+    return UsageError(
+        f"port {port} is taken: another program listens on {where(port)}, and it does not answer MQTT",
+        hint=f"run the broker on another port: {instead}; or stop that program (`ss -ltnp 'sport = :{port}'` names it)",
+    )

@@ -81,7 +81,15 @@ def load_settings_for(args: argparse.Namespace, *, pm: Any = None) -> Settings:
     # one-shot commands stay quiet unless a log level was asked for; the daemon logs at info
     chosen = args.command == "start" or "log_level" in raw.sources
     setup_logging(settings.log_format, settings.log_level if chosen else "warning")
+    if args.command not in LONG_RUNNING:  # a person waits on it: say what a slow connect waits for
+        from swarmbus.transport.reach import enable_notices
+
+        enable_notices()
     return settings
+
+
+LONG_RUNNING = ("start", "mcp-server")
+"""Commands that run until stopped: they log, they print no "waiting for the broker" notice."""
 
 
 _TERMINAL_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -114,5 +122,13 @@ def print_message(message: StoredMessage) -> None:
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=None, ensure_ascii=False) + "\n")
+    """``value`` as one line of JSON on stdout; non-ASCII text as ``\\uXXXX`` escapes (the same JSON)
+    when stdout's encoding cannot hold it (``PYTHONIOENCODING=ascii``)."""
+    text = json.dumps(value, indent=None, ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+        except (UnicodeEncodeError, LookupError):
+            text = json.dumps(value, indent=None)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()

@@ -1,12 +1,15 @@
 """``swarmbus init`` / ``swarmbus uninit``: turn this machine into a working swarmbus agent.
 
 Common steps (core): the broker (reachable, or a local ``swarmbus broker`` user service), the
-config file, the daemon as a user service (systemd or launchd), then the host type's own steps
-(from its plugin, via the ``swarmbus_host_types`` hook), and finally ``swarmbus doctor``
-against the configured broker. Every step is a list of declarative changes
+config file (everything the daemon needs at run time: agent id, host type, broker settings; edited
+with the user's comments kept), the daemon (``--service``: a systemd or launchd user service, or a
+detached daemon where no service manager works, see :mod:`swarmbus.cli.init_service`), then the
+host type's own steps (from its plugin, via the ``swarmbus_host_types`` hook), and finally
+``swarmbus doctor`` against the configured broker. Every step is a list of declarative changes
 (:mod:`swarmbus.provision`): a second run changes nothing and says so, ``--dry-run`` lists every
 file and command and changes nothing, and a failed step stops init with its reason and exit 1.
-What init wrote is recorded in ``<state>/agents/<id>/init.json`` for ``uninit``.
+What init does is recorded in ``<state>/agents/<id>/init.json`` for ``uninit``, each undo record
+saved before its change is made, so an init that fails, raises or is killed half-way can be undone.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from swarmbus.cli.common import load_settings_for
-from swarmbus.config import default_config_path, load_raw, read_config_file
+from swarmbus.cli.output import paint, pick_marks
+from swarmbus.config import default_config_path, expand_broker_url, load_raw, read_config_file
 from swarmbus.envelope import validate_own_id
 from swarmbus.errors import SwarmbusError, UsageError
 from swarmbus.paths import AgentPaths
@@ -29,6 +33,8 @@ from swarmbus.provision import Change, ProvisionError, StepResult, TomlEntries, 
 from swarmbus.settings import Settings
 
 MARK = {"changed": "✓", "unchanged": "=", "would-change": "~", "failed": "✗"}
+ASCII_MARK = {"changed": "+", "unchanged": "=", "would-change": "~", "failed": "x"}  # where stdout cannot encode MARK
+MARK_COLOR = {"changed": "green", "unchanged": None, "would-change": "yellow", "failed": "red"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,10 +98,14 @@ def _broker_reachable(settings: Settings) -> str:
         link.stop(timeout=2.0)
 
 
-def _service_env(args: argparse.Namespace, host_type: str | None) -> dict[str, str]:
+def _service_env(args: argparse.Namespace, host_type: str | None, supervisor: str | None = None) -> dict[str, str]:
+    """The environment of a user service: the config file, PATH, the host type and state dir
+    (also in the config file), and for the daemon ``SWARMBUS_SUPERVISOR`` (for ``swarmbus status``)."""
     env = {"SWARMBUS_CONFIG": str(_config_path(args)), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     if host_type:
         env["SWARMBUS_HOST_TYPE"] = host_type
+    if supervisor:
+        env["SWARMBUS_SUPERVISOR"] = supervisor
     if os.environ.get("SWARMBUS_STATE_DIR"):
         env["SWARMBUS_STATE_DIR"] = os.environ["SWARMBUS_STATE_DIR"]
     return env
@@ -153,14 +163,18 @@ def _broker_step(settings: Settings, args: argparse.Namespace, manager: str | No
     return [*plan.install, Verify("the broker", wait_broker)]
 
 
-def _doctor(settings: Settings, agent_id: str) -> str:
+NO_DAEMON_CHECKS = frozenset({"daemon", "presence"})
+"""Doctor checks that cannot pass before the daemon runs (``--service none``)."""
+
+
+def _doctor(settings: Settings, agent_id: str, *, expect_daemon: bool = True) -> str:
     from swarmbus.api import DoctorContext
     from swarmbus.control import daemon_status
     from swarmbus.plugins import HookRelay, get_plugin_manager
 
     socket = AgentPaths.for_agent(agent_id, settings.state_dir).socket
     deadline = time.monotonic() + 20
-    while not (daemon_status(socket) or {}).get("connected") and time.monotonic() < deadline:
+    while expect_daemon and not (daemon_status(socket) or {}).get("connected") and time.monotonic() < deadline:
         time.sleep(0.2)
     pm = get_plugin_manager()
     context = DoctorContext(settings=settings, agent_id=agent_id, cache={"plugin_infos": pm.infos})
@@ -168,6 +182,8 @@ def _doctor(settings: Settings, agent_id: str) -> str:
     checks = HookRelay(pm).doctor_checks(settings)
     for check in checks:
         result = check.run(context)
+        if result.status == "fail" and not expect_daemon and check.name in NO_DAEMON_CHECKS:
+            continue  # no daemon was asked for
         if result.status == "fail":
             failed.append(f"{check.name}: {result.summary}" + (f" (fix: {result.fix})" if result.fix else ""))
         warned += result.status == "warn"
@@ -177,14 +193,15 @@ def _doctor(settings: Settings, agent_id: str) -> str:
 
 
 def _print(result: StepResult) -> None:
-    print(f"[{MARK[result.status]}] {result.name}: {result.status}")
+    mark = pick_marks(MARK, ASCII_MARK)[result.status]
+    print(f"[{paint(mark, MARK_COLOR[result.status])}] {result.name}: {result.status}")
     for line in result.lines:
         print(f"      {line}")
 
 
 def _init(args: argparse.Namespace) -> int:
     from swarmbus.plugins import HookRelay, get_plugin_manager
-    from swarmbus.service import plan_service, service_manager
+    from swarmbus.service import plan_service
 
     if not args.agent_id:
         raise UsageError("swarmbus init needs --agent-id ID")
@@ -201,72 +218,150 @@ def _init(args: argparse.Namespace) -> int:
     settings.agent_id = agent_id
     settings.host_type = host_type
     config_path = _config_path(args)
-    manager = service_manager()
+    from swarmbus.cli.init_service import choose, detached_changes, reboot_note
 
-    values: dict[str, Any] = {}
-    if args.broker:
-        values["broker"] = {"url": settings.broker.url}
-    existing = read_config_file(config_path).get("agent_id") if config_path.is_file() else None
-    if existing in (None, agent_id):
-        values["agent_id"] = agent_id  # the default id for interactive commands; never overwrite another
+    mode = choose(getattr(args, "service", None) or "auto")
+    manager = mode.manager
+    paths = AgentPaths.for_agent(agent_id, settings.state_dir)
 
+    values, warnings = _config_values(args, settings, agent_id, host_type, config_path)
+    for warning in warnings:
+        print(f"note: {warning}")
     config = TomlEntries(config_path, values)
     try:
         config_changes = bool(values) and config.pending()
     except ProvisionError:
         config_changes = False  # the config step fails with the reason
+    # the daemon reads the config file only at start
+    restart = config_changes or _config_newer_than_daemon(config_path, settings, agent_id)
     steps: list[tuple[str, list[Change]]] = [("broker", _broker_step(settings, args, manager))]
     steps.append(("config", [config] if values else []))
-    if manager is None:
-        steps.append(("service", [_failing("a user service manager", "no systemd (systemctl --user) or launchd "
-                                           f"here: run `swarmbus start --agent-id {agent_id}` under your own supervisor")]))
-    else:
+    if manager is not None:
         plan = plan_service(f"swarmbus-{agent_id}", f"swarmbus listener daemon for agent {agent_id}",
                             [sys.executable, "-m", "swarmbus", "start", "--agent-id", agent_id],
-                            _service_env(args, host_type), manager,
-                            # the daemon reads the config file only at start
-                            restart=config_changes or _config_newer_than_daemon(config_path, settings, agent_id))
+                            _service_env(args, host_type, manager), manager, restart=restart)
         steps.append(("service", plan.install))
+    elif mode.kind == "detached":
+        steps.append(("service", detached_changes(paths, args.config and str(config_path), restart=restart)))
     if host_type:
         for step in hosts[host_type].init_steps(settings):
             steps.append((f"{host_type}: {step.name}", list(step.changes)))
-    steps.append(("doctor", [Verify("swarmbus doctor", lambda: _doctor(settings, agent_id))]))
+    expect_daemon = mode.kind != "none"
+    steps.append(("doctor", [Verify("swarmbus doctor", lambda: _doctor(settings, agent_id, expect_daemon=expect_daemon))]))
 
     if args.dry_run:
-        print(f"swarmbus init --dry-run for {agent_id} (host type {host_type or 'none'}): nothing will be changed")
-    records: list[dict[str, Any]] = []
+        print(f"swarmbus init --dry-run for {agent_id} (host type {host_type or 'none'}) with service {mode.kind}: "
+              "nothing will be changed")
+    manifest = Manifest(_manifest_path(settings, agent_id), agent_id, host_type)
     results = []
     for name, changes in steps:
-        result = run_step(name, changes, dry_run=args.dry_run)
+        # each undo record is saved before its change is made: an init killed half-way can be undone
+        result = run_step(name, changes, dry_run=args.dry_run, on_undo=None if args.dry_run else manifest.add)
         results.append(result)
-        records.extend(result.undo)
         _print(result)
         if result.status == "failed":
             break
-    if not args.dry_run and (records or _manifest_path(settings, agent_id).exists()):
-        _save_manifest(settings, agent_id, host_type, records)
+    if not args.dry_run and manifest.path.exists():
+        manifest.save()  # the host type of this run
     failed = [r for r in results if r.status == "failed"]
     if failed:
         print(f"init failed at step {failed[0].name!r}; nothing after it was done. Fix it and re-run "
-              "(steps already done are kept and will show as unchanged).", file=sys.stderr)
+              "(steps already done are kept and will show as unchanged; `swarmbus uninit` undoes them).",
+              file=sys.stderr)
         return 1
     if args.dry_run:
         print("dry run: no file was written and no command was run")
-    elif all(r.status == "unchanged" for r in results):
+        return 0
+    locators = {k: v for k, v in _service_env(args, None).items() if k == "SWARMBUS_CONFIG"}
+    if os.environ.get("SWARMBUS_STATE_DIR"):
+        locators["SWARMBUS_STATE_DIR"] = os.environ["SWARMBUS_STATE_DIR"]
+    if all(r.status == "unchanged" for r in results):
         print(f"nothing to change: {agent_id} was already set up, and doctor passes")
+    elif mode.kind == "detached":
+        from swarmbus.supervise import find_daemon, log_path
+
+        daemon = find_daemon(paths)
+        pid = f"pid {daemon.pid}, " if daemon else ""
+        print(f"{agent_id} is set up: its daemon runs detached ({pid}log {log_path(paths)}) and doctor passes")
+    elif mode.kind == "none":
+        print(f"{agent_id} is set up without a daemon, and doctor passes (apart from the daemon checks)")
     else:
         print(f"{agent_id} is set up: its daemon runs as a user service and doctor passes")
+    for line in reboot_note(mode, paths, args.config and str(config_path), host_type, locators):
+        print(line)
     return 0
 
 
-def _save_manifest(settings: Settings, agent_id: str, host_type: str | None, records: list[dict[str, Any]]) -> None:
-    path = _manifest_path(settings, agent_id)
-    old: list[dict[str, Any]] = []
-    if path.exists():
-        old = json.loads(path.read_text()).get("undo", [])
-    merged = old + [r for r in records if r not in old]
+def _config_values(args: argparse.Namespace, settings: Settings, agent_id: str, host_type: str | None,
+                   config_path: Path) -> tuple[dict[str, Any], list[str]]:
+    """What init saves in the config file, so that a daemon started by hand (or by the
+    SessionStart hook) behaves like the service: the agent id (unless the file names another),
+    the host type, the state dir and the broker settings init was given. Returns (nested values,
+    notes for the user). A password is never written: use --password-file."""
+    from swarmbus.cli.common import cli_layer
+
+    values: dict[str, Any] = {}
+    notes: list[str] = []
+    existing = read_config_file(config_path).get("agent_id") if config_path.is_file() else None
+    if existing in (None, agent_id):
+        values["agent_id"] = agent_id  # the default id for interactive commands; never overwrite another
+    if host_type:
+        values["host_type"] = host_type
+    given = cli_layer(args)
+    if "state_dir" in given:
+        values["state_dir"] = str(Path(str(given["state_dir"][0])).expanduser().resolve())
+    broker: dict[str, Any] = {}
+    in_url = expand_broker_url(args.broker) if args.broker else {}
+    if args.broker:
+        broker["url"] = settings.broker.url  # normalised, with the port; credentials are separate keys
+        if in_url.get("broker.username") and "broker.username" not in given:
+            broker["username"] = in_url["broker.username"]
+    for key, (value, flag) in given.items():
+        if not key.startswith("broker.") or key == "broker.url" or (key == "broker.port" and args.broker):
+            continue
+        leaf = key.removeprefix("broker.")
+        if leaf == "password":
+            notes.append(f"{flag} is not saved in {config_path}: give the daemon the password with --password-file "
+                         "(saved) or SWARMBUS_BROKER_PASSWORD")
+            continue
+        if leaf in ("password_file", "ca_certs", "certfile", "keyfile"):
+            value = str(Path(str(value)).expanduser().resolve())
+        broker[leaf] = value
+    if in_url.get("broker.password") and "broker.password" not in given:
+        notes.append(f"the password in --broker is not saved in {config_path}: use --password-file")
+    if broker:
+        values["broker"] = broker
+    return values, notes
+
+
+class Manifest:
+    """``<state>/agents/<id>/init.json`` (0600): the undo records of every init run, oldest
+    first, with the agent id and host type. :meth:`add` saves each new record at once."""
+
+    def __init__(self, path: Path, agent_id: str, host_type: str | None) -> None:
+        self.path = path
+        self.agent_id = agent_id
+        self.host_type = host_type
+        self.undo: list[dict[str, Any]] = json.loads(path.read_text()).get("undo", []) if path.exists() else []
+
+    def add(self, record: dict[str, Any]) -> None:
+        if record not in self.undo:
+            self.undo.append(record)
+            self.save()
+
+    def save(self) -> None:
+        _write_private(self.path, json.dumps({"agent_id": self.agent_id, "host_type": self.host_type,
+                                              "undo": self.undo}, indent=2))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, mode 0600 (the records may hold the config file as it was)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.write_text(json.dumps({"agent_id": agent_id, "host_type": host_type, "undo": merged}, indent=2))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
 def _uninit(args: argparse.Namespace) -> int:
@@ -298,6 +393,6 @@ def _uninit(args: argparse.Namespace) -> int:
         return 0
     # keep what could not be undone, so that a second uninit retries it
     data = json.loads(path.read_text())
-    path.write_text(json.dumps({**data, "undo": failed}, indent=2))
+    _write_private(path, json.dumps({**data, "undo": failed}, indent=2))
     print(f"{agent_id}: {len(failed)} undo steps failed; fix the cause and run uninit again", file=sys.stderr)
     return 1

@@ -150,7 +150,24 @@ def _start(p: argparse.ArgumentParser) -> None:
     p.add_argument("--handler-concurrency", type=int, metavar="N", help="concurrent runs per handler (default 8)")
     p.add_argument("--heartbeat-interval", type=float, metavar="SECONDS", help="presence heartbeat (default 60)")
     p.add_argument("--session-expiry", type=int, metavar="SECONDS", help="MQTT 5 session expiry (default 604800)")
+    p.add_argument("--detach", action="store_true",
+                   help="run in the background (log and pid in the agent's state dir); if it already runs, say so, exit 0")
     _broker(p)
+    _common(p)
+
+
+def _stop(p: argparse.ArgumentParser) -> None:
+    _agent(p)
+    p.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
+                   help="wait this long after SIGTERM before SIGKILL (default 20)")
+    p.add_argument("--remove-log", action="store_true",
+                   help="also remove the detached daemon's log (daemon.log); `swarmbus uninit` uses it")
+    _common(p)
+
+
+def _status(p: argparse.ArgumentParser) -> None:
+    _agent(p)
+    _json(p)
     _common(p)
 
 
@@ -244,6 +261,9 @@ def _init(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host-type", metavar="TYPE", help="host integration: cc, openclaw, ... or none (see `swarmbus plugins`)")
     p.add_argument("--remove", action="store_true", help="undo what init wrote (same as `swarmbus uninit`)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--service", choices=("auto", "systemd", "launchd", "none"), default="auto",
+                   help="how the daemon runs: auto (default: a systemd/launchd user service when one works here, "
+                        "else detached), systemd, launchd, or none (nothing started)")
     _uninit(p)
 
 
@@ -252,6 +272,10 @@ def _uninit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print every file and command, change nothing")
     _broker(p)
     _common(p)
+
+
+def _completion(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", choices=("bash", "zsh", "fish"), metavar="SHELL", help="bash, zsh or fish")
 
 
 _READER_DESCRIPTION = (
@@ -265,7 +289,9 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
     "send": (
         "send a message to an agent or to everyone",
         "Send a message. Through the local daemon when one runs for --agent-id (fast, and\n"
-        "spooled durably while the broker is down); otherwise over a direct connection.\n\n"
+        "spooled durably while the broker is down); otherwise over a direct connection.\n"
+        "Broker flags (--broker, --port, ...) that name another broker than the daemon's send\n"
+        "directly to the named broker (a note on stderr says so).\n\n"
         "  swarmbus send --agent-id planner --to coder --subject hi --body 'got a minute?'\n"
         "  git diff | swarmbus send --agent-id planner --to coder --subject review --body-file -\n"
         "  swarmbus send --agent-id planner --to broadcast --subject standup --body 'in 5'",
@@ -275,8 +301,32 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         "run the listener daemon for an agent",
         "Run the listener daemon: the single MQTT receive owner for --agent-id. It stores\n"
         "every message before acknowledging it, archives it to the inbox file, and wakes\n"
-        "the host agent when the wake policy says so. Stop it with SIGINT or SIGTERM.",
+        "the host agent when the wake policy says so. Stop it with SIGINT or SIGTERM.\n\n"
+        "--detach runs it in the background instead, without a service manager: output appended\n"
+        "to <state>/agents/<id>/daemon.log, pid in daemon.pid; it waits until the daemon answers\n"
+        "(up to 10 s). When the agent's daemon already runs it only says so (fast, exit 0).\n"
+        "A detached daemon does not survive a reboot. Exit codes with --detach: 0 it runs,\n"
+        "1 it could not be started (the reason and the log's last lines on stderr), 2 usage error.\n\n"
+        "  swarmbus start --agent-id coder --detach\n"
+        "  swarmbus status --agent-id coder\n"
+        "  swarmbus stop --agent-id coder",
         _start,
+    ),
+    "stop": (
+        "stop an agent's daemon",
+        "Stop the agent's daemon: SIGTERM (it publishes its offline presence), then SIGKILL after\n"
+        "--timeout. Only the process the daemon's socket or lock confirm is signalled, never a pid\n"
+        "from a stale pid file. A daemon run by systemd is stopped with `systemctl --user stop`\n"
+        "(it starts again at the next login; `swarmbus uninit` removes the service).\n\n"
+        "Exit codes: 0 stopped, or it was not running; 1 it could not be stopped; 2 usage error.",
+        _stop,
+    ),
+    "status": (
+        "say whether an agent's daemon runs, since when, and how",
+        "Whether the agent's daemon runs: its pid, since when, what supervises it (systemd,\n"
+        "launchd, detached, foreground), where its log is, and whether it is connected to the broker.\n\n"
+        "Exit codes: 0 running, 1 not running, 2 usage error.",
+        _status,
     ),
     "read": ("print new messages and advance the cursor",
              "print new messages and advance the cursor" + _READER_DESCRIPTION, _reader(_read_extra)),
@@ -326,14 +376,33 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
     ),
     "init": (
         "set this machine up as a swarmbus agent (daemon service, host integration)",
-        "Set up an agent: check or start a broker, write the config file, install the daemon as a\n"
-        "user service (systemd or launchd), run the host type's setup (e.g. Claude Code: skill,\n"
-        "MCP server, hooks), then run doctor. Re-running changes nothing that is already right.\n\n"
+        "Set up an agent: check or start a broker, write the config file (agent id, host type,\n"
+        "broker settings; your comments are kept), run the daemon, run the host type's setup (e.g.\n"
+        "Claude Code: skill, MCP server, hooks), then run doctor. Re-running changes nothing that is\n"
+        "already right; `swarmbus uninit` undoes it (also after an init that stopped half-way).\n\n"
+        "The daemon (--service): auto runs it as a systemd (Linux) or launchd (macOS) user service\n"
+        "when one works here, else detached (`swarmbus start --detach`: no user bus in containers,\n"
+        "root shells, WSL, CI), which does not survive a reboot (init says how to make it);\n"
+        "systemd/launchd insist on that manager; none starts nothing.\n\n"
         "  swarmbus init --agent-id coder --host-type cc --dry-run\n"
         "  swarmbus init --agent-id coder --host-type openclaw --broker mqtt://broker.lan:1883",
         _init,
     ),
     "uninit": ("undo what `swarmbus init` wrote for an agent", None, _uninit),
+    "completion": (
+        "print a shell completion script (bash, zsh, fish)",
+        "Print a tab-completion script for SHELL on stdout: every command and option, plugin\n"
+        "commands included. Put it where the shell loads completions, once, and again after\n"
+        "upgrading swarmbus or adding a plugin:\n\n"
+        "  bash  swarmbus completion bash > ~/.local/share/bash-completion/completions/swarmbus\n"
+        "        (loaded by the bash-completion package; without it, add to ~/.bashrc:\n"
+        "        eval \"$(swarmbus completion bash)\")\n"
+        "  zsh   mkdir -p ~/.zfunc && swarmbus completion zsh > ~/.zfunc/_swarmbus\n"
+        "        and in ~/.zshrc, before compinit: fpath=(~/.zfunc $fpath)\n"
+        "  fish  swarmbus completion fish > ~/.config/fish/completions/swarmbus.fish\n\n"
+        "Open a new shell afterwards.",
+        _completion,
+    ),
 }
 
 CORE_COMMANDS = tuple(COMMANDS)
@@ -401,10 +470,17 @@ def run(argv: Sequence[str]) -> int:
         "send": "send", "start": "start", "read": "reading", "watch": "reading", "tail": "reading",
         "inbox": "reading", "list": "presence", "config": "admin", "plugins": "admin",
         "doctor": "doctor", "broker": "admin", "init": "init", "uninit": "init", "wait": "reading",
-        "mcp-server": "mcpserver",
+        "mcp-server": "mcpserver", "completion": "completion", "stop": "detach", "status": "detach",
     }[args.command]
     handler = __import__(f"swarmbus.cli.{module}", fromlist=["run"])  # importlib would cost an import
     return int(handler.run(args))
+
+
+def _escape_unencodable(stream: Any) -> None:
+    """Make ``stream`` write what its encoding cannot hold (``PYTHONIOENCODING=ascii``, a Latin-1
+    locale; e.g. a peer's subject) as backslash escapes instead of failing halfway through."""
+    if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="backslashreplace")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -412,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from swarmbus.envelope import EnvelopeError
     from swarmbus.errors import SwarmbusError
 
+    _escape_unencodable(sys.stdout)
     try:
         return run(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:

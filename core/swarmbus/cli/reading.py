@@ -213,7 +213,10 @@ def _inbox(args: argparse.Namespace) -> int:
         f"{counters.get('quarantined', 0)} quarantined (see --quarantined), "
         f"{counters.get('self_echo', 0)} own broadcasts skipped"
     )
+    from swarmbus.cli.output import can_encode
+
+    dash = "—" if can_encode("—") else "-"
     for m in messages:
         states = ", ".join(f"{d.handler}: {d.status}" for d in deliveries[m.seq]) or "not dispatched"
-        print(f"  #{m.seq} {_when(m.received_at)} from {m.from_agent} [{m.priority}] {m.subject!r} — {states}")
+        print(f"  #{m.seq} {_when(m.received_at)} from {m.from_agent} [{m.priority}] {m.subject!r} {dash} {states}")
     return 0

@@ -6,6 +6,11 @@ daemon spools it in its durable outbox and publishes it on its existing connecti
 without a daemon (or with ``--direct``) do we import paho and connect, with broker settings
 validated by :mod:`swarmbus.broker_options` (still no pydantic, no pluggy) and a synchronous
 one-shot publish (:func:`swarmbus.transport.publish.publish_once`).
+
+Broker flags (``--broker``, ``--port``, ...) name where to send: when they give another broker
+than the one the daemon is connected to, the message goes directly to the named broker (a note
+on stderr says so), never silently through the daemon to its own. Only then is the daemon asked
+for its broker first (one more socket round trip).
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from swarmbus.cli.common import print_json, raw_config
-from swarmbus.control import DaemonUnavailable, send_request
+from swarmbus.cli.common import FLAG_KEYS, print_json, raw_config
+from swarmbus.control import DaemonUnavailable, daemon_status, send_request
 from swarmbus.envelope import Envelope, new_envelope, validate_own_id
 from swarmbus.errors import SwarmbusError, UsageError
 from swarmbus.paths import AgentPaths
@@ -61,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     )
     status = None
     if not args.direct:
-        status = _via_daemon(AgentPaths.for_agent(agent_id, raw.get("state_dir")).socket, envelope, args.wait)
+        socket_path = AgentPaths.for_agent(agent_id, raw.get("state_dir")).socket
+        if not _elsewhere(args, raw, socket_path):
+            status = _via_daemon(socket_path, envelope, args.wait)
     if status is None:
         _direct(raw, envelope, timeout=max(args.wait, 1.0))
         status = "published"
@@ -89,6 +96,26 @@ def _archive(agent_id: str, envelope: Envelope, flag: str | None, configured: st
             sys.stderr.write(f"swarmbus: warning: could not append to outbox {archive}: {exc.strerror}\n")
 
 
+def _elsewhere(args: argparse.Namespace, raw: RawConfig, socket_path: Path) -> bool:
+    """True when broker flags name another broker than the running daemon's: the message then
+    goes directly to the named one (said on stderr). False without broker flags (no cost), with
+    no daemon, or when the daemon's broker is the one named."""
+    if not any(key.startswith("broker.") and getattr(args, dest, None) is not None for key, dest, _ in FLAG_KEYS):
+        return False
+    status = daemon_status(socket_path)
+    if status is None:
+        return False
+    from swarmbus.broker_options import broker_options
+
+    named, theirs = broker_options(raw).url, status.get("broker")
+    if named == theirs:
+        return False
+    sys.stderr.write(f"swarmbus: note: the broker flags name {named}, but the daemon of {raw.get('agent_id')} "
+                     f"uses {theirs}: sending directly to {named} (use --direct to say so, or drop the broker "
+                     "flags to send through the daemon)\n")
+    return True
+
+
 def _via_daemon(socket_path: Path, envelope: Envelope, wait: float) -> str | None:
     """The daemon's status for the send (``published``, ``queued``, ...), or None when no
     daemon runs. A daemon too late to take it refuses it unsent (see ``control.send_request``)."""
@@ -110,7 +137,9 @@ def _direct(raw: RawConfig, envelope: Envelope, *, timeout: float) -> None:
     from swarmbus.broker_options import broker_options
     from swarmbus.topics import topic_for_recipient
     from swarmbus.transport.publish import publish_once
+    from swarmbus.transport.reach import enable_notices
 
+    enable_notices()  # a person waits: say what a slow connect waits for
     broker = broker_options(raw)
     publish_once(broker, topic_for_recipient(envelope.to), envelope.to_wire(), agent_id=envelope.from_agent,
                  timeout=timeout)

@@ -39,6 +39,7 @@ from swarmbus.paths import AgentPaths
 from swarmbus.plugins import HookRelay, PluginManager
 from swarmbus.settings import Settings
 from swarmbus.store import Store
+from swarmbus.supervise import current_supervisor
 from swarmbus.topics import QOS, receive_filters
 from swarmbus.transport.aio_link import AsyncMqttLink
 from swarmbus.transport.link import Subscription
@@ -64,6 +65,7 @@ class Daemon:
         self.agent_id = settings.require_agent_id()
         self.paths = AgentPaths.for_agent(self.agent_id, settings.state_dir)
         self.started_at = time.time()
+        self.supervisor = current_supervisor()
         self.exit_code = 0
         self.stop_reason: str | None = None
 
@@ -212,6 +214,7 @@ class Daemon:
             "instance": self.presence.instance,
             "version": __version__,
             "started_at": self.started_at,
+            "supervisor": self.supervisor,
             "broker": self.settings.broker.url,
             "client_id": link.client_id,
             "connected": link.connected,
@@ -220,6 +223,7 @@ class Daemon:
             "session_present": link.session_present,
             "connected_since": link.connected_since,
             "last_error": link.last_error,
+            "connect_failures": link.connect_failures,
             "last_inbound_at": link.last_inbound_at,
             "last_puback_at": link.last_puback_at,
             "callback_errors": link.callback_errors,

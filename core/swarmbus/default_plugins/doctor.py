@@ -19,6 +19,11 @@ from swarmbus.hookspecs import hookimpl
 from swarmbus.settings import Settings
 
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+SYS_SIGNS = ("$SYS/broker/version", "$SYS/broker/uptime")
+"""$SYS topics mosquitto publishes too: receiving one while the drop counter stays away means the
+broker does not publish that counter (to this client), rather than no $SYS at all."""
+SYS_WAIT = 1.5
+"""Seconds doctor waits for the broker's drop counter."""
 UNACKED_LIMIT = 5.0
 """Seconds a received message may wait for its commit and PUBACK before doctor calls it stuck."""
 
@@ -43,6 +48,7 @@ def _probe(ctx: DoctorContext) -> dict[str, object]:
 
     b = ctx.settings.broker
     dropped: list[int] = []
+    other_sys: list[str] = []
     got_sys = threading.Event()
 
     def on_message(topic: str, payload: bytes, mid: int, qos: int) -> None:
@@ -50,10 +56,12 @@ def _probe(ctx: DoctorContext) -> dict[str, object]:
             with contextlib.suppress(ValueError):
                 dropped.append(int(payload))
             got_sys.set()
+        else:
+            other_sys.append(topic)
 
     link = MqttLink(b, client_id=one_shot_client_id(b.client_id_prefix, ctx.agent_id, "doctor"),
-                    subscriptions=[Subscription(DROPPED_TOPIC, 0)], on_message=on_message,
-                    reconnect_min=0.2, reconnect_max=1.0)
+                    subscriptions=[Subscription(DROPPED_TOPIC, 0), *(Subscription(t, 0) for t in SYS_SIGNS)],
+                    on_message=on_message, reconnect_min=0.2, reconnect_max=1.0)
     link.retry_log_level = logging.DEBUG
     started = time.monotonic()
     link.start()
@@ -61,8 +69,9 @@ def _probe(ctx: DoctorContext) -> dict[str, object]:
     try:
         link.wait_connected(b.connect_timeout)
         elapsed = (time.monotonic() - started) * 1000
-        got_sys.wait(1.5)
-        result = {"ok": True, "protocol": link.protocol, "ms": elapsed, "dropped": dropped[-1] if dropped else None}
+        got_sys.wait(SYS_WAIT)
+        result = {"ok": True, "protocol": link.protocol, "ms": elapsed, "dropped": dropped[-1] if dropped else None,
+                  "sys_refused": DROPPED_TOPIC in link.refused_subscriptions, "other_sys": bool(other_sys)}
     except BrokerUnreachable as exc:
         result = {"ok": False, "error": str(exc)}
     finally:
@@ -99,7 +108,15 @@ def check_dropped(ctx: DoctorContext) -> CheckResult:
     if not probe["ok"]:
         return CheckResult("skip", "broker counters not read (broker unreachable)")
     if probe["dropped"] is None:
-        return CheckResult("skip", f"{DROPPED_TOPIC} not readable (no $SYS access)")
+        if probe.get("sys_refused"):
+            return CheckResult("skip", f"no permission to read {DROPPED_TOPIC} (the broker refused the subscription); "
+                                       "drop check skipped")
+        if probe.get("other_sys"):
+            return CheckResult("skip", f"the broker does not publish {DROPPED_TOPIC} to this client (other $SYS "
+                                       "topics arrive); drop check skipped")
+        return CheckResult("skip", f"no $SYS topics received within {SYS_WAIT:g}s: the broker publishes none to this "
+                                   "client (mosquitto with sys_interval 0, or an ACL; NATS and RabbitMQ have no $SYS); "
+                                   "drop check skipped")
     if probe["dropped"]:
         return CheckResult("warn", f"the broker has dropped {probe['dropped']} messages since it started",
                            fix="set `max_queued_messages 0` in mosquitto.conf (swarmbus broker does)")
@@ -191,6 +208,19 @@ def check_presence(ctx: DoctorContext) -> CheckResult:
     return CheckResult("ok", f"{ctx.agent_id} is online to its peers ({others} other agents online)")
 
 
+def check_wake_command(ctx: DoctorContext) -> CheckResult:
+    argv = ctx.settings.wake.command
+    if not argv:
+        return CheckResult("skip", "no wake command configured (wake.command, --invoke)")
+    from swarmbus.default_plugins.wake import command_problem
+
+    problem = command_problem(ctx.settings)
+    if problem:
+        return CheckResult("fail", f"the wake command cannot run: {problem}; every wake fails",
+                           fix="install it, or set wake.command (--invoke) to its full path")
+    return CheckResult("ok", f"wake command {argv[0]} can be run")
+
+
 def check_plugins(ctx: DoctorContext) -> CheckResult:
     infos = ctx.cache.get("plugin_infos") or {}
     failed = [i for i in infos.values() if getattr(i, "status", "") == "failed"]
@@ -209,6 +239,7 @@ CORE_CHECKS = (
     DoctorCheck("daemon", check_daemon, 50),
     DoctorCheck("store", check_store, 60),
     DoctorCheck("presence", check_presence, 70),
+    DoctorCheck("wake-command", check_wake_command, 75),
     DoctorCheck("plugins", check_plugins, 80),
 )
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from swarmbus.api import Handler, HandlerContext, StoredMessage, WakeDecision, WakeOutcome
-from swarmbus.children import run_child, scrubbed_env
+from swarmbus.children import program_problem, run_child, scrubbed_env
 from swarmbus.hookspecs import hookimpl
 from swarmbus.settings import Settings
 
@@ -45,6 +45,14 @@ def child_environment(message: StoredMessage, agent_id: str, base: Mapping[str, 
     if e.in_reply_to:
         env["SWARMBUS_IN_REPLY_TO"] = e.in_reply_to
     return env
+
+
+def command_problem(settings: Settings) -> str | None:
+    """Why the configured wake command (``wake.command``, ``--invoke``) cannot be run by this
+    process, or None when it can or none is configured (see
+    :func:`swarmbus.children.program_problem`: the program is looked up as a wake child would)."""
+    argv = settings.wake.command
+    return program_problem(argv[0]) if argv else None
 
 
 async def run_command(argv: list[str], stdin: bytes, env: dict[str, str]) -> tuple[int, bytes]:

@@ -72,7 +72,7 @@ class AsyncMqttLink(MqttLink):
             try:
                 await asyncio.to_thread(self._connect_once)
             except (OSError, ssl.SSLError, ValueError, mqtt.WebsocketConnectionError) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._connect_failed(exc)
                 failures += 1
                 delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
                 self.log.log(self.retry_log_level, "cannot connect to %s (%s); retrying in %.1fs",

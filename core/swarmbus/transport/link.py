@@ -12,7 +12,10 @@ paho-mqtt 2.x traps recorded in ``../shared/reference/mqtt-brokers-and-clients.m
 - MQTT 5 sessions that must survive a disconnect connect with ``clean_start=False`` *and*
   a Session Expiry Interval (without it the broker discards the session at every disconnect);
 - MQTT 5 is tried first and 3.1.1 is used when the broker refuses 5 (CONNACK "Unsupported
-  protocol version", reason 132, or a 3.1.1-style return code 1).
+  protocol version", reason 132, or a 3.1.1-style return code 1);
+- :meth:`MqttLink.wait_connected` (one-shot commands) gives up at once on a refused TCP
+  connection (nothing listens there) and otherwise says once on stderr what it waits for
+  (:mod:`~swarmbus.transport.reach`); the link itself keeps retrying until stopped.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from swarmbus.errors import BrokerUnreachable, TimeoutExpired
 from swarmbus.transport.publish import one_shot_client_id
+from swarmbus.transport.reach import WaitNotice, refused
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -171,7 +175,7 @@ class MqttLink:
         before_connect: Callable[[], bool] | None = None,
         receive_maximum: int | None = None,
         reconnect_min: float = 0.5,
-        reconnect_max: float = 60.0,
+        reconnect_max: float = 5.0,
         logger: logging.Logger | None = None,
     ) -> None:
         self.broker = broker
@@ -205,17 +209,23 @@ class MqttLink:
         self._halt = threading.Event()
         self._kick = threading.Event()
         self._refused = threading.Event()
+        self._tcp_refused = False  # the last attempt's TCP connection was refused: nothing listens
         self._fallback = False
         self.retry_log_level = logging.WARNING
         self._thread: threading.Thread | None = None
         self._client = self._new_client()
         self.last_error: str | None = None
         self.connect_count = 0
+        self.connect_failures = 0
+        """Consecutive attempts that failed (to connect, or soon after), 0 once connected."""
         self.callback_errors = 0
         self.connected_since: float | None = None
         self.last_inbound_at: float | None = None
         self.last_puback_at: float | None = None
         self.session_present: bool | None = None
+        self.refused_subscriptions: set[str] = set()
+        """Topic filters the broker refused in a SUBACK (e.g. not authorised), since the start."""
+        self._pending_subs: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its topic filters
 
     # -- client construction ----------------------------------------------------------------
     def _new_client(self) -> mqtt.Client:
@@ -250,6 +260,7 @@ class MqttLink:
         client.on_disconnect = self._guard(self._handle_disconnect)
         client.on_message = self._guard(self._handle_message)
         client.on_publish = self._guard(self._handle_publish)
+        client.on_subscribe = self._guard(self._handle_subscribe)
         client.on_socket_open = self._guard(self._handle_socket_open)
         # with a register-write callback set, paho never writes from the caller's thread: other
         # threads' publish()/ack() queue the packet and we wake the link's select
@@ -296,8 +307,9 @@ class MqttLink:
             else:
                 subs.append((sub.topic, sub.qos))
         if subs:
-            client.subscribe(subs)
+            self._track_subscribe(client.subscribe(subs), [topic for topic, _ in subs])
         self.connect_count += 1
+        self.connect_failures = 0
         self.connected_since = time.time()
         self.last_error = None
         self._connected.set()
@@ -335,6 +347,18 @@ class MqttLink:
             self.on_message(topic, bytes(msg.payload), msg.mid, msg.qos)
         elif self.manual_ack:
             client.ack(msg.mid, msg.qos)
+
+    def _track_subscribe(self, sent: tuple[int, int | None], topics: list[str]) -> None:
+        rc, mid = sent
+        if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+            self._pending_subs[mid] = topics
+
+    def _handle_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        topics = self._pending_subs.pop(mid, [])
+        for topic, reason in zip(topics, reasons, strict=False):
+            if getattr(reason, "is_failure", False):
+                self.refused_subscriptions.add(topic)
+                self.log.warning("the broker refused the subscription to %s: %s", topic, reason)
 
     def _handle_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         self._packets += 1
@@ -387,9 +411,7 @@ class MqttLink:
             try:
                 self._connect_once()
             except (OSError, ssl.SSLError, ValueError, mqtt.WebsocketConnectionError) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, ssl.SSLCertVerificationError):
-                    self._refused.set()
+                self._connect_failed(exc)
                 failures += 1
                 delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
                 self.log.log(self.retry_log_level, "cannot connect to %s (%s); retrying in %.1fs",
@@ -412,6 +434,15 @@ class MqttLink:
                 break
             self._idle(wait)
 
+    def _connect_failed(self, exc: BaseException) -> None:
+        """A connection attempt raised ``exc`` (both drivers): remember why; a refused TCP
+        connection or a certificate that does not verify ends :meth:`wait_connected` at once."""
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.connect_failures += 1
+        self._tcp_refused = isinstance(exc, ConnectionRefusedError)
+        if self._tcp_refused or isinstance(exc, ssl.SSLCertVerificationError):
+            self._refused.set()
+
     def _connection_ended(self, started: float, failures: int) -> tuple[int, float | None]:
         """After a connection ended (both drivers): commit what arrived on it (it is not
         acknowledged), then decide the next attempt: ``(failures, seconds to wait)``, 0 for at once
@@ -426,6 +457,7 @@ class MqttLink:
             self._client = self._new_client()
             return failures, 0.0
         failures = 1 if time.monotonic() - started > 30 else failures + 1
+        self.connect_failures = failures
         delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
         self.log.info("reconnecting to %s in %.1fs", self.broker.url, delay)
         return failures, delay
@@ -521,12 +553,21 @@ class MqttLink:
         return self._thread is not None and self._thread.is_alive()
 
     def wait_connected(self, timeout: float) -> None:
-        """Block until connected. Raises BrokerUnreachable (with the last error) on timeout,
-        or at once when the broker refused the credentials or its certificate failed to verify."""
+        """Block until connected, for at most ``timeout`` seconds; after a second, say once on
+        stderr what it waits for (when the CLI enabled :mod:`~swarmbus.transport.reach` notices).
+
+        :raises BrokerUnreachable: on timeout (with the last error), or at once when the TCP
+            connection was refused (nothing listens there), the broker refused the credentials
+            or its certificate failed to verify.
+        """
         deadline = time.monotonic() + timeout
+        notice = WaitNotice(self.broker.host, self.broker.effective_port, timeout)
         while not self._connected.wait(0.05) and not self._refused.is_set() and time.monotonic() < deadline:
-            pass
+            notice.poll()
+        notice.cancel()
         if not self._connected.is_set():
+            if self._tcp_refused:
+                raise refused(self.broker.url, self.broker.host, self.broker.effective_port)
             raise BrokerUnreachable(
                 f"broker unreachable ({self.broker.url}): {self.last_error or f'no CONNACK within {timeout:.0f}s'}",
                 hint="is the broker running? check `swarmbus config show` and `swarmbus doctor`",
@@ -558,9 +599,10 @@ class MqttLink:
         self.subscriptions.extend(new)
         if self.connected:
             if self.protocol == V5:
-                self._client.subscribe([(s.topic, SubscribeOptions(qos=s.qos, noLocal=s.no_local)) for s in new])
+                sent = self._client.subscribe([(s.topic, SubscribeOptions(qos=s.qos, noLocal=s.no_local)) for s in new])
             else:
-                self._client.subscribe([(s.topic, s.qos) for s in new])
+                sent = self._client.subscribe([(s.topic, s.qos) for s in new])
+            self._track_subscribe(sent, [s.topic for s in new])
 
     def ack(self, mid: int, qos: int) -> None:
         """Send the PUBACK for an inbound publish (manual-ack mode)."""

@@ -1,4 +1,5 @@
-"""One QoS 1 publish on a short-lived connection, synchronously: no threads, no pydantic.
+"""One QoS 1 publish on a short-lived connection, synchronously: no pydantic, and no thread
+but the timer of the CLI's one-line wait notice (only when the CLI enabled it).
 
 :func:`publish_once` is what ``swarmbus send --direct`` (and ``send`` when no daemon runs) and
 :func:`swarmbus.oneshot.send_direct` do: connect, publish at QoS 1, drive paho's ``loop()``
@@ -8,11 +9,13 @@ in the calling thread until the PUBACK, disconnect. It follows the same rules as
 - MQTT 5 first, MQTT 3.1.1 when the broker refuses 5 (CONNACK reason 132 "Unsupported
   protocol version", or a 3.1.1-style return code 1), unless ``protocol`` pins one;
 - ``TCP_NODELAY`` on the socket (paho never sets it);
-- a connection that fails for a reason that may pass (TCP connection refused or reset, DNS,
-  timeout, closed before the CONNACK) is retried with a short backoff until ``connect_timeout``;
-  a CONNACK that refuses the client (bad credentials, not authorised, server busy, ...) or a
-  server certificate that does not verify fails at once: a one-shot send reports, it does not
-  wait a refusal out (the daemon does);
+- a connection that fails for a reason that may pass (TCP connection reset, DNS, timeout,
+  closed before the CONNACK) is retried with a short backoff until ``connect_timeout``; a TCP
+  connection refused (nothing listens there), a CONNACK that refuses the client (bad
+  credentials, not authorised, server busy, ...) or a server certificate that does not verify
+  fails at once: a one-shot send reports, it does not wait a refusal out (the daemon does);
+- while it waits, a command says so once on stderr (:class:`~swarmbus.transport.reach.WaitNotice`,
+  when the CLI enabled it);
 - a unique client id (``<prefix>-<agent>-send-<random>``), so a send never takes over the
   daemon's persistent session.
 
@@ -30,6 +33,7 @@ import time
 
 from swarmbus.errors import BrokerUnreachable, ConfigError, TimeoutExpired
 from swarmbus.transport import defer_import
+from swarmbus.transport.reach import WaitNotice, refused
 
 TYPE_CHECKING = False  # not from typing: see swarmbus.config
 if TYPE_CHECKING:
@@ -202,6 +206,8 @@ def _connect(mqtt: Any, broker: BrokerLike, client: Any, state: _State, protocol
         else:
             client.connect(broker.host, broker.effective_port, broker.keepalive)
     except (OSError, ValueError, mqtt.WebsocketConnectionError) as exc:
+        if isinstance(exc, ConnectionRefusedError):
+            raise refused(broker.url, broker.host, broker.effective_port) from None
         reason = f"{type(exc).__name__}: {exc}"
         if broker.tls and _cert_rejected(exc):
             raise BrokerUnreachable(f"broker unreachable ({broker.url}): {reason}", hint=_HINT) from None
@@ -221,26 +227,10 @@ def _connect(mqtt: Any, broker: BrokerLike, client: Any, state: _State, protocol
         raise BrokerUnreachable(f"broker unreachable ({broker.url}): connection refused: {reason}", hint=_HINT)
 
 
-def publish_once(broker: BrokerLike, topic: str, payload: bytes, *, agent_id: str | None,
-                 timeout: float = 10.0, retain: bool = False) -> str:
-    """Connect to ``broker``, publish ``payload`` on ``topic`` at QoS 1, wait for the PUBACK,
-    disconnect. Runs in the calling thread; returns the MQTT version used (``"5"`` or
-    ``"3.1.1"``). The client id is :func:`one_shot_client_id` for ``agent_id``, role ``send``.
-
-    Connecting (every attempt, including the 3.1.1 fallback) may take up to
-    ``broker.connect_timeout`` seconds; the PUBACK then up to ``timeout`` seconds.
-
-    :raises BrokerUnreachable: no connection within ``broker.connect_timeout`` (with the last
-        reason: refused, DNS, TLS, no CONNACK, ...), the broker refused the client, the
-        server certificate did not verify, or the connection dropped before the PUBACK.
-    :raises TimeoutExpired: no PUBACK within ``timeout`` seconds.
-    :raises ConfigError: the password file or the TLS files cannot be read.
-    """
-    mqtt = _paho()
-    password = broker.resolved_password()
-    client_id = one_shot_client_id(broker.client_id_prefix, agent_id, "send")
-    protocol = V311 if broker.protocol == V311 else V5
-    deadline = time.monotonic() + broker.connect_timeout
+def _connect_retrying(mqtt: Any, broker: BrokerLike, client_id: str, protocol: str, password: str | None,
+                      deadline: float) -> tuple[Any, _State, str]:
+    """Connect (falling back to 3.1.1, retrying what may pass) until ``deadline``; return the
+    connected client, its state and the MQTT version used."""
     delay = 0.1
     while True:
         state = _State()
@@ -262,7 +252,36 @@ def publish_once(broker: BrokerLike, topic: str, payload: bytes, *, agent_id: st
         except BaseException:
             _close(client)
             raise
-        break
+        return client, state, protocol
+
+
+def publish_once(broker: BrokerLike, topic: str, payload: bytes, *, agent_id: str | None,
+                 timeout: float = 10.0, retain: bool = False) -> str:
+    """Connect to ``broker``, publish ``payload`` on ``topic`` at QoS 1, wait for the PUBACK,
+    disconnect. Runs in the calling thread; returns the MQTT version used (``"5"`` or
+    ``"3.1.1"``). The client id is :func:`one_shot_client_id` for ``agent_id``, role ``send``.
+
+    Connecting (every attempt, including the 3.1.1 fallback) may take up to
+    ``broker.connect_timeout`` seconds; the PUBACK then up to ``timeout`` seconds.
+
+    :raises BrokerUnreachable: no connection within ``broker.connect_timeout`` (with the last
+        reason: DNS, timeout, no CONNACK, ...); at once when the TCP connection is refused
+        (nothing listens there), the broker refused the client or the server certificate did
+        not verify; or the connection dropped before the PUBACK.
+    :raises TimeoutExpired: no PUBACK within ``timeout`` seconds.
+    :raises ConfigError: the password file or the TLS files cannot be read.
+    """
+    mqtt = _paho()
+    password = broker.resolved_password()
+    client_id = one_shot_client_id(broker.client_id_prefix, agent_id, "send")
+    protocol = V311 if broker.protocol == V311 else V5
+    deadline = time.monotonic() + broker.connect_timeout
+    notice = WaitNotice(broker.host, broker.effective_port, broker.connect_timeout)
+    notice.arm()  # a connect may block (DNS, an unanswered SYN): the notice comes from a timer
+    try:
+        client, state, protocol = _connect_retrying(mqtt, broker, client_id, protocol, password, deadline)
+    finally:
+        notice.cancel()
     try:
         info = client.publish(topic, payload, qos=1, retain=retain)
         ack_deadline = time.monotonic() + timeout

@@ -78,7 +78,8 @@ def test_doctor_mcp_needs_the_mcp_package(relay: HookRelay, tmp_path: Path, fake
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mcp" else real_find_spec(name, *a))
     result = run_checks(relay, settings)["cc: mcp"]
-    assert result.status == "warn" and "swarmbus[mcp]" in result.fix
+    assert result.status == "fail" and "cannot import the `mcp` package" in result.summary
+    assert result.fix == f"{sys.executable} -m pip install 'swarmbus[mcp]'"
 
 
 def test_doctor_hook_not_needed_and_stale(relay: HookRelay, tmp_path: Path, fake_claude: Any) -> None:

@@ -38,8 +38,8 @@ class InitEnv(testing.InitHome):
     """The core's init harness, with the fake ``claude`` (its bin dir holds the fake systemctl too)
     and the Claude Code files init writes."""
 
-    def __init__(self, home: Path, root: Path, broker_url: str, fake: Any) -> None:
-        super().__init__(home, root, AGENT, bin_dir=fake.bin_dir, plugins="cc")
+    def __init__(self, home: Path, root: Path, broker_url: str, fake: Any, *, bus: bool = True) -> None:
+        super().__init__(home, root, AGENT, bin_dir=fake.bin_dir, plugins="cc", bus=bus)
         self.broker_url = broker_url
         self.fake = fake  # the FakeClaude of the plugin's conftest
 
@@ -73,20 +73,30 @@ class InitEnv(testing.InitHome):
         return systemctl + claude
 
 
-@pytest.fixture
-def cc_env(tmp_path_factory: pytest.TempPathFactory, home: Path, fake_claude: Any) -> Iterator[InitEnv]:
+def _init_env(tmp_path_factory: pytest.TempPathFactory, home: Path, fake_claude: Any, *, bus: bool) -> Iterator[InitEnv]:
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed (apt-get install mosquitto): the init tests need it")
     root = Path(tmp_path_factory.mktemp("ccinit"))
     # the fake systemctl goes next to the fake claude, which the fake_claude fixture put first on PATH
     assert os.environ["PATH"].split(os.pathsep)[0] == str(fake_claude.bin_dir)
     broker = start_broker(BrokerConfig(state_dir=root / "broker", port=free_port()))
-    ienv = InitEnv(home, root, broker.url, fake_claude)
+    ienv = InitEnv(home, root, broker.url, fake_claude, bus=bus)
     try:
         yield ienv
     finally:
-        ienv.kill_daemons()  # whatever the test did, no daemon the fake systemctl started outlives it
+        ienv.kill_daemons()  # whatever the test did, no daemon it started (systemctl, --detach) outlives it
         broker.stop()
+
+
+@pytest.fixture
+def cc_env(tmp_path_factory: pytest.TempPathFactory, home: Path, fake_claude: Any) -> Iterator[InitEnv]:
+    yield from _init_env(tmp_path_factory, home, fake_claude, bus=True)
+
+
+@pytest.fixture
+def cc_nobus_env(tmp_path_factory: pytest.TempPathFactory, home: Path, fake_claude: Any) -> Iterator[InitEnv]:
+    """No user bus: the fake systemctl fails like the real one in a container, root shell or CI."""
+    yield from _init_env(tmp_path_factory, home, fake_claude, bus=False)
 
 
 def test_dry_run_on_a_fresh_home_writes_nothing(cc_env: InitEnv) -> None:
@@ -129,7 +139,9 @@ def test_init_second_init_rewake_and_uninit(cc_env: InitEnv) -> None:
     assert environment["SWARMBUS_STATE_DIR"] == str(cc_env.state_dir)
     assert environment["PATH"].split(os.pathsep)[0] == str(cc_env.fake.bin_dir)  # the daemon finds this claude
 
-    assert tomllib.loads(cc_env.config_path.read_text()) == {"agent_id": AGENT, "broker": {"url": cc_env.broker_url}}
+    # everything the daemon needs is in the config file too: `swarmbus start` by hand behaves the same
+    assert tomllib.loads(cc_env.config_path.read_text()) == {"agent_id": AGENT, "host_type": "cc",
+                                                             "broker": {"url": cc_env.broker_url}}
     assert cc_env.skill.read_text() == skill_text(AGENT)
 
     # the MCP server, registered through the fake `claude mcp add -s user`
@@ -139,7 +151,9 @@ def test_init_second_init_rewake_and_uninit(cc_env: InitEnv) -> None:
                          "--", sys.executable, "-m", "swarmbus", "mcp-server", "--agent-id", AGENT]]
     entry = json.loads(cc_env.claude_json.read_text())["mcpServers"]["swarmbus"]
     assert entry == mcp_entry(AGENT, cc_env.locators)
-    assert not cc_env.settings_json.exists()  # resume mode (the default) needs no hook
+    # resume mode (the default) needs no wake hook; the SessionStart hook starts the daemon in every mode
+    assert json.loads(cc_env.settings_json.read_text()) == {
+        "hooks": {"SessionStart": [{"hooks": [hook_entry(AGENT, "SessionStart", cc_env.locators)]}]}}
 
     manifest = json.loads(cc_env.manifest.read_text())
     assert manifest["agent_id"] == AGENT and manifest["host_type"] == "cc"
@@ -151,7 +165,7 @@ def test_init_second_init_rewake_and_uninit(cc_env: InitEnv) -> None:
 
     # exactly the files above, nothing else outside the daemon's state
     assert set(cc_env.tree()) == {".config/systemd/user/" + UNIT, ".config/swarmbus/config.toml",
-                                  ".claude/skills/swarmbus/SKILL.md", ".claude.json"}
+                                  ".claude/skills/swarmbus/SKILL.md", ".claude.json", ".claude/settings.json"}
 
     assert cc_env.mutating_since() == [["systemctl", "--user", "daemon-reload"],
                                        ["systemctl", "--user", "enable", UNIT],
@@ -182,7 +196,8 @@ def test_init_second_init_rewake_and_uninit(cc_env: InitEnv) -> None:
     assert proc.returncode == 0, text
     assert "[✓] cc: hook: changed" in proc.stdout and f"{AGENT} is set up" in proc.stdout, text
     settings = json.loads(cc_env.settings_json.read_text())
-    assert settings == {"hooks": {"Stop": [{"hooks": [hook_entry(AGENT, "Stop", cc_env.locators)]}]}}
+    assert settings == {"hooks": {"Stop": [{"hooks": [hook_entry(AGENT, "Stop", cc_env.locators)]}],
+                                  "SessionStart": [{"hooks": [hook_entry(AGENT, "SessionStart", cc_env.locators)]}]}}
     new_pid = cc_env.daemon_pid()
     assert new_pid and new_pid != pid and pid_alive(new_pid) and not pid_alive(pid), text
     wait_for(lambda: (cc_env.status() or {}).get("pid") == new_pid, 20, "the restarted daemon's control socket")
@@ -228,3 +243,65 @@ def test_init_second_init_rewake_and_uninit(cc_env: InitEnv) -> None:
     assert set(cc_env.tree()) == {".config/swarmbus/config.toml", ".claude.json"}
     proc = cc_env.swarmbus("uninit", "--agent-id", AGENT)
     assert proc.returncode == 0 and "nothing to undo" in proc.stdout, out(proc)
+
+
+USER_CONFIG = """\
+# swarmbus for my Claude Code agent -- keep this comment
+log_level = "warning"  # quiet
+
+[plugins.cc]
+# headless wakes in this project
+cwd = "/tmp"
+"""
+
+
+def test_init_without_a_user_bus_runs_the_daemon_detached(cc_nobus_env: InitEnv) -> None:
+    env = cc_nobus_env
+    env.config_path.parent.mkdir(parents=True)
+    env.config_path.write_text(USER_CONFIG)
+    proc = env.init()
+    text = out(proc)
+    assert proc.returncode == 0, text
+    pid = env.detached_pid()
+    assert pid and pid_alive(pid), text + env.detached_log()
+    assert f"{AGENT} is set up: its daemon runs detached (pid {pid}" in proc.stdout, text
+    assert "Failed to connect to bus: No medium found" in proc.stdout and "does not survive a reboot" in proc.stdout
+    assert "SessionStart hook" in proc.stdout and "none failed" in proc.stdout, text
+    status = env.status() or {}
+    assert status.get("pid") == pid and status["supervisor"] == "detached" and status.get("connected"), status
+    assert not env.unit_path.exists()
+    # the skill, the MCP server, the SessionStart hook; the config keeps the user's comments
+    assert env.skill.read_text() == skill_text(AGENT)
+    assert json.loads(env.claude_json.read_text())["mcpServers"]["swarmbus"] == mcp_entry(AGENT, env.locators)
+    start_hook = hook_entry(AGENT, "SessionStart", env.locators)
+    assert json.loads(env.settings_json.read_text()) == {"hooks": {"SessionStart": [{"hooks": [start_hook]}]}}
+    config = env.config_path.read_text()
+    assert config.startswith("# swarmbus for my Claude Code agent -- keep this comment\nlog_level")
+    assert "# headless wakes in this project" in config
+    assert tomllib.loads(config) == {"log_level": "warning", "plugins": {"cc": {"cwd": "/tmp"}}, "agent_id": AGENT,
+                                     "host_type": "cc", "broker": {"url": env.broker_url}}
+
+    # a second init changes nothing
+    tree, before = env.tree(), env.mark()
+    proc = env.init()
+    assert proc.returncode == 0 and "nothing to change" in proc.stdout, out(proc)
+    assert env.mutating_since(before) == [] and env.tree() == tree and env.detached_pid() == pid
+
+    # the SessionStart hook, run the way Claude Code runs it: starts a stopped daemon, prints nothing
+    assert env.swarmbus("stop", "--agent-id", AGENT).returncode == 0 and env.status() is None
+    for _ in range(2):  # the second time the daemon runs already: still nothing on stdout
+        hook = subprocess.run(["sh", "-c", start_hook["command"]], env=env.env, capture_output=True, text=True,
+                              timeout=start_hook["timeout"], stdin=subprocess.DEVNULL)
+        assert hook.returncode == 0 and hook.stdout == "", out(hook)
+        new_pid = env.detached_pid()
+        assert new_pid and new_pid != pid and (env.status() or {}).get("pid") == new_pid, env.detached_log()
+
+    # uninit: the hooks, skill, MCP entry go, the daemon stops, the config is as the user wrote it
+    proc = env.swarmbus("uninit", "--agent-id", AGENT)
+    text = out(proc)
+    assert proc.returncode == 0 and f"{AGENT}: what init wrote has been removed" in proc.stdout, text
+    assert not pid_alive(new_pid) and env.status() is None
+    assert env.config_path.read_text() == USER_CONFIG
+    assert not env.skill.exists() and not env.settings_json.exists() and not env.manifest.exists()
+    assert set(env.tree()) == {".config/swarmbus/config.toml", ".claude.json"}
+    assert not (env.agent_dir / "daemon.pid").exists() and not (env.agent_dir / "daemon.log").exists()

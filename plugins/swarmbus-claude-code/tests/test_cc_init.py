@@ -94,7 +94,12 @@ def test_rewake_init_writes_exactly_the_expected_files(tmp_path: Path, home: Pat
     assert entry == {"type": "command", "command": entry["command"], "timeout": 86400, "asyncRewake": True}
     assert entry["command"] == (f"{sys.executable} -m swarmbus wait --agent-id {AGENT} --consumer rewake --stderr "
                                 f"--exit-code 2 --timeout 86400 # swarmbus-cc agent={AGENT}")
-    assert list(settings_json) == ["hooks"] and list(settings_json["hooks"]) == ["Stop"]
+    assert list(settings_json) == ["hooks"] and list(settings_json["hooks"]) == ["Stop", "SessionStart"]
+    # in every mode, a SessionStart hook makes sure the daemon runs; it prints nothing and never fails
+    (start,) = settings_json["hooks"]["SessionStart"][0]["hooks"]
+    assert start == hook_entry(AGENT, "SessionStart") and start["timeout"] == 20
+    assert start["command"] == (f"{sys.executable} -m swarmbus start --agent-id {AGENT} --detach >/dev/null 2>&1 "
+                                f"|| true # swarmbus-cc-start agent={AGENT}")
 
     # a second run: nothing pending, nothing duplicated, claude not asked to add again
     second = apply(settings)
@@ -147,22 +152,26 @@ def test_switching_modes_moves_or_removes_the_hook(tmp_path: Path, home: Path, f
     runs = [apply(make_settings(tmp_path, wake_mode="rewake"))]
     runs.append(apply(make_settings(tmp_path, wake_mode="context")))
     assert runs[-1][2].status == "changed"
-    assert list(json.loads(path.read_text())["hooks"]) == ["UserPromptSubmit"]
+    assert sorted(json.loads(path.read_text())["hooks"]) == ["SessionStart", "UserPromptSubmit"]
     runs.append(apply(make_settings(tmp_path, wake_mode="resume")))
     assert runs[-1][2].status == "changed"
-    assert not path.exists()  # it held only our hook
+    # only the SessionStart hook is left
+    assert json.loads(path.read_text()) == {"hooks": {"SessionStart": [{"hooks": [hook_entry(AGENT, "SessionStart")]}]}}
     runs.append(apply(make_settings(tmp_path, wake_mode="resume")))
     assert [r.status for r in runs[-1]] == ["unchanged"] * 4
     runs.append(apply(make_settings(tmp_path, wake_mode="rewake", install_hook=False)))
-    assert not path.exists()
+    assert not path.exists()  # install_hook = false: neither hook; the file held only ours
     uninit(runs)
     assert files_under(home) == {".claude.json"}
 
 
-def test_resume_mode_installs_no_hook(tmp_path: Path, home: Path, fake_claude: Any) -> None:
+def test_resume_mode_installs_only_the_session_start_hook(tmp_path: Path, home: Path, fake_claude: Any) -> None:
     results = apply(make_settings(tmp_path))
-    assert [r.status for r in results] == ["changed", "changed", "unchanged", "unchanged"]
-    assert files_under(home) == {".claude.json", ".claude/skills/swarmbus/SKILL.md"}
+    assert [r.status for r in results] == ["changed", "changed", "changed", "unchanged"]
+    assert files_under(home) == {".claude.json", ".claude/skills/swarmbus/SKILL.md", ".claude/settings.json"}
+    data = json.loads((home / ".claude/settings.json").read_text())
+    assert data == {"hooks": {"SessionStart": [{"hooks": [hook_entry(AGENT, "SessionStart")]}]}}
+    assert [r.status for r in apply(make_settings(tmp_path))] == ["unchanged"] * 4
 
 
 def test_a_different_mcp_entry_is_replaced(tmp_path: Path, home: Path, fake_claude: Any) -> None:

@@ -41,8 +41,8 @@ UNIT = f"swarmbus-{AGENT}.service"
 class InitEnv(testing.InitHome):
     """The core's init harness, with the OpenClaw skill init writes."""
 
-    def __init__(self, home: Path, root: Path, broker_url: str) -> None:
-        super().__init__(home, root, AGENT, plugins="openclaw")
+    def __init__(self, home: Path, root: Path, broker_url: str, *, bus: bool = True) -> None:
+        super().__init__(home, root, AGENT, plugins="openclaw", bus=bus)
         self.broker_url = broker_url
 
     @property
@@ -53,8 +53,8 @@ class InitEnv(testing.InitHome):
         return self.swarmbus("init", "--agent-id", AGENT, "--host-type", "openclaw", "--broker", self.broker_url)
 
 
-@pytest.fixture
-def oc_env(tmp_path_factory: pytest.TempPathFactory, isolated_home: Path, gateway: FakeGateway) -> Iterator[InitEnv]:
+def _oc_env(tmp_path_factory: pytest.TempPathFactory, isolated_home: Path, gateway: FakeGateway, *,
+            bus: bool) -> Iterator[InitEnv]:
     root = Path(tmp_path_factory.mktemp("ocinit"))
     home = isolated_home
     openclaw_json = home / ".openclaw" / "openclaw.json"
@@ -62,12 +62,24 @@ def oc_env(tmp_path_factory: pytest.TempPathFactory, isolated_home: Path, gatewa
     openclaw_json.write_text(json.dumps({"gateway": {"mode": "local", "port": gateway.port, "bind": "loopback",
                                                      "auth": {"mode": "token", "token": TOKEN}}}, indent=2))
     broker = start_broker(BrokerConfig(state_dir=root / "broker", port=free_port()))
-    ienv = InitEnv(home, root, broker.url)
+    ienv = InitEnv(home, root, broker.url, bus=bus)
     try:
         yield ienv
     finally:
         ienv.kill_daemons()  # whatever the test did, no daemon the fake systemctl started outlives it
         broker.stop()  # the fake gateway is stopped by its fixture, after this one
+
+
+@pytest.fixture
+def oc_env(tmp_path_factory: pytest.TempPathFactory, isolated_home: Path, gateway: FakeGateway) -> Iterator[InitEnv]:
+    yield from _oc_env(tmp_path_factory, isolated_home, gateway, bus=True)
+
+
+@pytest.fixture
+def oc_nobus_env(tmp_path_factory: pytest.TempPathFactory, isolated_home: Path,
+                 gateway: FakeGateway) -> Iterator[InitEnv]:
+    """No user bus: the fake systemctl fails like the real one in a container, root shell or CI."""
+    yield from _oc_env(tmp_path_factory, isolated_home, gateway, bus=False)
 
 
 def test_init_second_init_wake_and_uninit(oc_env: InitEnv, gateway: FakeGateway) -> None:
@@ -132,7 +144,7 @@ def test_init_second_init_wake_and_uninit(oc_env: InitEnv, gateway: FakeGateway)
     assert proc.returncode == 0, text
     assert f"nothing to change: {AGENT} was already set up, and doctor passes" in proc.stdout, text
     assert "is set up:" not in proc.stdout, text
-    assert [c for c in oc_env.systemctl_calls()[ncalls:] if not {"is-enabled", "is-active"} & set(c)] == [], text
+    assert oc_env.mutating_calls(ncalls) == [], text
     assert oc_env.tree() == tree
     assert oc_env.daemon_pid() == pid and pid_alive(pid)
     assert len(gateway.connects) > nconnects  # the gateway was checked again
@@ -164,3 +176,47 @@ def test_init_second_init_wake_and_uninit(oc_env: InitEnv, gateway: FakeGateway)
     assert set(oc_env.tree()) == {".openclaw/openclaw.json"}  # OpenClaw's own config is left alone
     proc = oc_env.swarmbus("uninit", "--agent-id", AGENT)
     assert proc.returncode == 0 and "nothing to undo" in proc.stdout, out(proc)
+
+
+USER_CONFIG = """\
+# the OpenClaw agent on this box -- keep this comment
+log_level = "warning"
+"""
+
+
+def test_init_without_a_user_bus_runs_the_daemon_detached(oc_nobus_env: InitEnv, gateway: FakeGateway) -> None:
+    env = oc_nobus_env
+    env.config_path.parent.mkdir(parents=True)
+    env.config_path.write_text(USER_CONFIG)
+    proc = env.init()
+    text = out(proc)
+    assert proc.returncode == 0, text
+    pid = env.detached_pid()
+    assert pid and pid_alive(pid), text + env.detached_log()
+    assert f"{AGENT} is set up: its daemon runs detached (pid {pid}" in proc.stdout, text
+    assert "Failed to connect to bus: No medium found" in proc.stdout and "@reboot" in proc.stdout, text
+    assert "none failed" in proc.stdout and TOKEN not in proc.stdout + proc.stderr, text
+    status = env.status() or {}
+    assert status.get("pid") == pid and status["supervisor"] == "detached" and status.get("connected"), status
+    assert env.skill.exists() and not env.unit_path.exists()
+    config = env.config_path.read_text()
+    assert config.startswith(USER_CONFIG) and 'host_type = "openclaw"' in config and TOKEN not in config
+
+    tree = env.tree()
+    proc = env.init()
+    assert proc.returncode == 0 and "nothing to change" in proc.stdout, out(proc)
+    assert env.tree() == tree and env.detached_pid() == pid and env.mutating_calls() == []
+
+    # a message wakes OpenClaw through the detached daemon, which read host_type from the config file
+    body = f"MARKER-OC-DETACHED {time.time_ns()}"
+    send = env.swarmbus("send", "--agent-id", "peer", "--to", AGENT, "--priority", "high", "--subject", "s",
+                        "--body", body)
+    assert send.returncode == 0, out(send)
+    gateway.wait_for(lambda g: next((p for p in g.agent_params() if body in p.get("message", "")), None), timeout=30)
+
+    proc = env.swarmbus("uninit", "--agent-id", AGENT)
+    text = out(proc)
+    assert proc.returncode == 0 and f"{AGENT}: what init wrote has been removed" in proc.stdout, text
+    assert not pid_alive(pid) and env.status() is None
+    assert env.config_path.read_text() == USER_CONFIG
+    assert set(env.tree()) == {".openclaw/openclaw.json", ".config/swarmbus/config.toml"}

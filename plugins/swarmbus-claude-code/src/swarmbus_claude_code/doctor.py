@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from swarmbus import CheckResult, DoctorCheck, DoctorContext, ProvisionError
-from swarmbus_claude_code import hooks_json
+from swarmbus_claude_code import hooks_json, mcp_probe
 from swarmbus_claude_code.install import (
     claude_version as _claude_version,
 )
@@ -50,6 +50,9 @@ def check_claude(ctx: DoctorContext) -> CheckResult:
 def check_mcp(ctx: DoctorContext) -> CheckResult:
     agent = _agent(ctx)
     current = current_mcp_entry()
+    cannot_start = _server_cannot_start(ctx, current)
+    if cannot_start is not None:
+        return cannot_start
     if current is None:
         return CheckResult("warn", "the swarmbus MCP server is not registered in ~/.claude.json (user scope)",
                            fix=_init_fix(ctx))
@@ -57,10 +60,30 @@ def check_mcp(ctx: DoctorContext) -> CheckResult:
         args = current.get("args") if isinstance(current, dict) else None
         return CheckResult("warn", f"the swarmbus MCP server is registered differently: {current.get('command') if isinstance(current, dict) else current} {args}",
                            fix=_init_fix(ctx))
-    if isinstance(current, dict) and current.get("command") == sys.executable and importlib.util.find_spec("mcp") is None:
-        return CheckResult("warn", "the swarmbus MCP server is registered but the `mcp` package is not installed, "
-                           "so it cannot start", fix="pip install 'swarmbus[mcp]' (into the same environment)")
     return CheckResult("ok", "swarmbus MCP server registered (user scope, ~/.claude.json)")
+
+
+def _server_cannot_start(ctx: DoctorContext, entry: Any) -> CheckResult | None:
+    """A failure when the Python that runs the MCP server (the registered entry's, or with none
+    registered this one, which init registers) cannot import ``swarmbus`` or the ``mcp`` SDK."""
+    python = sys.executable if entry is None else mcp_probe.interpreter(entry)
+    if python is None:  # not a Python command we can look into
+        return None
+    server = "the swarmbus MCP server" + (" that init registers" if entry is None else "")
+    details = {"python": python}
+    try:
+        missing = mcp_probe.missing_packages(python)
+    except OSError as exc:
+        return CheckResult("fail", f"{server} runs {python}, which cannot be run: {exc}", fix=_init_fix(ctx),
+                           details=details)
+    if "swarmbus" in missing:
+        return CheckResult("fail", f"{server} runs {python}, which cannot import swarmbus, so it cannot start",
+                           fix=_init_fix(ctx) + " (it registers the Python that runs it)", details=details)
+    if "mcp" in missing:
+        fix = f"{python} -m pip install 'swarmbus[mcp]'" + (f", then {_init_fix(ctx)}" if entry is None else "")
+        return CheckResult("fail", f"{server} runs {python}, which cannot import the `mcp` package (the "
+                           "swarmbus[mcp] extra), so it cannot start", fix=fix, details=details)
+    return None
 
 
 def check_skill(ctx: DoctorContext) -> CheckResult:

@@ -3,8 +3,9 @@
 ``hooks.<Event>`` in ``~/.claude/settings.json`` is a *list* of matcher groups shared with the
 user's own hooks, so a plain "set this key path" change cannot own it: setting the whole list
 would overwrite the user's hooks, and undoing it would delete them. Instead swarmbus owns
-exactly one hook entry per agent, recognised by a marker comment at the end of its shell
-command (``# swarmbus-cc agent=<id>``):
+exactly one hook entry per agent and role, recognised by a marker comment at the end of its
+shell command: ``# swarmbus-cc agent=<id>`` for the wake hook (Stop or UserPromptSubmit, by wake
+mode) and ``# swarmbus-cc-start agent=<id>`` for the SessionStart hook that starts the daemon:
 
 - ``add`` removes every entry carrying the marker (under any event, so switching wake modes
   moves the hook), then appends one group ``{"hooks": [<entry>]}`` under the event. Running it
@@ -27,11 +28,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-EVENTS = ("Stop", "UserPromptSubmit")
+EVENTS = ("Stop", "UserPromptSubmit", "SessionStart")
+ROLES = ("wake", "start")
 
 
-def marker_for(agent_id: str) -> str:
-    return f"# swarmbus-cc agent={agent_id}"
+def marker_for(agent_id: str, role: str = "wake") -> str:
+    """The comment that ends our hook's command: ``wake`` (the wake mode's hook) or ``start``
+    (the SessionStart hook that starts the daemon)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown hook role {role!r}")
+    return f"# swarmbus-cc agent={agent_id}" if role == "wake" else f"# swarmbus-cc-start agent={agent_id}"
 
 
 def _is_ours(entry: Any, marker: str) -> bool:
@@ -153,11 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agent-id", required=True)
     p.add_argument("--event", required=True, choices=EVENTS)
     p.add_argument("--hook", required=True, help="the hook entry, as JSON")
+    p.add_argument("--role", choices=ROLES, default="wake", help="which of our hooks (default wake)")
     p = sub.add_parser("remove")
     p.add_argument("--settings", required=True, type=Path)
     p.add_argument("--agent-id", required=True)
+    p.add_argument("--role", choices=ROLES, default="wake", help="which of our hooks (default wake)")
     args = parser.parse_args(argv)
-    marker = marker_for(args.agent_id)
+    marker = marker_for(args.agent_id, args.role)
     try:
         if args.action == "add":
             changed = add(args.settings, args.event, json.loads(args.hook), marker)

@@ -6,7 +6,11 @@
   same entry written into ``~/.claude.json`` directly.
 - ``hook``: the Stop (rewake) or UserPromptSubmit (context) hook in
   ``~/.claude/settings.json``, see :mod:`swarmbus_claude_code.hooks_json`; when no hook is
-  wanted, a swarmbus hook left from an earlier mode is removed.
+  wanted, a swarmbus hook left from an earlier mode is removed. In every wake mode also a
+  SessionStart hook that makes sure the agent's daemon runs (``swarmbus start --detach``: a
+  no-op costing one socket round trip when it runs, whoever supervises it; it prints nothing
+  Claude Code would add to the context and never fails the session). ``install_hook = false``
+  installs neither.
 - ``verify``: ``claude --version``.
 """
 
@@ -33,6 +37,8 @@ from swarmbus_claude_code.settings import (
 MCP_NAME = "swarmbus"
 REWAKE_TIMEOUT = 86400
 CONTEXT_TIMEOUT = 30
+START_TIMEOUT = 20
+"""Seconds Claude Code gives the SessionStart hook (``start --detach`` waits up to 10 s for a new daemon)."""
 
 
 # -- the skill -------------------------------------------------------------------------------
@@ -151,18 +157,26 @@ def hook_command(agent_id: str, event: str, env: dict[str, str] | None = None) -
                 "--stderr", "--exit-code", "2", "--timeout", str(REWAKE_TIMEOUT)]
     elif event == "UserPromptSubmit":
         argv = [sys.executable, "-m", "swarmbus", "cc-context", "--agent-id", agent_id]
+    elif event == "SessionStart":
+        argv = [sys.executable, "-m", "swarmbus", "start", "--agent-id", agent_id, "--detach"]
     else:
         raise ValueError(f"no swarmbus hook for {event}")
     prefix = [f"{k}={shlex.quote(v)}" for k, v in sorted((locator_env() if env is None else env).items())]
     # The context hook must never block the user's prompt (exit 2 would), whatever happens.
     never_block = ["|| true"] if event == "UserPromptSubmit" else []
-    return " ".join([*prefix, shlex.join(argv), *never_block, hooks_json.marker_for(agent_id)])
+    if event == "SessionStart":
+        # SessionStart's stdout becomes context for the model: say nothing; never fail the session
+        never_block = [">/dev/null 2>&1 || true"]
+    role = "start" if event == "SessionStart" else "wake"
+    return " ".join([*prefix, shlex.join(argv), *never_block, hooks_json.marker_for(agent_id, role)])
 
 
 def hook_entry(agent_id: str, event: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     command = hook_command(agent_id, event, env)
     if event == "Stop":
         return {"type": "command", "command": command, "timeout": REWAKE_TIMEOUT, "asyncRewake": True}
+    if event == "SessionStart":
+        return {"type": "command", "command": command, "timeout": START_TIMEOUT}
     return {"type": "command", "command": command, "timeout": CONTEXT_TIMEOUT}
 
 
@@ -170,11 +184,13 @@ def _hooks_argv(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "swarmbus_claude_code.hooks_json", *args)
 
 
-def hook_changes(cfg: CCSettings, agent_id: str) -> list[Any]:
+def _hook_change(agent_id: str, event: str | None, role: str) -> RunCommand:
+    """Install our ``role`` hook under ``event`` (undo removes it), or with ``event`` None
+    remove one left from an earlier setup."""
     path = user_settings_path()
-    marker = hooks_json.marker_for(agent_id)
-    remove = _hooks_argv("remove", "--settings", str(path), "--agent-id", agent_id)
-    event = cfg.hook_event()
+    marker = hooks_json.marker_for(agent_id, role)
+    which = ("--role", role) if role != "wake" else ()  # the wake hook's argv as before roles (undo records match)
+    remove = _hooks_argv("remove", "--settings", str(path), "--agent-id", agent_id, *which)
     if event is None:
 
         def none_left() -> bool:
@@ -183,11 +199,18 @@ def hook_changes(cfg: CCSettings, agent_id: str) -> list[Any]:
             except (OSError, ValueError):
                 return True
 
-        return [RunCommand(remove, done=none_left)]
+        return RunCommand(remove, done=none_left)
     entry = hook_entry(agent_id, event)
-    add = _hooks_argv("add", "--settings", str(path), "--agent-id", agent_id, "--event", event,
+    add = _hooks_argv("add", "--settings", str(path), "--agent-id", agent_id, "--event", event, *which,
                       "--hook", json.dumps(entry, separators=(",", ":")))
-    return [RunCommand(add, done=lambda: hooks_json.is_installed(path, event, entry, marker), undo=remove)]
+    return RunCommand(add, done=lambda: hooks_json.is_installed(path, event, entry, marker), undo=remove)
+
+
+def hook_changes(cfg: CCSettings, agent_id: str) -> list[Any]:
+    """The wake mode's hook (or removing a stale one), then the SessionStart hook that starts the
+    daemon (none when ``install_hook = false``)."""
+    start = None if cfg.install_hook is False else "SessionStart"
+    return [_hook_change(agent_id, cfg.hook_event(), "wake"), _hook_change(agent_id, start, "start")]
 
 
 # -- verify ------------------------------------------------------------------------------------

@@ -54,7 +54,8 @@ class CCSettings(BaseModel):
     """Trusted operator text appended to every wake prompt (and to hook context)."""
     install_hook: bool | None = None
     """None or True: ``swarmbus init`` installs the hook the wake mode needs (rewake: Stop,
-    context: UserPromptSubmit; resume needs none). False: you manage settings.json yourself."""
+    context: UserPromptSubmit; resume needs none) and, in every mode, the SessionStart hook that
+    starts the daemon. False: you manage settings.json yourself."""
     env_passthrough: list[str] = Field(default_factory=list)
     """Extra environment variable names passed to headless wakes (e.g. ANTHROPIC_API_KEY,
     ANTHROPIC_BASE_URL). Broker variables (SWARMBUS_BROKER_*, MQTT_*) are refused."""

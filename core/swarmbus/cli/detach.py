@@ -1,0 +1,233 @@
+"""``swarmbus start --detach``, ``swarmbus stop`` and ``swarmbus status``: the daemon without a
+service manager (the mechanism is :mod:`swarmbus.supervise`).
+
+``start --detach`` on an agent whose daemon already runs is one socket round trip and never
+imports pydantic or paho, so a Claude Code SessionStart hook can run it on every session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from swarmbus.cli.common import FLAG_KEYS, raw_config
+from swarmbus.envelope import validate_own_id
+from swarmbus.errors import SwarmbusError, UsageError
+from swarmbus.paths import AgentPaths
+from swarmbus.supervise import (
+    RunningDaemon,
+    StartFailed,
+    find_daemon,
+    lock_holder,
+    log_path,
+    read_pid_file,
+    spawn,
+    stop,
+    unit_name,
+)
+
+TYPE_CHECKING = False  # typing costs the fast path ~4 ms
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def _agent_paths(args: argparse.Namespace) -> AgentPaths:
+    raw = raw_config(args)
+    agent_id = raw.get("agent_id")
+    if not agent_id:
+        raise UsageError(f"swarmbus {args.command} needs --agent-id ID (or SWARMBUS_AGENT_ID, or agent_id in the config file)")
+    return AgentPaths.for_agent(validate_own_id(str(agent_id)), raw.get("state_dir"))
+
+
+def _since(started_at: Any) -> str:
+    if not isinstance(started_at, int | float):
+        return "?"
+    seconds = max(0, int(time.time() - started_at))
+    up = f"{seconds // 86400}d {seconds % 86400 // 3600}h" if seconds >= 86400 else (
+        f"{seconds // 3600}h {seconds % 3600 // 60}m" if seconds >= 3600 else f"{seconds // 60}m {seconds % 60}s")
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started_at))} (up {up})"
+
+
+def _log_for(supervisor: str, paths: AgentPaths) -> str:
+    """Where the daemon's output goes, as the user would look at it."""
+    unit = unit_name(paths.agent_id)
+    if supervisor == "systemd":
+        return f"journalctl --user -u {unit}.service"
+    if supervisor == "launchd":
+        return str(Path.home() / "Library" / "Logs" / "swarmbus" / f"{unit}.log")
+    if supervisor == "detached":
+        return str(log_path(paths))
+    if supervisor == "foreground":
+        return "the terminal (or supervisor) that runs it"
+    return f"{log_path(paths)} if it was started detached"
+
+
+def _describe(daemon: RunningDaemon) -> str:
+    status = daemon.status or {}
+    return f"pid {daemon.pid}, {daemon.supervisor}, since {_since(status.get('started_at'))}"
+
+
+# -- start --detach -----------------------------------------------------------------------------
+def _forwarded_flags(args: argparse.Namespace, agent_id: str) -> list[str]:
+    """The flags of this ``start`` for the daemon it spawns (everything but ``--detach``)."""
+    argv = ["--agent-id", agent_id]
+    if getattr(args, "config", None):
+        argv += ["--config", str(args.config)]
+    for key, dest, flag in FLAG_KEYS:
+        value = getattr(args, dest, None)
+        if value is None or key == "agent_id":
+            continue
+        if dest == "tls":
+            argv.append("--tls" if value else "--no-tls")
+        elif dest == "archive":
+            if value is False:
+                argv.append("--no-archive")
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def start_detached(args: argparse.Namespace) -> int:
+    """``swarmbus start --detach``: 0 when the daemon runs (already, or now), 1 when it could not
+    be started (the reason and the log's last lines on stderr)."""
+    paths = _agent_paths(args)
+    agent_id = paths.agent_id
+    running = find_daemon(paths)
+    if running is not None:
+        print(f"{agent_id}'s daemon already runs ({_describe(running)})")
+        return 0
+    from swarmbus.cli.common import load_settings_for
+
+    load_settings_for(args)  # a bad flag or config file fails here with its reason, not in the log
+    argv = [sys.executable, "-m", "swarmbus", "start", *_forwarded_flags(args, agent_id)]
+    try:
+        daemon = spawn(argv, paths, os.environ)
+    except StartFailed as exc:
+        sys.stderr.write(f"swarmbus: error: could not start {agent_id}'s daemon: {exc}\n")
+        if exc.tail:
+            sys.stderr.write(f"  last lines of {exc.log}:\n")
+            sys.stderr.write("".join(f"    {line}\n" for line in exc.tail))
+        else:
+            sys.stderr.write(f"  (nothing in {exc.log})\n")
+        return 1
+    status = daemon.status or {}
+    if daemon.supervisor != "detached" or read_pid_file(paths) != daemon.pid:
+        print(f"{agent_id}'s daemon already runs ({_describe(daemon)}): another start got there first")
+        return 0
+    broker = "connected to" if status.get("connected") else "connecting to"
+    print(f"started {agent_id}'s daemon: pid {daemon.pid}, {broker} {status.get('broker', 'the broker')}")
+    print(f"  log: {log_path(paths)}")
+    print(f"  stop it: swarmbus stop --agent-id {agent_id}   (it does not survive a reboot)")
+    return 0
+
+
+# -- stop -----------------------------------------------------------------------------------------
+def _systemctl_stop(daemon: RunningDaemon, paths: AgentPaths, timeout: float) -> int:
+    unit = f"{unit_name(paths.agent_id)}.service"
+    argv = ["systemctl", "--user", "stop", unit]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 10)
+        problem = None if proc.returncode == 0 else f"exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        problem = str(exc)
+    if problem:
+        sys.stderr.write(f"swarmbus: error: {paths.agent_id}'s daemon (pid {daemon.pid}) runs under systemd, and "
+                         f"`{' '.join(argv)}` failed: {problem}\n  hint: stop it through the unit that runs it "
+                         "(systemctl --user list-units 'swarmbus-*')\n")
+        return 1
+    from swarmbus.ownership import pid_alive
+
+    deadline = time.monotonic() + timeout
+    while pid_alive(daemon.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(f"stopped {paths.agent_id}'s daemon (pid {daemon.pid}) with `{' '.join(argv)}`; systemd starts it again "
+          f"at the next login. To stop it for good: swarmbus uninit --agent-id {paths.agent_id}")
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    """``swarmbus stop``: 0 stopped (or nothing ran), 1 it could not be stopped."""
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be more than 0 seconds")
+    paths = _agent_paths(args)
+    daemon = find_daemon(paths)
+    if daemon is not None and daemon.supervisor == "systemd":
+        return _systemctl_stop(daemon, paths, args.timeout)
+    result = stop(paths, timeout=args.timeout)
+    if args.remove_log:
+        for log in (log_path(paths), log_path(paths).with_name(log_path(paths).name + ".1")):
+            if log.exists():
+                log.unlink()
+                print(f"removed {log}")
+    if result.pid is None:
+        print(f"{paths.agent_id}'s daemon is not running")
+        if result.note:
+            print(f"  note: {result.note}")
+        return 0
+    how = f"SIGKILL: it did not exit within {args.timeout:g}s of SIGTERM" if result.killed else "SIGTERM"
+    print(f"stopped {paths.agent_id}'s daemon (pid {result.pid}, {how})")
+    if daemon is not None and daemon.supervisor == "launchd":
+        print(f"  launchd starts it again at the next login; to stop it for good: swarmbus uninit --agent-id {paths.agent_id}")
+    return 0
+
+
+# -- status ---------------------------------------------------------------------------------------
+def run_status(args: argparse.Namespace) -> int:
+    """``swarmbus status``: 0 running, 1 not running."""
+    paths = _agent_paths(args)
+    daemon = find_daemon(paths)
+    if daemon is None:
+        stale = read_pid_file(paths)
+        info: dict[str, Any] = {"agent_id": paths.agent_id, "running": False, "pid": None,
+                                "session_held_by": lock_holder(paths),
+                                "log": str(log_path(paths)) if log_path(paths).exists() else None}
+        if args.json:
+            print(json.dumps(info))
+            return 1
+        print(f"{paths.agent_id}: not running")
+        if stale is not None:
+            print(f"  stale pid file: pid {stale} (not this agent's daemon any more)")
+        if info["session_held_by"]:
+            print(f"  the agent's session is held by {info['session_held_by']} (not a daemon)")
+        if info["log"]:
+            print(f"  last detached run's log: {info['log']}")
+        print(f"  start it: swarmbus start --agent-id {paths.agent_id} --detach")
+        return 1
+    status = daemon.status or {}
+    info = {"agent_id": paths.agent_id, "running": True, "pid": daemon.pid, "supervisor": daemon.supervisor,
+            "started_at": status.get("started_at"), "log": _log_for(daemon.supervisor, paths),
+            "broker": status.get("broker"), "connected": status.get("connected"),
+            "responding": daemon.status is not None, "status": daemon.status}
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"{paths.agent_id}: running (pid {daemon.pid})")
+    if daemon.status is None:
+        print("  its control socket does not answer (starting, stopping, or stuck)")
+    else:
+        print(f"  since:      {_since(status.get('started_at'))}")
+    supervisor = daemon.supervisor
+    if supervisor == "systemd":
+        supervisor += f" (unit {unit_name(paths.agent_id)}.service)"
+    elif supervisor == "detached":
+        supervisor += " (swarmbus start --detach; does not survive a reboot)"
+    print(f"  supervisor: {supervisor}")
+    print(f"  log:        {info['log']}")
+    if daemon.status is not None:
+        link = "connected" if status.get("connected") else f"not connected ({status.get('last_error') or 'connecting'})"
+        print(f"  broker:     {status.get('broker')}, {link}")
+        print(f"  version:    {status.get('version')}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "stop":
+        return run_stop(args)
+    if args.command == "status":
+        return run_status(args)
+    raise SwarmbusError(f"swarmbus.cli.detach does not run {args.command!r}")  # pragma: no cover

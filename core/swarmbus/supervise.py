@@ -1,0 +1,322 @@
+"""The daemon's lifecycle outside a service manager: find it, start it detached, stop it.
+
+Where no user service manager works (containers, root shells, WSL, CI runners), ``swarmbus
+start --detach`` runs the daemon in a session of its own, its output appended to
+``<state>/agents/<id>/daemon.log`` and its pid in ``daemon.pid`` (both 0600). It is the user's
+own daemon: it gets the user's whole environment, plus ``SWARMBUS_SUPERVISOR=detached`` so that
+its status says how it runs.
+
+Which process *is* the agent's daemon is decided by what cannot go stale: the control socket's
+answer (its ``pid``), else the ownership lock (``daemon.lock`` is held by a live process, which
+wrote ``daemon pid N`` into it). The pid file is only a hint: a pid from it is never signalled
+unless the socket or the lock confirm it (pids are reused), and on Linux the process's command
+line must be a ``swarmbus start`` as well.
+
+Stdlib only (plus the stdlib-only control client and lock), so ``start --detach`` on an agent
+whose daemon already runs costs one socket round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swarmbus.control import daemon_status
+from swarmbus.errors import SwarmbusError
+from swarmbus.ownership import owner_of, pid_alive
+from swarmbus.paths import AgentPaths
+
+SUPERVISOR_ENV = "SWARMBUS_SUPERVISOR"
+"""Set by whatever starts the daemon: ``systemd``, ``launchd`` (in the unit init writes) or
+``detached`` (``start --detach``); absent means ``foreground`` (someone's terminal)."""
+PID_FILE = "daemon.pid"
+LOG_FILE = "daemon.log"
+READY_TIMEOUT = 10.0
+"""Seconds ``start --detach`` waits for the new daemon's control socket to answer."""
+STOP_TIMEOUT = 20.0
+"""Seconds ``stop`` waits for the daemon to exit after SIGTERM before it sends SIGKILL."""
+LOG_ROTATE_BYTES = 10 << 20
+"""A ``daemon.log`` larger than this (10 MiB) is moved to ``daemon.log.1`` at the next start."""
+_LOCK_RECORD = re.compile(r"\Adaemon pid (\d+)\Z")
+
+
+def pid_path(paths: AgentPaths) -> Path:
+    """``<agent dir>/daemon.pid``: the pid of the daemon ``start --detach`` started."""
+    return paths.root / PID_FILE
+
+
+def log_path(paths: AgentPaths) -> Path:
+    """``<agent dir>/daemon.log``: the detached daemon's stdout and stderr."""
+    return paths.root / LOG_FILE
+
+
+def current_supervisor() -> str:
+    """How this process (a daemon) is run: ``systemd``, ``launchd``, ``detached`` or ``foreground``."""
+    named = os.environ.get(SUPERVISOR_ENV, "")
+    if named in ("systemd", "launchd", "detached"):
+        return named
+    if os.environ.get("INVOCATION_ID"):  # systemd sets it for every unit it runs
+        return "systemd"
+    return "foreground"
+
+
+def unit_name(agent_id: str) -> str:
+    """The systemd user unit / launchd label stem ``swarmbus init`` installs for ``agent_id``."""
+    return f"swarmbus-{agent_id}"
+
+
+@dataclass(frozen=True)
+class RunningDaemon:
+    """A live daemon for the agent: its ``pid``, and ``status`` (the control socket's answer,
+    see :mod:`swarmbus.control`), or None when only the ownership lock says it runs (its socket
+    does not answer: starting, stopping or stuck)."""
+
+    pid: int
+    status: dict[str, Any] | None
+
+    @property
+    def supervisor(self) -> str:
+        """``systemd``, ``launchd``, ``detached``, ``foreground``, or ``unknown``."""
+        if self.status is not None:
+            return str(self.status.get("supervisor") or "unknown")
+        return _supervisor_from_environ(self.pid)
+
+
+def find_daemon(paths: AgentPaths, *, socket_timeout: float = 2.0) -> RunningDaemon | None:
+    """The agent's live daemon, or None. Asks the control socket first (one round trip), then
+    the ownership lock (only a process named ``daemon pid N`` counts: a one-shot reader holding
+    the session is not a daemon)."""
+    status = daemon_status(paths.socket, timeout=socket_timeout)
+    if status and status.get("agent_id") == paths.agent_id and isinstance(status.get("pid"), int):
+        return RunningDaemon(int(status["pid"]), status)
+    match = _LOCK_RECORD.match(owner_of(paths.lock) or "")
+    if match and pid_alive(int(match.group(1))):
+        return RunningDaemon(int(match.group(1)), None)
+    return None
+
+
+def lock_holder(paths: AgentPaths) -> str | None:
+    """Who holds the agent's receive session (``"read pid 12"``), or None."""
+    return owner_of(paths.lock)
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """``/proc/<pid>/cmdline`` split into words, or None when it cannot be read (no /proc)."""
+    try:
+        data = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [w.decode("utf-8", "replace") for w in data.split(b"\0") if w]
+
+
+def _supervisor_from_environ(pid: int) -> str:
+    try:
+        data = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return "unknown"
+    env = dict(w.decode("utf-8", "replace").partition("=")[::2] for w in data.split(b"\0") if b"=" in w)
+    named = env.get(SUPERVISOR_ENV, "")
+    if named in ("systemd", "launchd", "detached"):
+        return named
+    return "systemd" if env.get("INVOCATION_ID") else "foreground"
+
+
+def looks_like_daemon(pid: int, agent_id: str) -> bool | None:
+    """Whether process ``pid`` runs ``swarmbus ... start`` (and, when its command line names
+    one, ``--agent-id agent_id``): True, False, or None when this system does not tell (no /proc)."""
+    words = _cmdline(pid)
+    if words is None:
+        return None if not pid_alive(pid) or not Path("/proc/self").exists() else False
+    if "start" not in words or not any("swarmbus" in w for w in words):
+        return False
+    if "--agent-id" in words:
+        at = words.index("--agent-id")
+        return at + 1 < len(words) and words[at + 1] == agent_id
+    return not any(w.startswith("--agent-id=") and w != f"--agent-id={agent_id}" for w in words)
+
+
+def read_pid_file(paths: AgentPaths) -> int | None:
+    """The pid in ``daemon.pid``, or None (absent or unreadable)."""
+    try:
+        return int(pid_path(paths).read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def remove_pid_file(paths: AgentPaths, pid: int | None = None) -> None:
+    """Remove ``daemon.pid`` (only when it names ``pid``, if given)."""
+    if pid is None or read_pid_file(paths) == pid:
+        with contextlib.suppress(FileNotFoundError):
+            pid_path(paths).unlink()
+
+
+# -- start --------------------------------------------------------------------------------------
+class StartFailed(SwarmbusError):
+    """The detached daemon exited, or did not answer on its socket in time. ``log`` is the log
+    file, ``tail`` its last lines written by this start."""
+
+    def __init__(self, message: str, *, log: Path, tail: list[str]) -> None:
+        super().__init__(message, hint=f"the whole log is {log}")
+        self.log = log
+        self.tail = tail
+
+
+def _open_log(paths: AgentPaths) -> tuple[int, int]:
+    """Open ``daemon.log`` for appending (0600; rotated when too large): (fd, offset)."""
+    log = log_path(paths)
+    with contextlib.suppress(OSError):
+        if log.stat().st_size > LOG_ROTATE_BYTES:
+            os.replace(log, log.with_name(LOG_FILE + ".1"))
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    offset = os.fstat(fd).st_size
+    os.write(fd, f"--- swarmbus start --detach at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ---\n".encode())
+    return fd, offset
+
+
+def log_tail(path: Path, offset: int = 0, lines: int = 20) -> list[str]:
+    """The last ``lines`` lines of ``path`` written after byte ``offset`` (at most 64 KiB read)."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(offset, size - 65536))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def _stop_quietly(pid: int) -> None:
+    """A child of ours that never got ready: its session goes, without waiting long."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def spawn(argv: Sequence[str], paths: AgentPaths, env: Mapping[str, str], *,
+          timeout: float = READY_TIMEOUT) -> RunningDaemon:
+    """Start ``argv`` (a foreground ``swarmbus start``) detached: new session, stdin
+    /dev/null, stdout and stderr appended to :func:`log_path`, ``env`` plus
+    ``SWARMBUS_SUPERVISOR=detached``; wait up to ``timeout`` seconds until its control socket
+    answers with its pid, then write :func:`pid_path`.
+
+    When the new process exits first because another daemon took the agent meanwhile (two
+    starts at once), that daemon is returned.
+
+    :raises StartFailed: it exited, or did not answer in time (then it is stopped).
+    :raises UsageError: the agent's state dir is not private to this user.
+    """
+    paths.ensure()
+    fd, offset = _open_log(paths)
+    log = log_path(paths)
+    try:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+                                env={**env, SUPERVISOR_ENV: "detached"}, start_new_session=True)
+    except OSError as exc:
+        raise StartFailed(f"cannot run {argv[0]}: {exc.strerror}", log=log, tail=[]) from None
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + timeout
+    while True:
+        status = daemon_status(paths.socket, timeout=1.0)
+        if status and status.get("pid") == proc.pid:
+            _write_private(pid_path(paths), f"{proc.pid}\n")
+            proc.returncode = 0  # it runs on without us: no "still running" warning when proc is collected
+            return RunningDaemon(proc.pid, status)
+        code = proc.poll()
+        if code is not None:
+            other = find_daemon(paths)
+            if other is not None:
+                return other  # another start won the race: that daemon serves the agent
+            raise StartFailed(f"the daemon exited with status {code} before it was ready", log=log,
+                              tail=log_tail(log, offset))
+        if time.monotonic() > deadline:
+            _stop_quietly(proc.pid)
+            proc.wait(5)
+            raise StartFailed(f"the daemon did not answer on its control socket within {timeout:g}s; it was stopped",
+                              log=log, tail=log_tail(log, offset))
+        time.sleep(0.05)
+
+
+# -- stop ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stopped:
+    """What :func:`stop` did: ``pid`` (None: nothing ran), ``killed`` (SIGKILL was needed),
+    ``note`` (one line for the user, e.g. a stale pid file left alone)."""
+
+    pid: int | None
+    killed: bool = False
+    note: str | None = None
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def stop(paths: AgentPaths, *, timeout: float = STOP_TIMEOUT) -> Stopped:
+    """Stop the agent's daemon with SIGTERM (it publishes its offline presence and exits), then
+    SIGKILL after ``timeout`` seconds. Only a process the socket or the lock confirm as the
+    daemon is signalled; a stale pid file is removed and its pid left alone.
+
+    :raises SwarmbusError: the process cannot be signalled (another user's), or it would not die.
+    """
+    daemon = find_daemon(paths)
+    if daemon is None:
+        stale = read_pid_file(paths)
+        remove_pid_file(paths)
+        holder = lock_holder(paths)
+        note = None
+        if stale is not None:
+            note = (f"the pid file named pid {stale}, which is not this agent's daemon (it holds neither the "
+                    "socket nor the lock): not signalled, pid file removed")
+        if holder:
+            note = (note + "; " if note else "") + f"the agent's session is held by {holder}, not by a daemon"
+        return Stopped(None, note=note)
+    pid = daemon.pid
+    if looks_like_daemon(pid, paths.agent_id) is False:
+        raise SwarmbusError(f"pid {pid} holds {paths.agent_id}'s daemon socket or lock but is not a `swarmbus start`; "
+                            "not signalled", hint=f"look at it yourself: ps -o pid,args -p {pid}")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        remove_pid_file(paths, pid)
+        return Stopped(pid)
+    except PermissionError:
+        raise SwarmbusError(f"not allowed to signal pid {pid} (another user's process)") from None
+    killed = False
+    if not _gone(pid, timeout):
+        killed = True
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(pid) == pid:  # a detached daemon leads its session: its wake children go too
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        if not _gone(pid, 5.0):
+            raise SwarmbusError(f"pid {pid} is still alive after SIGKILL")
+    remove_pid_file(paths, pid)
+    return Stopped(pid, killed=killed)
