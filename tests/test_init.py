@@ -573,3 +573,104 @@ def test_an_init_killed_half_way_can_be_undone(nobus_env: InitEnv, broker: Any, 
     assert pid and pid_alive(pid)
     nobus_env.pids.add(pid)
     _assert_uninit_undoes_everything(nobus_env, site, pid)
+
+
+# -- no user bus and no broker: a detached, kept broker too -------------------------------------------
+@pytest.mark.broker
+def test_init_without_a_user_bus_or_a_broker_starts_both_detached(nobus_env: InitEnv) -> None:
+    from swarmbus.dev_broker import answers_mqtt
+
+    port = free_port()  # nothing listens there: init starts the broker (never the machine's 1883)
+    broker_dir = nobus_env.state_dir / "broker" / str(port)
+    proc = nobus_env.swarmbus("init", "--agent-id", AGENT, "--port", str(port))
+    out = clean(proc)
+    assert proc.returncode == 0, out
+    keepers = testing.keeper_pids(nobus_env.state_dir)
+    broker_keeper = int((broker_dir / "keeper.lock").read_text().split()[2])
+    mosquitto = int((broker_dir / "broker.pid").read_text())
+    assert broker_keeper in keepers and pid_alive(mosquitto) and answers_mqtt("127.0.0.1", port), out
+    assert os.getsid(mosquitto) == broker_keeper
+    assert f"ran {sys.executable} -m swarmbus broker --detach --port {port}" in proc.stdout, out
+    assert f"the local broker (mosquitto on 127.0.0.1:{port}, kept by pid {broker_keeper}) runs detached too" \
+        in proc.stdout and f"swarmbus broker --stop --port {port}" in proc.stdout, out
+    assert "@reboot" in proc.stdout and "none failed" in proc.stdout, out
+    status = nobus_env.status() or {}
+    pid = nobus_env.detached_pid()
+    assert status.get("connected") and status["pid"] == pid and status["supervisor"] == "detached", status
+    assert status["broker"] == f"mqtt://localhost:{port}"
+    import tomllib
+
+    assert tomllib.loads(nobus_env.config_path.read_text()) == {"agent_id": AGENT, "broker": {"port": port}}
+    stop = [sys.executable, "-m", "swarmbus", "broker", "--stop", "--port", str(port), "--state-dir",
+            str(nobus_env.state_dir)]
+    assert {"kind": "command", "argv": stop} in json.loads(nobus_env.manifest.read_text())["undo"]
+    for path in (broker_dir, broker_dir / "broker.log", broker_dir / "keeper.json", broker_dir / "mosquitto.conf"):
+        assert path.stat().st_mode & 0o077 == 0, path
+
+    # by hand: it runs already, say so
+    proc = nobus_env.swarmbus("broker", "--detach", "--port", str(port))
+    assert proc.returncode == 0 and f"already runs (pid {mosquitto}, kept by pid {broker_keeper})" in proc.stdout, \
+        clean(proc)
+    proc = nobus_env.swarmbus("broker", "--status", "--port", str(port))
+    assert proc.returncode == 0 and f"mosquitto pid {mosquitto}, kept by pid {broker_keeper}" in proc.stdout, clean(proc)
+
+    # a second init changes nothing
+    tree = nobus_env.tree()
+    proc = nobus_env.swarmbus("init", "--agent-id", AGENT, "--port", str(port))
+    assert proc.returncode == 0 and "nothing to change" in proc.stdout, clean(proc)
+    assert nobus_env.tree() == tree and nobus_env.detached_pid() == pid
+    assert testing.keeper_pids(nobus_env.state_dir) == keepers
+
+    # uninit stops the daemon, its keeper, the broker and its keeper, and removes the config init wrote
+    proc = nobus_env.swarmbus("uninit", "--agent-id", AGENT)
+    out = clean(proc)
+    assert proc.returncode == 0 and "what init wrote has been removed" in proc.stdout, out
+    assert f"ran {' '.join(stop)}" in proc.stdout, out
+    assert not pid_alive(pid) and not pid_alive(mosquitto) and not any(pid_alive(k) for k in keepers)
+    assert testing.keeper_pids(nobus_env.state_dir) == set() and not answers_mqtt("127.0.0.1", port)
+    assert nobus_env.status() is None and not nobus_env.config_path.exists() and not nobus_env.manifest.exists()
+    proc = nobus_env.swarmbus("broker", "--status", "--port", str(port))
+    assert proc.returncode == 1 and "no detached broker runs" in proc.stdout, clean(proc)
+
+
+@pytest.mark.broker
+def test_uninit_leaves_a_broker_init_did_not_start(nobus_env: InitEnv) -> None:
+    from swarmbus.dev_broker import answers_mqtt
+
+    port = free_port()
+    proc = nobus_env.swarmbus("broker", "--detach", "--port", str(port))
+    assert proc.returncode == 0 and f"started the broker on mqtt://127.0.0.1:{port}" in proc.stdout, clean(proc)
+    assert "swarmbus broker --stop" in proc.stdout and "does not survive a reboot" in proc.stdout
+    proc = nobus_env.swarmbus("init", "--agent-id", AGENT, "--port", str(port))
+    assert proc.returncode == 0 and "broker --detach" not in proc.stdout.split("the local broker")[0], clean(proc)
+    assert nobus_env.swarmbus("uninit", "--agent-id", AGENT).returncode == 0
+    assert answers_mqtt("127.0.0.1", port) and testing.keeper_pids(nobus_env.state_dir)
+    proc = nobus_env.swarmbus("broker", "--stop", "--port", str(port))
+    assert proc.returncode == 0 and f"stopped the broker on port {port}" in proc.stdout, clean(proc)
+    assert not answers_mqtt("127.0.0.1", port) and not testing.keeper_pids(nobus_env.state_dir)
+
+
+@pytest.mark.broker
+def test_init_moves_a_detached_daemon_to_the_user_service(init_env: InitEnv, broker: Any) -> None:
+    # set up without a service, then start the daemon detached by hand (as the SessionStart hook would)
+    proc = init_env.swarmbus("init", "--agent-id", AGENT, "--broker", broker.url, "--service", "none")
+    assert proc.returncode == 0, clean(proc)
+    proc = init_env.swarmbus("start", "--agent-id", AGENT, "--detach")
+    assert proc.returncode == 0, clean(proc)
+    detached = init_env.detached_pid()
+    keepers = testing.keeper_pids(init_env.state_dir)
+    assert detached and keepers and (init_env.status() or {}).get("supervisor") == "detached"
+    # a user bus now works (or --service systemd): the detached daemon and its keeper make way for the unit's
+    proc = init_env.swarmbus("init", "--agent-id", AGENT, "--broker", broker.url, "--service", "systemd")
+    out = clean(proc)
+    assert proc.returncode == 0 and "runs as a user service" in proc.stdout and "none failed" in proc.stdout, out
+    assert f"-m swarmbus stop --agent-id {AGENT}" in proc.stdout, out
+    assert not pid_alive(detached) and not any(pid_alive(k) for k in keepers)
+    unit_pid = init_env.daemon_pid()
+    status = wait_for(lambda: (s := init_env.status()) and s.get("connected") and s, 20, what="the unit's daemon")
+    assert status["pid"] == unit_pid and status["supervisor"] == "systemd", (status, init_env.daemon_log())
+    # nothing detached is left, so a second init changes nothing
+    proc = init_env.swarmbus("init", "--agent-id", AGENT, "--broker", broker.url, "--service", "systemd")
+    assert proc.returncode == 0 and "nothing to change" in proc.stdout, clean(proc)
+    assert init_env.swarmbus("uninit", "--agent-id", AGENT).returncode == 0
+    assert not pid_alive(unit_pid) and init_env.status() is None

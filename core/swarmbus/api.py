@@ -147,7 +147,10 @@ class CheckResult:
 @dataclass(frozen=True)
 class DoctorContext:
     """Passed to every doctor check: the settings, the agent id (may be None) and a cache
-    shared by the checks of one run (for example the broker connection result)."""
+    shared by the checks of one run (for example the broker connection result). Core's
+    ``daemon`` check (order 50) leaves ``cache["daemon"]``: the daemon's control-socket status
+    (a dict with ``pid``, ``supervisor``: ``systemd``, ``launchd``, ``detached`` or
+    ``foreground``, ``connected``, ...), or None when no daemon answers."""
 
     settings: Settings
     agent_id: str | None

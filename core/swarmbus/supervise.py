@@ -1,18 +1,21 @@
 """The daemon's lifecycle outside a service manager: find it, start it detached, stop it.
 
 Where no user service manager works (containers, root shells, WSL, CI runners), ``swarmbus
-start --detach`` runs the daemon in a session of its own, its output appended to
-``<state>/agents/<id>/daemon.log`` and its pid in ``daemon.pid`` (both 0600). It is the user's
-own daemon: it gets the user's whole environment, plus ``SWARMBUS_SUPERVISOR=detached`` so that
-its status says how it runs.
+start --detach`` runs the daemon under a keeper (:mod:`swarmbus.keeper`, via
+:mod:`swarmbus.kept`): the keeper leads a session of its own and restarts the daemon when it
+crashes (like systemd's ``Restart=on-failure``, with backoff and a give-up rule). Their output
+is appended to ``<state>/agents/<id>/daemon.log``; ``daemon.pid`` holds the daemon's pid,
+``keeper.lock`` is held by the keeper (``keeper pid N``) and ``keeper.json`` says how many
+restarts it made (all 0600). It is the user's own daemon: it gets the user's whole environment,
+plus ``SWARMBUS_SUPERVISOR=detached`` so that its status says how it runs.
 
 Which process *is* the agent's daemon is decided by what cannot go stale: the control socket's
 answer (its ``pid``), else the ownership lock (``daemon.lock`` is held by a live process, which
-wrote ``daemon pid N`` into it). The pid file is only a hint: a pid from it is never signalled
-unless the socket or the lock confirm it (pids are reused), and on Linux the process's command
-line must be a ``swarmbus start`` as well.
+wrote ``daemon pid N`` into it); its keeper likewise by ``keeper.lock``. The pid file is only a
+hint: a pid from it is never signalled unless the socket or a lock confirm it (pids are reused),
+and on Linux the process's command line must be a ``swarmbus start`` as well.
 
-Stdlib only (plus the stdlib-only control client and lock), so ``start --detach`` on an agent
+Stdlib only (plus the stdlib-only control client and locks), so ``start --detach`` on an agent
 whose daemon already runs costs one socket round trip.
 """
 
@@ -22,17 +25,22 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from swarmbus import kept
 from swarmbus.control import daemon_status
 from swarmbus.errors import SwarmbusError
+from swarmbus.keeper import Policy
+from swarmbus.kept import Keeper, KeptFiles, StartFailed, log_tail
 from swarmbus.ownership import owner_of, pid_alive
 from swarmbus.paths import AgentPaths
+
+__all__ = ["Keeper", "RunningDaemon", "StartFailed", "Stopped", "find_daemon", "find_keeper", "log_tail", "spawn",
+           "stop"]
 
 SUPERVISOR_ENV = "SWARMBUS_SUPERVISOR"
 """Set by whatever starts the daemon: ``systemd``, ``launchd`` (in the unit init writes) or
@@ -43,8 +51,6 @@ READY_TIMEOUT = 10.0
 """Seconds ``start --detach`` waits for the new daemon's control socket to answer."""
 STOP_TIMEOUT = 20.0
 """Seconds ``stop`` waits for the daemon to exit after SIGTERM before it sends SIGKILL."""
-LOG_ROTATE_BYTES = 10 << 20
-"""A ``daemon.log`` larger than this (10 MiB) is moved to ``daemon.log.1`` at the next start."""
 _LOCK_RECORD = re.compile(r"\Adaemon pid (\d+)\Z")
 
 
@@ -151,12 +157,14 @@ def read_pid_file(paths: AgentPaths) -> int | None:
         return None
 
 
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+def keeper_files(paths: AgentPaths) -> KeptFiles:
+    """The agent's kept-daemon files: ``daemon.pid``, ``daemon.log``, ``keeper.lock``, ``keeper.json``."""
+    return KeptFiles(paths.root, "daemon")
+
+
+def find_keeper(paths: AgentPaths) -> Keeper | None:
+    """The live keeper of the agent's detached daemon (the lock says so), or None."""
+    return kept.find_keeper(keeper_files(paths))
 
 
 def remove_pid_file(paths: AgentPaths, pid: int | None = None) -> None:
@@ -167,105 +175,53 @@ def remove_pid_file(paths: AgentPaths, pid: int | None = None) -> None:
 
 
 # -- start --------------------------------------------------------------------------------------
-class StartFailed(SwarmbusError):
-    """The detached daemon exited, or did not answer on its socket in time. ``log`` is the log
-    file, ``tail`` its last lines written by this start."""
-
-    def __init__(self, message: str, *, log: Path, tail: list[str]) -> None:
-        super().__init__(message, hint=f"the whole log is {log}")
-        self.log = log
-        self.tail = tail
-
-
-def _open_log(paths: AgentPaths) -> tuple[int, int]:
-    """Open ``daemon.log`` for appending (0600; rotated when too large): (fd, offset)."""
-    log = log_path(paths)
-    with contextlib.suppress(OSError):
-        if log.stat().st_size > LOG_ROTATE_BYTES:
-            os.replace(log, log.with_name(LOG_FILE + ".1"))
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.fchmod(fd, 0o600)
-    offset = os.fstat(fd).st_size
-    os.write(fd, f"--- swarmbus start --detach at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ---\n".encode())
-    return fd, offset
-
-
-def log_tail(path: Path, offset: int = 0, lines: int = 20) -> list[str]:
-    """The last ``lines`` lines of ``path`` written after byte ``offset`` (at most 64 KiB read)."""
-    try:
-        with path.open("rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(offset, size - 65536))
-            text = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return []
-    return text.splitlines()[-lines:]
-
-
-def _stop_quietly(pid: int) -> None:
-    """A child of ours that never got ready: its session goes, without waiting long."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
 def spawn(argv: Sequence[str], paths: AgentPaths, env: Mapping[str, str], *,
-          timeout: float = READY_TIMEOUT) -> RunningDaemon:
-    """Start ``argv`` (a foreground ``swarmbus start``) detached: new session, stdin
-    /dev/null, stdout and stderr appended to :func:`log_path`, ``env`` plus
-    ``SWARMBUS_SUPERVISOR=detached``; wait up to ``timeout`` seconds until its control socket
-    answers with its pid, then write :func:`pid_path`.
+          timeout: float = READY_TIMEOUT, policy: Policy | None = None) -> RunningDaemon:
+    """Start ``argv`` (a foreground ``swarmbus start``) detached under a keeper
+    (:mod:`swarmbus.keeper`, restarting it when it crashes): the keeper leads a new session,
+    stdin /dev/null, stdout and stderr appended to :func:`log_path`, ``env`` plus
+    ``SWARMBUS_SUPERVISOR=detached``; wait up to ``timeout`` seconds until the daemon's control
+    socket answers with the pid the keeper started. The keeper writes :func:`pid_path`.
 
-    When the new process exits first because another daemon took the agent meanwhile (two
-    starts at once), that daemon is returned.
+    When the new daemon exits first because another daemon took the agent meanwhile (two
+    starts at once), that daemon is returned (and the new keeper is stopped).
 
     :raises StartFailed: it exited, or did not answer in time (then it is stopped).
     :raises UsageError: the agent's state dir is not private to this user.
     """
     paths.ensure()
-    fd, offset = _open_log(paths)
-    log = log_path(paths)
+    files = keeper_files(paths)
+
+    def answering(child: int | None) -> dict[str, Any] | None:
+        status = daemon_status(paths.socket, timeout=1.0) if child else None
+        return status if status and status.get("pid") == child else None
+
     try:
-        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                env={**env, SUPERVISOR_ENV: "detached"}, start_new_session=True)
-    except OSError as exc:
-        raise StartFailed(f"cannot run {argv[0]}: {exc.strerror}", log=log, tail=[]) from None
-    finally:
-        os.close(fd)
-    deadline = time.monotonic() + timeout
-    while True:
-        status = daemon_status(paths.socket, timeout=1.0)
-        if status and status.get("pid") == proc.pid:
-            _write_private(pid_path(paths), f"{proc.pid}\n")
-            proc.returncode = 0  # it runs on without us: no "still running" warning when proc is collected
-            return RunningDaemon(proc.pid, status)
-        code = proc.poll()
-        if code is not None:
+        _keeper, status = kept.start(argv, files, {**env, SUPERVISOR_ENV: "detached"},
+                                     name="the daemon", ready=answering, timeout=timeout,
+                                     policy=policy)
+    except StartFailed as exc:
+        deadline = time.monotonic() + (timeout if exc.other_keeper else 0)
+        while True:  # another start won the race: that daemon serves the agent
             other = find_daemon(paths)
             if other is not None:
-                return other  # another start won the race: that daemon serves the agent
-            raise StartFailed(f"the daemon exited with status {code} before it was ready", log=log,
-                              tail=log_tail(log, offset))
-        if time.monotonic() > deadline:
-            _stop_quietly(proc.pid)
-            proc.wait(5)
-            raise StartFailed(f"the daemon did not answer on its control socket within {timeout:g}s; it was stopped",
-                              log=log, tail=log_tail(log, offset))
-        time.sleep(0.05)
+                return other
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+    return RunningDaemon(int(status["pid"]), status)
 
 
 # -- stop ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Stopped:
-    """What :func:`stop` did: ``pid`` (None: nothing ran), ``killed`` (SIGKILL was needed),
-    ``note`` (one line for the user, e.g. a stale pid file left alone)."""
+    """What :func:`stop` did: ``pid`` (the daemon; None: none ran), ``killed`` (SIGKILL was
+    needed), ``keeper`` (the pid of its keeper, stopped too; None: it had none), ``note`` (one
+    line for the user, e.g. a stale pid file left alone)."""
 
     pid: int | None
     killed: bool = False
+    keeper: int | None = None
     note: str | None = None
 
 
@@ -278,14 +234,32 @@ def _gone(pid: int, timeout: float) -> bool:
     return True
 
 
-def stop(paths: AgentPaths, *, timeout: float = STOP_TIMEOUT) -> Stopped:
-    """Stop the agent's daemon with SIGTERM (it publishes its offline presence and exits), then
-    SIGKILL after ``timeout`` seconds. Only a process the socket or the lock confirm as the
-    daemon is signalled; a stale pid file is removed and its pid left alone.
+def _in_session_of(pid: int, leader: int) -> bool:
+    try:
+        return os.getsid(pid) == leader
+    except OSError:
+        return False
 
-    :raises SwarmbusError: the process cannot be signalled (another user's), or it would not die.
+
+def stop(paths: AgentPaths, *, timeout: float = STOP_TIMEOUT) -> Stopped:
+    """Stop the agent's daemon and its keeper, if it has one: SIGTERM to the keeper (which
+    forwards it to the daemon, waits for it, and does not restart it) or to a daemon without
+    one (it publishes its offline presence and exits), then SIGKILL (the keeper's whole session)
+    after ``timeout`` seconds. Only processes the socket or a lock confirm are signalled; a stale
+    pid file is removed and its pid left alone. A keeper waiting to restart a crashed daemon is
+    stopped too.
+
+    :raises SwarmbusError: a process cannot be signalled (another user's), or it would not die.
     """
+    keeper = find_keeper(paths)
     daemon = find_daemon(paths)
+    if keeper is not None and (daemon is None or _in_session_of(daemon.pid, keeper.pid)):
+        killed = kept.stop_keeper(keeper.pid, timeout=timeout, child=daemon.pid if daemon else keeper.child)
+        remove_pid_file(paths)
+        note = None if daemon else f"it was not running: its keeper (pid {keeper.pid}) was waiting to restart it"
+        return Stopped(daemon.pid if daemon else None, killed=killed, keeper=keeper.pid, note=note)
+    if keeper is not None:  # a keeper restarting into a daemon it does not own: it goes first
+        kept.stop_keeper(keeper.pid, timeout=timeout, child=keeper.child)
     if daemon is None:
         stale = read_pid_file(paths)
         remove_pid_file(paths)
@@ -312,11 +286,11 @@ def stop(paths: AgentPaths, *, timeout: float = STOP_TIMEOUT) -> Stopped:
     if not _gone(pid, timeout):
         killed = True
         with contextlib.suppress(ProcessLookupError):
-            if os.getpgid(pid) == pid:  # a detached daemon leads its session: its wake children go too
+            if os.getpgid(pid) == pid:  # a daemon leading its own session: its wake children go too
                 os.killpg(pid, signal.SIGKILL)
             else:
                 os.kill(pid, signal.SIGKILL)
         if not _gone(pid, 5.0):
             raise SwarmbusError(f"pid {pid} is still alive after SIGKILL")
     remove_pid_file(paths, pid)
-    return Stopped(pid, killed=killed)
+    return Stopped(pid, killed=killed, keeper=keeper.pid if keeper else None)

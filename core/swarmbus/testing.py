@@ -3,7 +3,8 @@
 Polling and processes:
 
 - :func:`wait_for`: poll a predicate with a deadline (raises AssertionError with what it waited for).
-- :func:`pid_alive`, :func:`kill_process_group`.
+- :func:`pid_alive`, :func:`kill_process_group`, :func:`kill_group_of`, :func:`keeper_pids` (the
+  keepers of detached daemons and brokers under a state dir).
 
 A private mosquitto (re-exported from the dev broker module, so plugin tests need nothing internal):
 :class:`BrokerConfig`, :func:`start_broker` (a :class:`RunningBroker`), :func:`free_port`,
@@ -72,6 +73,8 @@ __all__ = [
     "free_port",
     "install_fake_systemctl",
     "isolated_env",
+    "keeper_pids",
+    "kill_group_of",
     "kill_process_group",
     "pid_alive",
     "run_cli",
@@ -108,6 +111,28 @@ def kill_process_group(pid: int, sig: int = signal.SIGKILL) -> None:
     ``start_new_session=True``: the daemon and any children); a group already gone is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def kill_group_of(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to the process group ``pid`` is in (a detached daemon or broker: its keeper's
+    group, the keeper included), unless that is this process's own group; gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        group = os.getpgid(pid)
+        if group != os.getpgrp():
+            os.killpg(group, sig)
+
+
+def keeper_pids(state_dir: Path) -> set[int]:
+    """The live keepers under ``state_dir`` (of agents' detached daemons and of detached brokers),
+    as their ``keeper.lock`` files say."""
+    from swarmbus.ownership import owner_of
+
+    found = set()
+    for lock in [*state_dir.glob("agents/*/keeper.lock"), *state_dir.glob("broker/*/keeper.lock")]:
+        words = (owner_of(lock) or "").split()
+        if words[:2] == ["keeper", "pid"] and words[2:3] and words[2].isdigit() and pid_alive(int(words[2])):
+            found.add(int(words[2]))
+    return found
 
 
 # -- a daemon on a private broker ------------------------------------------------------------------
@@ -411,6 +436,7 @@ class InitHome:
         proc = run_cli({**self.env, **(env or {})}, *args, timeout=timeout)
         self.daemon_pid()  # remember every daemon the fake systemctl started, for the teardown
         self.detached_pid()  # and every one `start --detach` started
+        self.pids.update(keeper_pids(self.state_dir))  # and their keepers (a detached broker's too)
         status = self.status()
         if status and isinstance(status.get("pid"), int):
             self.pids.add(status["pid"])
@@ -468,13 +494,14 @@ class InitHome:
                 if p.is_file() and (include_state or not p.is_relative_to(self.state_dir))}
 
     def kill_daemons(self) -> None:
-        """SIGKILL the process group of every daemon seen (started by the fake systemctl or by
-        ``start --detach``) that still runs."""
+        """SIGKILL the process group of every daemon and keeper seen (started by the fake systemctl,
+        by ``start --detach`` or by ``broker --detach``) that still runs."""
         self.pids.update(int(e["pid"]) for e in self.systemctl_state().values() if e.get("pid"))
         self.detached_pid()
+        self.pids.update(keeper_pids(self.state_dir))
         for pid in self.pids:
             if pid_alive(pid) and _is_swarmbus(pid):
-                kill_process_group(pid)
+                kill_group_of(pid)
 
 
 def describe_run(proc: subprocess.CompletedProcess[str]) -> str:

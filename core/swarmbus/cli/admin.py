@@ -122,6 +122,10 @@ def _broker(args: argparse.Namespace) -> int:  # returns only via print-config o
     state = Path(args.state_dir).expanduser() if args.state_dir else (
         Path(os.environ["SWARMBUS_STATE_DIR"]) if os.environ.get("SWARMBUS_STATE_DIR") else default_state_dir())
     cfg = BrokerConfig(state_dir=state / "broker" / str(args.port), port=args.port, bind=args.bind)
+    if args.detach or args.stop or args.status:
+        from swarmbus.cli.broker_detach import run_detached
+
+        return run_detached(args, state, cfg)
     if args.print_config:
         sys.stdout.write(render_mosquitto_conf(cfg))
         return 0

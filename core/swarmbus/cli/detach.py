@@ -18,11 +18,15 @@ from pathlib import Path
 from swarmbus.cli.common import FLAG_KEYS, raw_config
 from swarmbus.envelope import validate_own_id
 from swarmbus.errors import SwarmbusError, UsageError
+from swarmbus.kept import describe_last_exit, last_run
 from swarmbus.paths import AgentPaths
 from swarmbus.supervise import (
+    Keeper,
     RunningDaemon,
     StartFailed,
     find_daemon,
+    find_keeper,
+    keeper_files,
     lock_holder,
     log_path,
     read_pid_file,
@@ -92,18 +96,41 @@ def _forwarded_flags(args: argparse.Namespace, agent_id: str) -> list[str]:
     return argv
 
 
+def _restarted_by_keeper(paths: AgentPaths, keeper: Keeper) -> RunningDaemon | None:
+    """The daemon a keeper waiting between restarts starts next (up to its backoff and the
+    daemon's start), or None when it gives up or stops first."""
+    from swarmbus.supervise import READY_TIMEOUT
+
+    deadline = time.monotonic() + 30.0 + READY_TIMEOUT  # the longest backoff, then a start
+    while time.monotonic() < deadline and find_keeper(paths) is not None:
+        daemon = find_daemon(paths)
+        if daemon is not None:
+            return daemon
+        time.sleep(0.1)
+    return None
+
+
 def start_detached(args: argparse.Namespace) -> int:
     """``swarmbus start --detach``: 0 when the daemon runs (already, or now), 1 when it could not
-    be started (the reason and the log's last lines on stderr)."""
+    be started (the reason and the log's last lines on stderr), 2 usage error (a bad flag or
+    config, a wake command that cannot run)."""
     paths = _agent_paths(args)
     agent_id = paths.agent_id
     running = find_daemon(paths)
     if running is not None:
         print(f"{agent_id}'s daemon already runs ({_describe(running)})")
         return 0
+    keeper = find_keeper(paths)
+    if keeper is not None:  # it crashed; its keeper restarts it after a backoff
+        running = _restarted_by_keeper(paths, keeper)
+        if running is not None:
+            print(f"{agent_id}'s daemon already runs ({_describe(running)}): its keeper restarted it")
+            return 0
     from swarmbus.cli.common import load_settings_for
+    from swarmbus.cli.start import require_runnable_wake_command
 
-    load_settings_for(args)  # a bad flag or config file fails here with its reason, not in the log
+    settings = load_settings_for(args)  # a bad flag or config file fails here with its reason, not in the log
+    require_runnable_wake_command(settings)  # a missing --invoke program too
     argv = [sys.executable, "-m", "swarmbus", "start", *_forwarded_flags(args, agent_id)]
     try:
         daemon = spawn(argv, paths, os.environ)
@@ -116,11 +143,13 @@ def start_detached(args: argparse.Namespace) -> int:
             sys.stderr.write(f"  (nothing in {exc.log})\n")
         return 1
     status = daemon.status or {}
-    if daemon.supervisor != "detached" or read_pid_file(paths) != daemon.pid:
+    keeper = find_keeper(paths)
+    if daemon.supervisor != "detached" or keeper is None or keeper.child != daemon.pid:
         print(f"{agent_id}'s daemon already runs ({_describe(daemon)}): another start got there first")
         return 0
     broker = "connected to" if status.get("connected") else "connecting to"
     print(f"started {agent_id}'s daemon: pid {daemon.pid}, {broker} {status.get('broker', 'the broker')}")
+    print(f"  kept by pid {keeper.pid}: restarted if it crashes")
     print(f"  log: {log_path(paths)}")
     print(f"  stop it: swarmbus stop --agent-id {agent_id}   (it does not survive a reboot)")
     return 0
@@ -160,17 +189,22 @@ def run_stop(args: argparse.Namespace) -> int:
         return _systemctl_stop(daemon, paths, args.timeout)
     result = stop(paths, timeout=args.timeout)
     if args.remove_log:
-        for log in (log_path(paths), log_path(paths).with_name(log_path(paths).name + ".1")):
-            if log.exists():
-                log.unlink()
-                print(f"removed {log}")
+        files = keeper_files(paths)
+        for path in (files.log, files.log.with_name(files.log.name + ".1"), files.state, files.lock):
+            if path.exists() and not (path == files.lock and find_keeper(paths)):
+                path.unlink()
+                if path.name.endswith((".log", ".1")):
+                    print(f"removed {path}")
+    how = f"SIGKILL: it did not exit within {args.timeout:g}s of SIGTERM" if result.killed else "SIGTERM"
     if result.pid is None:
         print(f"{paths.agent_id}'s daemon is not running")
-        if result.note:
+        if result.keeper is not None:
+            print(f"  stopped its keeper (pid {result.keeper}, {how}), which was waiting to restart it")
+        elif result.note:
             print(f"  note: {result.note}")
         return 0
-    how = f"SIGKILL: it did not exit within {args.timeout:g}s of SIGTERM" if result.killed else "SIGTERM"
-    print(f"stopped {paths.agent_id}'s daemon (pid {result.pid}, {how})")
+    kept_by = f" and its keeper (pid {result.keeper})" if result.keeper is not None else ""
+    print(f"stopped {paths.agent_id}'s daemon (pid {result.pid}, {how}){kept_by}")
     if daemon is not None and daemon.supervisor == "launchd":
         print(f"  launchd starts it again at the next login; to stop it for good: swarmbus uninit --agent-id {paths.agent_id}")
     return 0
@@ -181,16 +215,26 @@ def run_status(args: argparse.Namespace) -> int:
     """``swarmbus status``: 0 running, 1 not running."""
     paths = _agent_paths(args)
     daemon = find_daemon(paths)
+    keeper = find_keeper(paths)
     if daemon is None:
         stale = read_pid_file(paths)
+        last = last_run(keeper_files(paths))
         info: dict[str, Any] = {"agent_id": paths.agent_id, "running": False, "pid": None,
                                 "session_held_by": lock_holder(paths),
-                                "log": str(log_path(paths)) if log_path(paths).exists() else None}
+                                "log": str(log_path(paths)) if log_path(paths).exists() else None,
+                                "keeper": _keeper_info(keeper.pid if keeper else None, keeper.state if keeper else last)}
         if args.json:
             print(json.dumps(info))
             return 1
         print(f"{paths.agent_id}: not running")
-        if stale is not None:
+        if keeper is not None:
+            print(f"  its keeper (pid {keeper.pid}) restarts it after a crash: {describe_last_exit(keeper.state)}, "
+                  f"{keeper.restarts} restarts so far")
+        elif last and last.get("state") in ("gave up", "failed"):
+            print(f"  its keeper {last['state']}: {last.get('reason')}")
+        elif last and last.get("reason"):
+            print(f"  its last detached run ended: {last['reason']}")
+        if stale is not None and keeper is None:
             print(f"  stale pid file: pid {stale} (not this agent's daemon any more)")
         if info["session_held_by"]:
             print(f"  the agent's session is held by {info['session_held_by']} (not a daemon)")
@@ -199,10 +243,13 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"  start it: swarmbus start --agent-id {paths.agent_id} --detach")
         return 1
     status = daemon.status or {}
+    if keeper is not None and keeper.child != daemon.pid:
+        keeper = None  # not this daemon's keeper
     info = {"agent_id": paths.agent_id, "running": True, "pid": daemon.pid, "supervisor": daemon.supervisor,
             "started_at": status.get("started_at"), "log": _log_for(daemon.supervisor, paths),
             "broker": status.get("broker"), "connected": status.get("connected"),
-            "responding": daemon.status is not None, "status": daemon.status}
+            "responding": daemon.status is not None, "status": daemon.status,
+            "keeper": _keeper_info(keeper.pid, keeper.state) if keeper else None}
     if args.json:
         print(json.dumps(info))
         return 0
@@ -214,6 +261,11 @@ def run_status(args: argparse.Namespace) -> int:
     supervisor = daemon.supervisor
     if supervisor == "systemd":
         supervisor += f" (unit {unit_name(paths.agent_id)}.service)"
+    elif supervisor == "detached" and keeper is not None:
+        count = f"{keeper.restarts} restart{'s' if keeper.restarts != 1 else ''}"
+        why = f", last: the daemon {describe_last_exit(keeper.state)}" if keeper.restarts else ""
+        supervisor += (f", kept by pid {keeper.pid} ({count}{why}; swarmbus start --detach; "
+                       "does not survive a reboot)")
     elif supervisor == "detached":
         supervisor += " (swarmbus start --detach; does not survive a reboot)"
     print(f"  supervisor: {supervisor}")
@@ -223,6 +275,16 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"  broker:     {status.get('broker')}, {link}")
         print(f"  version:    {status.get('version')}")
     return 0
+
+
+def _keeper_info(pid: int | None, state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``status --json``'s ``keeper``: ``{"pid" (None: not running), "state", "restarts", "last_exit",
+    "reason"}``, or None when there never was one."""
+    if pid is None and not state:
+        return None
+    state = state or {}
+    return {"pid": pid, "state": state.get("state"), "restarts": state.get("restarts", 0),
+            "last_exit": state.get("last_exit"), "reason": state.get("reason")}
 
 
 def run(args: argparse.Namespace) -> int:

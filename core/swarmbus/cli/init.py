@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from swarmbus.cli.common import load_settings_for
+from swarmbus.cli.init_service import detached_broker_changes
 from swarmbus.cli.output import paint, pick_marks
 from swarmbus.config import default_config_path, expand_broker_url, load_raw, read_config_file
 from swarmbus.envelope import validate_own_id
@@ -125,7 +126,11 @@ def _config_newer_than_daemon(config_path: Path, settings: Settings, agent_id: s
         return False
 
 
-def _broker_step(settings: Settings, args: argparse.Namespace, manager: str | None) -> list[Change]:
+def _broker_step(settings: Settings, args: argparse.Namespace, manager: str | None, *,
+                 start_one: bool = True) -> list[Change]:
+    """Check the broker; when none answers on a local plain-TCP address (and ``--broker`` was not
+    given), start one: a user service under ``manager``, else (``start_one``) a detached broker
+    kept by swarmbus (``swarmbus broker --detach``), whose undo stops it."""
     check = Verify("the broker", lambda: _broker_reachable(settings))
     if args.broker:
         return [check]
@@ -137,18 +142,15 @@ def _broker_step(settings: Settings, args: argparse.Namespace, manager: str | No
     b = settings.broker
     if b.host not in ("localhost", "127.0.0.1", "::1") or b.transport != "tcp" or b.tls:
         return [check]  # not ours to start: the check fails with the reason
-    if manager is None:
-        return [_failing("the broker", f"no broker at {b.url} and no user service manager to run one: "
-                         "run `swarmbus broker` yourself or pass --broker URL")]
     from swarmbus.dev_broker import find_mosquitto
     from swarmbus.service import plan_service
 
+    if manager is None and not start_one:
+        return [_failing("the broker", f"no broker at {b.url}, and --service none starts nothing: run `swarmbus "
+                         f"broker --detach --port {b.effective_port}` yourself or pass --broker URL")]
     if find_mosquitto() is None:
         return [_failing("mosquitto", "no broker is running and mosquitto is not installed: apt-get install "
                          "mosquitto (or brew install mosquitto), or pass --broker URL")]
-    plan = plan_service("swarmbus-broker", "swarmbus development broker (mosquitto)",
-                        [sys.executable, "-m", "swarmbus", "broker", "--port", str(b.effective_port)],
-                        _service_env(args, None), manager)
 
     def wait_broker() -> str:
         deadline = time.monotonic() + 15
@@ -160,7 +162,19 @@ def _broker_step(settings: Settings, args: argparse.Namespace, manager: str | No
                     raise
                 time.sleep(0.2)
 
+    if manager is None:  # a detached broker, kept by swarmbus; uninit stops it only if init started it
+        return [*detached_broker_changes(_state_dir(settings), b.effective_port), Verify("the broker", wait_broker)]
+    plan = plan_service("swarmbus-broker", "swarmbus development broker (mosquitto)",
+                        [sys.executable, "-m", "swarmbus", "broker", "--port", str(b.effective_port)],
+                        _service_env(args, None), manager)
     return [*plan.install, Verify("the broker", wait_broker)]
+
+
+def _state_dir(settings: Settings) -> Path:
+    """The state dir in use (``settings.state_dir``, else the platform default)."""
+    from swarmbus.paths import default_state_dir
+
+    return Path(settings.state_dir).expanduser() if settings.state_dir else default_state_dir()
 
 
 NO_DAEMON_CHECKS = frozenset({"daemon", "presence"})
@@ -218,7 +232,7 @@ def _init(args: argparse.Namespace) -> int:
     settings.agent_id = agent_id
     settings.host_type = host_type
     config_path = _config_path(args)
-    from swarmbus.cli.init_service import choose, detached_changes, reboot_note
+    from swarmbus.cli.init_service import broker_note, choose, detached_changes, reboot_note, stop_detached_daemon
 
     mode = choose(getattr(args, "service", None) or "auto")
     manager = mode.manager
@@ -234,13 +248,16 @@ def _init(args: argparse.Namespace) -> int:
         config_changes = False  # the config step fails with the reason
     # the daemon reads the config file only at start
     restart = config_changes or _config_newer_than_daemon(config_path, settings, agent_id)
-    steps: list[tuple[str, list[Change]]] = [("broker", _broker_step(settings, args, manager))]
+    steps: list[tuple[str, list[Change]]] = [("broker", _broker_step(settings, args, manager,
+                                                                     start_one=mode.kind != "none"))]
     steps.append(("config", [config] if values else []))
     if manager is not None:
         plan = plan_service(f"swarmbus-{agent_id}", f"swarmbus listener daemon for agent {agent_id}",
                             [sys.executable, "-m", "swarmbus", "start", "--agent-id", agent_id],
                             _service_env(args, host_type, manager), manager, restart=restart)
-        steps.append(("service", plan.install))
+        # a detached daemon of this agent (from an init without a service manager, or by hand) would keep
+        # the unit's daemon from owning the agent: it goes first
+        steps.append(("service", [stop_detached_daemon(paths), *plan.install]))
     elif mode.kind == "detached":
         steps.append(("service", detached_changes(paths, args.config and str(config_path), restart=restart)))
     if host_type:
@@ -289,6 +306,9 @@ def _init(args: argparse.Namespace) -> int:
         print(f"{agent_id} is set up: its daemon runs as a user service and doctor passes")
     for line in reboot_note(mode, paths, args.config and str(config_path), host_type, locators):
         print(line)
+    if manager is None and not args.broker:
+        for line in broker_note(_state_dir(settings), settings.broker.effective_port, host_type):
+            print(line)
     return 0
 
 

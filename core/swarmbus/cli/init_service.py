@@ -7,6 +7,10 @@ changes of its ``service`` step when no service manager does it (a detached daem
   answers), else a detached daemon (``swarmbus start --detach``), which does not survive a
   reboot: init says so and how to make it (:func:`reboot_note`).
 - ``none``: no service and nothing started; init says how to start it.
+
+Without a service manager a local broker that init needs is run detached as well (``swarmbus
+broker --detach``, kept by swarmbus; :func:`detached_broker_changes`), and switching to a service
+manager later stops a detached daemon first (:func:`stop_detached_daemon`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import shlex
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from swarmbus.errors import SwarmbusError
 from swarmbus.paths import AgentPaths
@@ -72,8 +77,7 @@ def detached_changes(paths: AgentPaths, config: str | None, *, restart: bool) ->
     init started it) stops it and removes its pid file and log."""
     from swarmbus.supervise import find_daemon
 
-    stop = [sys.executable, "-m", "swarmbus", "stop", "--agent-id", paths.agent_id, "--state-dir",
-            str(paths.root.parent.parent)]
+    stop = _stop_argv(paths)
 
     def running() -> bool:
         return find_daemon(paths) is not None
@@ -82,6 +86,48 @@ def detached_changes(paths: AgentPaths, config: str | None, *, restart: bool) ->
         RunCommand(tuple(stop), done=lambda: not (restart and running())),
         RunCommand(tuple(start_argv(paths, config)), done=running, undo=(*stop, "--remove-log"), timeout=60),
     ]
+
+
+def stop_detached_daemon(paths: AgentPaths) -> RunCommand:
+    """Stop the agent's detached daemon (and its keeper) when one runs: before a service manager's
+    unit starts the daemon, which would otherwise fail on the ownership lock. Nothing to undo."""
+    from swarmbus.supervise import find_daemon, find_keeper
+
+    def none_detached() -> bool:
+        daemon = find_daemon(paths)
+        return find_keeper(paths) is None and (daemon is None or daemon.supervisor != "detached")
+
+    return RunCommand(tuple(_stop_argv(paths)), done=none_detached)
+
+
+def _stop_argv(paths: AgentPaths) -> list[str]:
+    return [sys.executable, "-m", "swarmbus", "stop", "--agent-id", paths.agent_id, "--state-dir",
+            str(paths.root.parent.parent)]
+
+
+def detached_broker_changes(state_dir: Path, port: int) -> list[Change]:
+    """Start a local broker on ``port`` detached and kept (``swarmbus broker --detach``) unless one
+    answers there; the undo (recorded only when init started it) stops it."""
+    from swarmbus.cli.broker_detach import start_argv, stop_argv
+    from swarmbus.dev_broker import answers_mqtt
+
+    return [RunCommand(tuple(start_argv(state_dir, port)), done=lambda: answers_mqtt("127.0.0.1", port),
+                       undo=tuple(stop_argv(state_dir, port)), timeout=60)]
+
+
+def broker_note(state_dir: Path, port: int, host_type: str | None = None) -> list[str]:
+    """What the user should know about a detached broker on ``port`` (none when none runs)."""
+    from swarmbus.cli.broker_detach import start_argv
+    from swarmbus.local_broker import find_broker_keeper
+
+    keeper = find_broker_keeper(state_dir, port)
+    if keeper is None:
+        return []
+    return [f"the local broker (mosquitto on 127.0.0.1:{port}, kept by pid {keeper.pid}) runs detached too: it does "
+            f"not survive a reboot. Stop it with `swarmbus broker --stop --port {port}` (uninit does, if init started "
+            "it); to have it started again after a reboot, re-run init with a working user systemd, or add to your "
+            f"crontab:  @reboot {shlex.join(start_argv(state_dir, port))}"
+            + (" (the Claude Code SessionStart hook starts only the daemon, not the broker)" if host_type == "cc" else "")]
 
 
 def reboot_note(mode: ServiceMode, paths: AgentPaths, config: str | None, host_type: str | None,

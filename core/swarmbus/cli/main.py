@@ -161,7 +161,8 @@ def _stop(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
                    help="wait this long after SIGTERM before SIGKILL (default 20)")
     p.add_argument("--remove-log", action="store_true",
-                   help="also remove the detached daemon's log (daemon.log); `swarmbus uninit` uses it")
+                   help="also remove the detached daemon's log (daemon.log) and its keeper's record (keeper.json); "
+                        "`swarmbus uninit` uses it")
     _common(p)
 
 
@@ -253,7 +254,16 @@ def _doctor(p: argparse.ArgumentParser) -> None:
 def _broker_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=1883, help="listen port (default 1883)")
     p.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    p.add_argument("--print-config", action="store_true", help="print the generated config and exit")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--print-config", action="store_true", help="print the generated config and exit")
+    what.add_argument("--detach", action="store_true",
+                      help="run it in the background, restarted if it crashes (files in <state>/broker/PORT); "
+                           "if a broker already answers on the port, say so, exit 0")
+    what.add_argument("--stop", action="store_true", help="stop the broker --detach started on --port")
+    what.add_argument("--status", action="store_true", help="say whether a detached broker runs on --port")
+    p.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
+                   help="with --stop: wait this long after SIGTERM before SIGKILL (default 20)")
+    _json(p)
     _common(p)
 
 
@@ -302,11 +312,14 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         "Run the listener daemon: the single MQTT receive owner for --agent-id. It stores\n"
         "every message before acknowledging it, archives it to the inbox file, and wakes\n"
         "the host agent when the wake policy says so. Stop it with SIGINT or SIGTERM.\n\n"
-        "--detach runs it in the background instead, without a service manager: output appended\n"
-        "to <state>/agents/<id>/daemon.log, pid in daemon.pid; it waits until the daemon answers\n"
-        "(up to 10 s). When the agent's daemon already runs it only says so (fast, exit 0).\n"
+        "--detach runs it in the background instead, without a service manager, under a keeper\n"
+        "that restarts it when it crashes (backoff 1 s doubling to 30 s; it gives up after 5\n"
+        "restarts within 5 minutes; exit 2, a configuration error, is not restarted): output\n"
+        "appended to <state>/agents/<id>/daemon.log, pid in daemon.pid; it waits until the daemon\n"
+        "answers (up to 10 s). When the agent's daemon already runs it only says so (fast, exit 0).\n"
         "A detached daemon does not survive a reboot. Exit codes with --detach: 0 it runs,\n"
-        "1 it could not be started (the reason and the log's last lines on stderr), 2 usage error.\n\n"
+        "1 it could not be started (the reason and the log's last lines on stderr), 2 usage error\n"
+        "(a bad flag or config, an --invoke program that cannot run).\n\n"
         "  swarmbus start --agent-id coder --detach\n"
         "  swarmbus status --agent-id coder\n"
         "  swarmbus stop --agent-id coder",
@@ -315,8 +328,9 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
     "stop": (
         "stop an agent's daemon",
         "Stop the agent's daemon: SIGTERM (it publishes its offline presence), then SIGKILL after\n"
-        "--timeout. Only the process the daemon's socket or lock confirm is signalled, never a pid\n"
-        "from a stale pid file. A daemon run by systemd is stopped with `systemctl --user stop`\n"
+        "--timeout. A detached daemon's keeper is stopped with it (it does not restart the daemon).\n"
+        "Only processes the daemon's socket or locks confirm are signalled, never a pid from a\n"
+        "stale pid file. A daemon run by systemd is stopped with `systemctl --user stop`\n"
         "(it starts again at the next login; `swarmbus uninit` removes the service).\n\n"
         "Exit codes: 0 stopped, or it was not running; 1 it could not be stopped; 2 usage error.",
         _stop,
@@ -324,7 +338,8 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
     "status": (
         "say whether an agent's daemon runs, since when, and how",
         "Whether the agent's daemon runs: its pid, since when, what supervises it (systemd,\n"
-        "launchd, detached, foreground), where its log is, and whether it is connected to the broker.\n\n"
+        "launchd, detached with its keeper and how often it restarted the daemon, foreground), where\n"
+        "its log is, and whether it is connected to the broker.\n\n"
         "Exit codes: 0 running, 1 not running, 2 usage error.",
         _status,
     ),
@@ -371,7 +386,16 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
     "broker": (
         "run a local mosquitto for development and single-machine use",
         "Run mosquitto in the foreground with a generated config: loopback only,\n"
-        "persistence with a 1 s autosave, no per-client queue cap, TCP_NODELAY.",
+        "persistence with a 1 s autosave, no per-client queue cap, TCP_NODELAY.\n\n"
+        "--detach runs it in the background instead, under a keeper that restarts it if it crashes\n"
+        "(no service manager needed; config, database, pid and logs in <state>/broker/PORT/); it\n"
+        "does not survive a reboot. When a broker already answers on the port it only says so.\n"
+        "--stop stops that broker (never one swarmbus did not start), --status says if it runs.\n\n"
+        "  swarmbus broker --port 1884 --detach\n"
+        "  swarmbus broker --port 1884 --status\n"
+        "  swarmbus broker --port 1884 --stop\n\n"
+        "Exit codes: --detach 0 it runs, 1 it could not be started, 2 the port is taken by another\n"
+        "program; --stop 0 stopped or none ran, 1 it would not stop; --status 0 runs, 1 does not.",
         _broker_command,
     ),
     "init": (
@@ -381,9 +405,11 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         "Claude Code: skill, MCP server, hooks), then run doctor. Re-running changes nothing that is\n"
         "already right; `swarmbus uninit` undoes it (also after an init that stopped half-way).\n\n"
         "The daemon (--service): auto runs it as a systemd (Linux) or launchd (macOS) user service\n"
-        "when one works here, else detached (`swarmbus start --detach`: no user bus in containers,\n"
-        "root shells, WSL, CI), which does not survive a reboot (init says how to make it);\n"
-        "systemd/launchd insist on that manager; none starts nothing.\n\n"
+        "when one works here, else detached and kept (`swarmbus start --detach`: no user bus in\n"
+        "containers, root shells, WSL, CI), which does not survive a reboot (init says how to make\n"
+        "it); systemd/launchd insist on that manager (a detached daemon is stopped first); none\n"
+        "starts nothing. With no broker on the configured local port, init starts one too: a user\n"
+        "service, or without one `swarmbus broker --detach` (uninit stops it if init started it).\n\n"
         "  swarmbus init --agent-id coder --host-type cc --dry-run\n"
         "  swarmbus init --agent-id coder --host-type openclaw --broker mqtt://broker.lan:1883",
         _init,

@@ -23,11 +23,11 @@ def run(args: argparse.Namespace) -> int:
     pm = get_plugin_manager()
     settings = load_settings_for(args, pm=pm)
     settings.require_agent_id()
-    _require_runnable_wake_command(settings)
+    require_runnable_wake_command(settings)
     return Daemon(settings, pm).run()
 
 
-def _require_runnable_wake_command(settings: Settings) -> None:
+def require_runnable_wake_command(settings: Settings) -> None:
     """:raises UsageError: (exit 2) the wake command (``--invoke``) cannot be run, so every wake
     would fail."""
     from swarmbus.default_plugins.wake import command_problem

@@ -53,11 +53,14 @@ def test_no_cc_checks_for_other_hosts(relay: HookRelay, tmp_path: Path) -> None:
 
 def test_doctor_before_init(relay: HookRelay, tmp_path: Path, fake_claude: Any) -> None:
     checks = run_checks(relay, make_settings(tmp_path, wake_mode="rewake"))
-    assert set(checks) == {"cc: claude", "cc: mcp", "cc: skill", "cc: hook", "cc: last wake"}
+    assert set(checks) == {"cc: claude", "cc: mcp", "cc: skill", "cc: hook", "cc: start hook", "cc: last wake"}
     assert checks["cc: claude"].status == "ok" and "9.9.9" in checks["cc: claude"].summary
     assert checks["cc: mcp"].status == "warn" and "--host-type cc" in checks["cc: mcp"].fix
     assert checks["cc: skill"].status == "warn"
     assert checks["cc: hook"].status == "fail" and "Stop" in checks["cc: hook"].summary
+    # no daemon runs, and nothing would start it: the SessionStart hook is missing
+    assert checks["cc: start hook"].status == "fail" and "SessionStart" in checks["cc: start hook"].summary
+    assert checks["cc: start hook"].fix == f"run `swarmbus init --agent-id {AGENT} --host-type cc`"
     assert checks["cc: last wake"].status == "skip"
 
 
@@ -66,7 +69,26 @@ def test_doctor_after_init(relay: HookRelay, tmp_path: Path, fake_claude: Any) -
     install(relay, settings)
     checks = run_checks(relay, settings)
     assert {name: r.status for name, r in checks.items()} == {
-        "cc: claude": "ok", "cc: mcp": "ok", "cc: skill": "ok", "cc: hook": "ok", "cc: last wake": "skip"}
+        "cc: claude": "ok", "cc: mcp": "ok", "cc: skill": "ok", "cc: hook": "ok", "cc: start hook": "ok",
+        "cc: last wake": "skip"}
+
+
+@pytest.mark.parametrize(("supervisor", "expected"), [
+    ("systemd", "ok"), ("launchd", "ok"), ("detached", "warn"), ("foreground", "warn"), (None, "fail")])
+def test_doctor_start_hook_is_needed_without_a_service_manager(relay: HookRelay, tmp_path: Path, fake_claude: Any,
+                                                               supervisor: str | None, expected: str) -> None:
+    settings = make_settings(tmp_path)
+    daemon = {"pid": 1, "supervisor": supervisor} if supervisor else None
+    check = next(c for c in relay.doctor_checks(settings) if c.name == "cc: start hook")
+    result = check.run(DoctorContext(settings=settings, agent_id=AGENT, cache={"daemon": daemon}))
+    assert result.status == expected, result
+    if expected != "ok":
+        assert "after a reboot nothing starts it" in result.summary
+        assert result.fix == f"run `swarmbus init --agent-id {AGENT} --host-type cc`"
+    install(relay, settings)  # init installs it: fine however the daemon runs
+    assert check.run(DoctorContext(settings=settings, agent_id=AGENT, cache={"daemon": daemon})).status == "ok"
+    off = make_settings(tmp_path, install_hook=False)
+    assert check.run(DoctorContext(settings=off, agent_id=AGENT, cache={"daemon": daemon})).status == "skip"
 
 
 def test_doctor_mcp_needs_the_mcp_package(relay: HookRelay, tmp_path: Path, fake_claude: Any,

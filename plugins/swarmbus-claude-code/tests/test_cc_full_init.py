@@ -305,3 +305,25 @@ def test_init_without_a_user_bus_runs_the_daemon_detached(cc_nobus_env: InitEnv)
     assert not env.skill.exists() and not env.settings_json.exists() and not env.manifest.exists()
     assert set(env.tree()) == {".config/swarmbus/config.toml", ".claude.json"}
     assert not (env.agent_dir / "daemon.pid").exists() and not (env.agent_dir / "daemon.log").exists()
+
+
+def test_init_without_a_user_bus_or_a_broker_starts_both_detached(cc_nobus_env: InitEnv) -> None:
+    env = cc_nobus_env
+    port = free_port()  # no broker there (never the machine's 1883): init starts one, detached and kept
+    proc = env.swarmbus("init", "--agent-id", AGENT, "--host-type", "cc", "--port", str(port))
+    text = out(proc)
+    assert proc.returncode == 0 and "none failed" in proc.stdout, text + env.detached_log()
+    keepers = testing.keeper_pids(env.state_dir)
+    assert len(keepers) == 2, keepers  # the daemon's and the broker's
+    assert f"the local broker (mosquitto on 127.0.0.1:{port}" in proc.stdout and "SessionStart hook" in proc.stdout
+    status = env.status() or {}
+    assert status.get("connected") and status["supervisor"] == "detached", status
+    # doctor by hand: the SessionStart hook check passes for a detached daemon
+    doctor = env.swarmbus("doctor", "--agent-id", AGENT)
+    assert doctor.returncode == 0 and "SessionStart hook installed" in doctor.stdout, out(doctor)
+    proc = env.swarmbus("init", "--agent-id", AGENT, "--host-type", "cc", "--port", str(port))
+    assert proc.returncode == 0 and "nothing to change" in proc.stdout, out(proc)
+    proc = env.swarmbus("uninit", "--agent-id", AGENT)
+    assert proc.returncode == 0 and "what init wrote has been removed" in proc.stdout, out(proc)
+    assert not any(pid_alive(k) for k in keepers) and testing.keeper_pids(env.state_dir) == set()
+    assert env.status() is None and not env.config_path.exists()

@@ -124,6 +124,42 @@ def check_hook(ctx: DoctorContext) -> CheckResult:
                        fix=_init_fix(ctx))
 
 
+SERVICE_MANAGERS = ("systemd", "launchd")
+
+
+def check_start_hook(ctx: DoctorContext) -> CheckResult:
+    """The SessionStart hook that starts the daemon (``swarmbus start --detach``) is what brings a
+    daemon run without a service manager back after a reboot: it must be in settings.json then.
+    Under systemd or launchd it is optional. Reads how the daemon runs from the core ``daemon``
+    check's ``ctx.cache["daemon"]`` (its control socket's status, or None)."""
+    cfg = config(ctx.settings)
+    agent = _agent(ctx)
+    if agent is None:
+        return CheckResult("skip", "no agent id: cannot tell which hook is ours")
+    if cfg.install_hook is False:
+        return CheckResult("skip", "install_hook = false: you manage the hooks in settings.json yourself")
+    path = user_settings_path()
+    try:
+        found = hooks_json.ours(hooks_json.load(path), hooks_json.marker_for(agent, "start"))
+    except (OSError, ValueError) as exc:
+        return CheckResult("fail", f"cannot read {path}: {exc}", fix="fix the JSON in that file")
+    status = ctx.cache.get("daemon")
+    supervisor = status.get("supervisor") if isinstance(status, dict) else None
+    details = {"settings": str(path), "supervisor": supervisor}
+    if found == {"SessionStart": [hook_entry(agent, "SessionStart")]}:
+        return CheckResult("ok", f"swarmbus SessionStart hook installed in {path} (it starts the daemon)", details=details)
+    if supervisor in SERVICE_MANAGERS:
+        return CheckResult("ok", f"the daemon runs under {supervisor}: the SessionStart hook is not needed"
+                           + (" (the one installed differs from this version's)" if found else ""), details=details)
+    if found:
+        return CheckResult("warn", f"the swarmbus SessionStart hook in {path} differs from this version's",
+                           fix=_init_fix(ctx), details=details)
+    how = f"runs {supervisor}" if supervisor else "is not running"
+    summary = (f"the daemon {how}, not under systemd or launchd, and the SessionStart hook that starts it with "
+               f"each Claude Code session is missing from {path}: after a reboot nothing starts it")
+    return CheckResult("warn" if supervisor else "fail", summary, fix=_init_fix(ctx), details=details)
+
+
 def check_last_wake(ctx: DoctorContext) -> CheckResult:
     cfg = config(ctx.settings)
     agent = _agent(ctx)
@@ -149,6 +185,7 @@ CHECKS: tuple[tuple[str, Callable[[DoctorContext], CheckResult]], ...] = (
     ("cc: mcp", check_mcp),
     ("cc: skill", check_skill),
     ("cc: hook", check_hook),
+    ("cc: start hook", check_start_hook),
     ("cc: last wake", check_last_wake),
 )
 
