@@ -164,3 +164,31 @@ def test_rewake_stop_hook_wakes_an_idle_session(bus: RealBus, mock: MockServer) 
     assert results[0]["result"] == "markers-seen: MARKER-TURN-ONE"
     assert any("MARKER-REWAKE-REAL" in str(r.get("result")) for r in results[1:]), results
     assert requests_with(mock, "MARKER-REWAKE-REAL")
+
+
+def test_session_start_hook_starts_the_daemon_with_real_claude(bus: RealBus, mock: MockServer) -> None:
+    cfg = cc_config(bus)
+    run_init(bus, **cfg)  # installs the SessionStart hook (install_hook defaults to true)
+    write_config(bus, **cfg)
+    mock.state.markers = ["MARKER-SESSION-START"]
+    assert bus.cli("status", "--agent-id", AGENT).returncode == 1  # no daemon yet
+    work = bus.root / "work"
+    work.mkdir()
+    try:
+        # a session starts: the real claude runs the hook, which starts the daemon detached
+        proc = subprocess.run([bus.claude, "-p", "--output-format", "json"], input="MARKER-SESSION-START",
+                              capture_output=True, text=True, timeout=120, cwd=work, env=bus.env)
+        assert proc.returncode == 0, proc.stderr
+        # the hook printed nothing that reached the model: only the user's prompt is in the request
+        assert json.loads(proc.stdout)["result"] == "markers-seen: MARKER-SESSION-START"
+        status = wait_for(lambda: (p := bus.cli("status", "--agent-id", AGENT, "--json")).returncode == 0 and p, 30,
+                          "the daemon the SessionStart hook started")
+        assert json.loads(status.stdout)["supervisor"] == "detached"
+        # a second session finds it running and leaves it alone
+        pid = json.loads(status.stdout)["pid"]
+        proc = subprocess.run([bus.claude, "-p", "--output-format", "json"], input="again", capture_output=True,
+                              text=True, timeout=120, cwd=work, env=bus.env)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(bus.cli("status", "--agent-id", AGENT, "--json").stdout)["pid"] == pid
+    finally:
+        bus.cli("stop", "--agent-id", AGENT)
