@@ -312,10 +312,11 @@ def _clean_env() -> dict[str, str]:
 
 
 def our_env(ws: Workspace, state_dir: Path, broker: RunningBroker) -> dict[str, str]:
-    """The environment our daemon and CLI run with: this state dir and broker, no config, no plugins."""
+    """The environment our daemon and CLI run with: this state dir and broker, no config, only the
+    plugin of the default install that runs ``--invoke`` (swarmbus-priority)."""
     env = _clean_env()
     env.update(SWARMBUS_STATE_DIR=str(state_dir), SWARMBUS_CONFIG=str(ws.config),
-               SWARMBUS_BROKER_URL=broker.url, SWARMBUS_LOAD_PLUGINS="")
+               SWARMBUS_BROKER_URL=broker.url, SWARMBUS_LOAD_PLUGINS="priority")
     if OURS_PYTHONPATH:
         env["PYTHONPATH"] = OURS_PYTHONPATH
     return env

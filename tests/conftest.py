@@ -97,7 +97,8 @@ class Daemon:
 
 
 def _base_env(root: Path, broker_url: str) -> dict[str, str]:
-    env = testing.isolated_env(root, broker_url, heartbeat=1, reconnect=(0.1, 0.5))
+    # the priority plugin (part of the default install) runs `start --invoke`; no other plugin loads
+    env = testing.isolated_env(root, broker_url, heartbeat=1, reconnect=(0.1, 0.5), plugins="priority")
     (root / "config.toml").write_text("# test config\n")
     return env
 

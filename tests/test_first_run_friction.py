@@ -53,7 +53,8 @@ def listener() -> Iterator[socket.socket]:
 
 def _env(tmp_path: Path, broker_url: str, **extra: str) -> dict[str, str]:
     (tmp_path / "config.toml").write_text("# test config\n")
-    return testing.isolated_env(tmp_path, broker_url, **extra)
+    # the priority plugin (part of the default install) runs --invoke and checks its program in doctor
+    return testing.isolated_env(tmp_path, broker_url, plugins="priority", **extra)
 
 
 def _timed(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:

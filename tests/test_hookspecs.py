@@ -314,6 +314,56 @@ def test_hook_swarmbus_wake_decision() -> None:
     assert calls == []  # stops at the first non-None result
 
 
+# -- swarmbus_wake_filter ---------------------------------------------------------------------
+def test_hook_swarmbus_wake_filter() -> None:
+    from swarmbus import PolicyState, Verdict
+    from swarmbus.default_plugins.chain import evaluate
+    from swarmbus.default_plugins.history import WakeHistory
+
+    seen: list[tuple[str, float]] = []
+
+    class NightOwl:
+        @hookimpl
+        def swarmbus_wake_filter(self, message: StoredMessage, state: PolicyState, now: float) -> Verdict | None:
+            seen.append((message.subject, now))
+            if message.subject == "later":
+                return Verdict.hold("come back later", now + 60, rule="night-owl")
+            if message.subject == "never":
+                return Verdict.skip("not for me")  # no rule name: recorded as "plugin"
+            return None
+
+    class AlwaysWake:  # an old-style plugin: its wake is no objection, never an override of a veto
+        @hookimpl
+        def swarmbus_wake_decision(self, message: StoredMessage) -> WakeDecision | None:
+            return wake("plugin says wake") if message.subject != "vetoed" else skip("plugin says no")
+
+    relay = fresh(NightOwl(), AlwaysWake())
+    settings = settings_for(wake={"policy": "none", "senders": {"deny": ["mallory"]}})
+    state, now = WakeHistory(), 1_700_000_000.0
+
+    verdicts = relay.wake_filters(message("later"), settings, state, now)
+    assert Verdict.hold("come back later", now + 60, rule="night-owl") in verdicts
+    assert seen == [("later", now)]  # the injected clock is passed through
+    assert "swarmbus.default_plugins.rules.quiet_hours" in relay.wake_filter_chain()
+
+    # all implementations are called and any veto wins, whatever the order
+    assert evaluate(relay, message("hello"), settings, state, now).wake  # the plugin's wake overrides policy none
+    held = evaluate(relay, message("later"), settings, state, now)
+    assert (held.final.action, held.final.until, held.final.rule) == ("hold", now + 60, "night-owl")
+    skipped = evaluate(relay, message("never"), settings, state, now)
+    assert (skipped.final.action, skipped.final.rule, skipped.reason) == ("skip", "plugin", "not for me")
+    vetoed = evaluate(relay, message("vetoed"), settings, state, now)
+    assert (vetoed.final.action, vetoed.final.rule, vetoed.reason) == ("skip", "decision", "plugin says no")
+    denied = evaluate(relay, StoredMessage(2, new_envelope("mallory", AGENT, "later", "x"), "t", now), settings,
+                      state, now)
+    assert (denied.final.action, denied.final.rule) == ("skip", "senders")  # a skip beats a hold
+
+    # through the built-in `wake` handler outside a daemon: a hold is reported, not kept
+    handler = relay.handlers(settings)["wake"].handle
+    assert "held until" in asyncio.run(handler(message("later"), context(relay, settings)))
+    assert asyncio.run(handler(message("never"), context(relay, settings))) == "not woken: not for me"
+
+
 # -- swarmbus_wake ----------------------------------------------------------------------------
 def test_hook_swarmbus_wake() -> None:
     seen: list[tuple[str, str]] = []
@@ -345,11 +395,10 @@ def test_hook_swarmbus_wake() -> None:
     assert asyncio.run(relay.wake(message("fail"), wake("x"), ctx)) == WakeOutcome(False, "host is gone", 9)
     assert asyncio.run(relay.wake(message("other"), wake("x"), ctx)) is None  # nobody wakes; no wake.command
 
-    # the built-in command waker (trylast) answers when wake.command is set
+    # the core has no waker of its own: wake.command is run by the swarmbus-priority plugin
     with_command = settings_for(wake={"command": [sys.executable, "-c", "import sys; sys.exit(3)"]})
-    outcome = asyncio.run(relay.wake(message("other"), wake("x"), context(relay, with_command)))
-    assert outcome is not None and outcome.ok is False and outcome.exit_code == 3
-    assert asyncio.run(relay.wake(message("async"), wake("x"), context(relay, with_command))).ok  # plugin first
+    assert asyncio.run(relay.wake(message("other"), wake("x"), context(relay, with_command))) is None
+    assert asyncio.run(relay.wake(message("async"), wake("x"), context(relay, with_command))).ok
 
     # through the built-in `wake` handler: decision, then wake
     wake_handler = relay.handlers(settings_for(wake={"policy": "all"}))["wake"].handle

@@ -17,7 +17,7 @@ import pytest
 import swarmbus
 from swarmbus import testing
 
-PLUGINS = {"example", "cc", "openclaw"}
+PLUGINS = {"example", "priority", "cc", "openclaw"}
 
 
 @pytest.fixture

@@ -24,6 +24,9 @@ _EXPORTS: dict[str, str] = {
     "HandlerContext": "swarmbus.api",
     "WakeDecision": "swarmbus.api",
     "WakeOutcome": "swarmbus.api",
+    "Verdict": "swarmbus.api",
+    "PolicyState": "swarmbus.api",
+    "combine_verdicts": "swarmbus.api",
     "CheckResult": "swarmbus.api",
     "DoctorCheck": "swarmbus.api",
     "DoctorContext": "swarmbus.api",
@@ -38,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "SwarmbusError": "swarmbus.errors",
     "run_child": "swarmbus.children",
     "scrubbed_env": "swarmbus.children",
+    "program_problem": "swarmbus.children",
     "render_wake_prompt": "swarmbus.prompts",
     "render_message": "swarmbus.prompts",
     "WriteFile": "swarmbus.provision",
@@ -60,13 +64,16 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
         HandlerContext,
         HostType,
         InitStep,
+        PolicyState,
         StoredMessage,
+        Verdict,
         WakeDecision,
         WakeOutcome,
+        combine_verdicts,
         skip,
         wake,
     )
-    from swarmbus.children import run_child, scrubbed_env
+    from swarmbus.children import program_problem, run_child, scrubbed_env
     from swarmbus.envelope import Envelope, EnvelopeError, new_envelope, validate_agent_id
     from swarmbus.errors import SwarmbusError
     from swarmbus.hookspecs import hookimpl, hookspec

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from swarmbus.envelope import Envelope
 
@@ -69,10 +69,84 @@ class StoredMessage:
 
 @dataclass(frozen=True)
 class WakeDecision:
-    """The answer of ``swarmbus_wake_decision``: wake the host agent, or not, and why."""
+    """The answer of ``swarmbus_wake_decision``: wake the host agent, or not, and why.
+
+    When the built-in ``wake`` handler hands a decision to ``swarmbus_wake`` it may carry
+    ``batch``: other stored messages woken in the same wake (held messages released together
+    when quiet hours end or a budget refills, oldest first, not including the ``message``
+    argument). A waker that handles one message at a time may ignore it: every message stays
+    stored and readable, and ``swarmbus inbox`` shows it as woken with the others.
+    """
 
     wake: bool
     reason: str
+    batch: tuple[StoredMessage, ...] = ()
+
+
+VerdictAction = Literal["allow", "skip", "hold"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One wake rule's answer (``swarmbus_wake_filter``): ``allow`` (no objection), ``skip``
+    (a permanent veto: this message never wakes the host) or ``hold`` (a veto for now: wake it
+    at ``until``, Unix seconds, when the rules are asked again). ``rule`` names the rule for
+    ``swarmbus inbox`` and ``swarmbus policy explain``.
+
+    Build them with :meth:`allow`, :meth:`skip` and :meth:`hold`; combine several with
+    :func:`combine_verdicts`.
+    """
+
+    action: VerdictAction
+    reason: str = ""
+    until: float | None = None
+    rule: str = ""
+
+    @classmethod
+    def allow(cls, reason: str = "", *, rule: str = "") -> Verdict:
+        return cls("allow", reason, None, rule)
+
+    @classmethod
+    def skip(cls, reason: str, *, rule: str = "") -> Verdict:
+        return cls("skip", reason, None, rule)
+
+    @classmethod
+    def hold(cls, reason: str, until: float, *, rule: str = "") -> Verdict:
+        """:raises ValueError: ``until`` is not a finite number."""
+        if until != until or until in (float("inf"), float("-inf")):
+            raise ValueError(f"hold until must be a finite Unix time, not {until!r}")
+        return cls("hold", reason, float(until), rule)
+
+
+def combine_verdicts(verdicts: Sequence[Verdict]) -> Verdict:
+    """Any veto wins: the first ``skip`` if there is one; else the ``hold`` with the latest
+    ``until`` (its reason; the message can wake only when every hold is over); else ``allow``."""
+    held: Verdict | None = None
+    for verdict in verdicts:
+        if verdict.action == "skip":
+            return verdict
+        if verdict.action == "hold" and (held is None or (verdict.until or 0) > (held.until or 0)):
+            held = verdict
+    return held if held is not None else Verdict.allow("no rule objects", rule="chain")
+
+
+class PolicyState(Protocol):
+    """What wake rules may read about the past (``swarmbus_wake_filter``'s ``state``): a small
+    read-only view over the daemon's persisted wake history and recent traffic. Times are Unix
+    seconds; every sequence is oldest first."""
+
+    def wake_times(self, since: float, sender: str | None = None) -> Sequence[float]:
+        """When the host agent was woken at or after ``since`` (for ``sender``'s messages only,
+        when given). A coalesced wake counts once per sender it woke for."""
+        ...
+
+    def exchange_times(self, peer: str, since: float) -> Sequence[float]:
+        """When a message went between this agent and ``peer`` (either way) at or after ``since``."""
+        ...
+
+    def last_message_from(self, senders: Collection[str]) -> float | None:
+        """When the newest message from any of ``senders`` arrived, or None."""
+        ...
 
 
 def wake(reason: str) -> WakeDecision:
@@ -111,6 +185,8 @@ class HandlerContext:
     logger: logging.Logger
     send: SendFunc
     hooks: Any
+    attention: Any = None
+    """The daemon's wake bookkeeping (holds, wake history; internal), None outside a daemon."""
 
 
 HandleFunc = Callable[[StoredMessage, HandlerContext], Awaitable[str | None]]

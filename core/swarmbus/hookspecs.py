@@ -11,7 +11,8 @@ Lifecycle:
    ``--help``), ``swarmbus_settings_sections`` (before the config is validated).
 2. Daemon start: ``swarmbus_register_handlers``.
 3. Per stored message: ``swarmbus_route`` selects handlers; the built-in ``wake`` handler
-   asks ``swarmbus_wake_decision`` and, on a wake, ``swarmbus_wake``.
+   asks ``swarmbus_wake_decision`` and every ``swarmbus_wake_filter`` rule and, on a wake,
+   ``swarmbus_wake``.
 4. ``swarmbus doctor``: ``swarmbus_doctor_checks``. ``swarmbus init``: ``swarmbus_host_types``.
 
 ``docs/plugin-hooks.md`` documents each hook; ``tests/test_hookspecs.py`` fails when a hook
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
         Handler,
         HandlerContext,
         HostType,
+        PolicyState,
         StoredMessage,
+        Verdict,
         WakeDecision,
         WakeOutcome,
     )
@@ -103,6 +106,25 @@ def swarmbus_wake_decision(message: StoredMessage, settings: Settings) -> WakeDe
     """
 
 
+@hookspec
+def swarmbus_wake_filter(message: StoredMessage, settings: Settings, state: PolicyState, now: float) -> Verdict | None:
+    """One rule of the wake policy: may this message wake the host agent now?
+
+    Called by the built-in ``wake`` handler once per message routed to it (after
+    ``swarmbus_wake_decision``), again for a held message when its hold is over, and by
+    ``swarmbus policy explain``. Rules are pure: decide from the arguments only, no IO.
+
+    :param message: the stored message.
+    :param settings: the validated settings (``settings.wake``: the built-in rules' config).
+    :param state: a :class:`swarmbus.PolicyState`: recent wakes and traffic, read-only.
+    :param now: the current Unix time in seconds (an injected clock in tests).
+    :returns: a :class:`swarmbus.Verdict` (``Verdict.skip(reason)``: never wake for it;
+        ``Verdict.hold(reason, until)``: not before ``until``; ``Verdict.allow()``), or None
+        for no objection. All results are collected: all implementations are called and any
+        veto wins: a skip beats a hold, and of several holds the latest ``until`` counts.
+    """
+
+
 @hookspec(firstresult=True)
 def swarmbus_wake(
     message: StoredMessage, decision: WakeDecision, context: HandlerContext
@@ -117,8 +139,8 @@ def swarmbus_wake(
     :param context: the :class:`swarmbus.HandlerContext` (agent id, settings, logger, send).
     :returns: a :class:`swarmbus.WakeOutcome`, an awaitable of one, or None when this plugin
         does not wake this host (for example it is configured for another host type).
-        Stops at first non-None result. The built-in command waker (``trylast``) runs
-        ``wake.command`` when that is set.
+        Stops at first non-None result. The core has no waker: ``wake.command``
+        (``--invoke``) is run by the ``swarmbus-priority`` plugin (``trylast``).
     """
 
 

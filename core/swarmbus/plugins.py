@@ -32,7 +32,9 @@ if TYPE_CHECKING:
         Handler,
         HandlerContext,
         HostType,
+        PolicyState,
         StoredMessage,
+        Verdict,
         WakeDecision,
         WakeOutcome,
     )
@@ -47,9 +49,36 @@ DEFAULT_PLUGINS = (
     "swarmbus.default_plugins.routing",
     "swarmbus.default_plugins.archive",
     "swarmbus.default_plugins.policy",
+    "swarmbus.default_plugins.rules.expiry",
+    "swarmbus.default_plugins.rules.senders",
+    "swarmbus.default_plugins.rules.match",
+    "swarmbus.default_plugins.rules.quiet_hours",
+    "swarmbus.default_plugins.rules.rate_limit",
+    "swarmbus.default_plugins.rules.budget",
+    "swarmbus.default_plugins.rules.loop_guard",
     "swarmbus.default_plugins.wake",
     "swarmbus.default_plugins.doctor",
 )
+
+
+COMMAND_WAKER = "priority"
+"""The entry-point name of the plugin that runs ``wake.command`` (``start --invoke``)."""
+COMMAND_WAKER_DISTRIBUTION = "swarmbus-priority"
+
+
+def command_waker_problem(infos: Mapping[str, PluginInfo]) -> tuple[str, str] | None:
+    """Why ``wake.command`` (``--invoke``) would never run with these plugins (``pm.infos``), and
+    the fix, as ``(problem, fix)``: the command-waker plugin (:data:`COMMAND_WAKER`) is not
+    installed, was left out by ``SWARMBUS_LOAD_PLUGINS``, or failed to load. None when it is loaded."""
+    info = infos.get(COMMAND_WAKER)
+    needs = f"--invoke / wake.command needs the {COMMAND_WAKER} plugin ({COMMAND_WAKER_DISTRIBUTION})"
+    if info is None:
+        return f"{needs}, which is not installed", f"pip install {COMMAND_WAKER_DISTRIBUTION}"
+    if info.status == "blocked":
+        return f"{needs}, which {LOAD_ENV} leaves out", f"add {COMMAND_WAKER} to {LOAD_ENV}"
+    if info.status != "loaded":
+        return f"{needs}, which failed to load ({info.error})", f"pip install --force-reinstall {COMMAND_WAKER_DISTRIBUTION}"
+    return None
 
 
 @dataclass
@@ -194,6 +223,15 @@ class HookRelay:
     def wake_decision(self, message: StoredMessage, settings: Settings) -> WakeDecision:
         decision: WakeDecision = self.hook.swarmbus_wake_decision(message=message, settings=settings)
         return decision
+
+    def wake_filters(self, message: StoredMessage, settings: Settings, state: PolicyState, now: float) -> list[Verdict]:
+        """Every ``swarmbus_wake_filter`` rule's verdict (None answers left out), in call order."""
+        return self.hook.swarmbus_wake_filter(  # type: ignore[no-any-return]
+            message=message, settings=settings, state=state, now=now)
+
+    def wake_filter_chain(self) -> list[str]:
+        """The plugin names of the ``swarmbus_wake_filter`` implementations, in call order."""
+        return [impl.plugin_name for impl in reversed(self.hook.swarmbus_wake_filter.get_hookimpls())]
 
     async def wake(self, message: StoredMessage, decision: WakeDecision, context: HandlerContext) -> WakeOutcome | None:
         result = self.hook.swarmbus_wake(message=message, decision=decision, context=context)

@@ -8,6 +8,7 @@ pydantic models plugins register through the ``swarmbus_settings_sections`` hook
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -94,13 +95,166 @@ class DaemonSettings(_Model):
     """The most messages the dispatcher holds in memory; the rest wait in the store."""
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_RE = re.compile(r"\A\s*(\d+(?:\.\d+)?)?\s*([smhd])?\s*\Z")
+
+
+def parse_duration(value: Any) -> float:
+    """``"90s"``, ``"10m"``, ``"2h"``, ``"1d"``, a bare unit (``"h"`` = one hour) or a number of
+    seconds, to seconds (> 0). :raises ValueError: anything else."""
+    if isinstance(value, bool):
+        raise ValueError(f"a duration like 10m, 2h or 30s, not {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(str(value))
+        if match is None or (match.group(1) is None and match.group(2) is None):
+            raise ValueError(f"a duration like 10m, 2h or 30s, not {value!r}")
+        seconds = float(match.group(1) or 1) * _UNITS[match.group(2) or "s"]
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"a duration must be more than 0 seconds, not {value!r}")
+    return seconds
+
+
+def parse_rate(value: Any) -> tuple[int, float]:
+    """``"5/10m"`` (5 per 10 minutes), ``"20/h"``: to (count >= 1, window seconds).
+    :raises ValueError: anything else."""
+    count, sep, window = str(value).partition("/")
+    if not sep or not count.strip().isdigit() or int(count) < 1:
+        raise ValueError(f"a rate like 5/10m or 20/h (count/duration), not {value!r}")
+    return int(count), parse_duration(window)
+
+
+class _Rate(_Model):
+    count: int
+    window: float
+
+
+class SendersRule(_Model):
+    """``[wake.senders]``: ``deny`` never wakes; a non-empty ``allow`` wakes only for those."""
+
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+
+
+class MatchRule(_Model):
+    """``[wake.match]``: ``subject`` a regular expression the subject must contain a match of;
+    ``content_types`` the media types (without parameters) that may wake. Empty: any."""
+
+    subject: str | None = None
+    content_types: list[str] = Field(default_factory=list)
+
+    @field_validator("subject")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+
+class QuietHoursRule(_Model):
+    """``[wake.quiet_hours]``: no wakes from ``start`` to ``end`` (``HH:MM``, local time in the
+    IANA ``timezone``; across midnight when ``end`` < ``start``); messages are held until the
+    window ends. ``breakthrough = "high"`` lets priority-high messages through (only those from
+    ``breakthrough_senders`` when that is not empty); ``"none"`` lets nothing through."""
+
+    start: str | None = None
+    end: str | None = None
+    timezone: str = "UTC"
+    breakthrough: Literal["none", "high"] = "none"
+    breakthrough_senders: list[str] = Field(default_factory=list)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", str(value).strip())
+        if match is None:
+            raise ValueError(f"a time of day like 22:00 (HH:MM, 24-hour), not {value!r}")
+        return f"{int(match.group(1)):02d}:{match.group(2)}"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r} (e.g. Europe/Berlin, UTC)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _both(self) -> QuietHoursRule:
+        if (self.start is None) != (self.end is None):
+            raise ValueError("set both start and end, or neither")
+        if self.start is not None and self.start == self.end:
+            raise ValueError("start and end are the same time")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.start is not None
+
+
+class RateLimitRule(_Model):
+    """``[wake.rate_limit]``: at most ``per_sender`` wakes per sender and ``overall`` wakes in
+    all, each ``"COUNT/DURATION"`` (``"5/10m"``); over it a message is held until the window
+    has room."""
+
+    per_sender: _Rate | None = None
+    overall: _Rate | None = None
+
+    @field_validator("per_sender", "overall", mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if value is None or isinstance(value, dict | _Rate):
+            return value
+        count, window = parse_rate(value)
+        return {"count": count, "window": window}
+
+
+class BudgetRule(_Model):
+    """``[wake.budget]``: at most ``per_hour`` wakes in any hour and ``per_day`` in any 24 hours
+    (sliding windows); over it a message is held until the budget refills."""
+
+    per_hour: int | None = Field(default=None, ge=1)
+    per_day: int | None = Field(default=None, ge=1)
+
+
+class LoopGuardRule(_Model):
+    """``[wake.loop_guard]``: more than ``max_messages`` messages between this agent and one
+    peer within ``window`` (a duration, ``"10m"``), with no message from one of ``humans`` (the
+    operators' ids) in that time, hold that peer's messages and tell the operators."""
+
+    max_messages: int | None = Field(default=None, ge=1)
+    window: float = 600.0
+    humans: list[str] = Field(default_factory=list)
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+
 class WakeSettings(_Model):
     """When and how the host agent is woken. ``policy``: ``high`` wakes for priority=high
     directed messages only (the predecessor's ``priority-high``), ``all`` for every message,
-    ``none`` never. ``command`` is an argv list run for each wake (no shell)."""
+    ``none`` never. ``command`` is an argv list run for each wake (no shell). The sub-tables
+    are the rules of the wake policy (docs/policies.md); their defaults change nothing."""
 
     policy: Literal["high", "all", "none"] = "high"
     command: list[str] | None = None
+    senders: SendersRule = Field(default_factory=SendersRule)
+    match: MatchRule = Field(default_factory=MatchRule)
+    quiet_hours: QuietHoursRule = Field(default_factory=QuietHoursRule)
+    rate_limit: RateLimitRule = Field(default_factory=RateLimitRule)
+    budget: BudgetRule = Field(default_factory=BudgetRule)
+    loop_guard: LoopGuardRule = Field(default_factory=LoopGuardRule)
 
     @field_validator("policy", mode="before")
     @classmethod

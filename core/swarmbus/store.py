@@ -13,7 +13,9 @@ instead of SQLite writing a few dozen overflow pages to its WAL and again to the
 finished, so marking a message done never rewrites its possibly large ``messages`` row),
 ``quarantine``, ``deliveries`` (one row per message and handler), ``cursors`` (per reader),
 ``acks`` (messages a reader acknowledged past its cursor), ``outbox`` (sends waiting for a
-PUBACK), ``counters``, ``meta``.
+PUBACK), ``counters``, ``meta``, and the wake policy's ``wake_log`` (one row per woken message
+and wake: the budgets and rate limits count them) and ``holds`` (messages held for later, with
+until when and why); these two are created in place, without a schema change.
 
 ``messages.seq`` grows by one per stored message (rows are never deleted, so the largest is never
 reused; schema 1 declared it AUTOINCREMENT, which costs a page write per commit).
@@ -105,6 +107,22 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS acks (consumer TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (consumer, seq));
 CREATE TABLE IF NOT EXISTS dispatches (seq INTEGER PRIMARY KEY, done_at REAL);
 CREATE INDEX IF NOT EXISTS dispatches_pending ON dispatches(seq) WHERE done_at IS NULL;
+CREATE TABLE IF NOT EXISTS wake_log (
+    at REAL NOT NULL,
+    sender TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ok INTEGER NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS wake_log_at ON wake_log(at);
+CREATE TABLE IF NOT EXISTS holds (
+    seq INTEGER PRIMARY KEY,
+    until REAL NOT NULL,
+    reason TEXT NOT NULL,
+    rule TEXT NOT NULL DEFAULT '',
+    held_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS holds_until ON holds(until);
 """
 
 Outcome = Literal["stored", "duplicate", "quarantined", "self"]
@@ -138,6 +156,27 @@ class QuarantineRow:
             "message_id": self.message_id,
             "payload": self.payload.decode("utf-8", "backslashreplace"),
         }
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A message the wake policy holds: wake it at ``until`` (Unix seconds) if the rules allow."""
+
+    seq: int
+    until: float
+    reason: str
+    rule: str
+    held_at: float
+
+
+@dataclass(frozen=True)
+class WakeAttempt:
+    """One wake (coalesced messages count once): when, whether it worked, what the waker said."""
+
+    at: float
+    ok: bool
+    detail: str
+    seqs: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -655,6 +694,108 @@ class Store:
             "SELECT handler FROM deliveries WHERE seq = ? AND status NOT IN ('running', 'pending')", (seq,)
         )
         return {r[0] for r in rows}
+
+    # -- the wake policy: wake history and holds ------------------------------------------
+    def record_wake(self, at: float, woken: Sequence[tuple[int, str]], ok: bool, detail: str,
+                    outcomes: Iterable[tuple[int, str, str]] = ()) -> None:
+        """Record one wake attempt for the messages ``woken`` ``(seq, sender)``, drop their holds,
+        and upsert the ``wake`` deliveries ``outcomes`` ``(seq, status, detail)``, in one transaction.
+
+        :raises StoreError: the database failed; nothing was recorded.
+        """
+        rows = [(at, sender, seq, 1 if ok else 0, detail[:2000]) for seq, sender in woken]
+        deliveries = [(seq, "wake", status, text[:2000], at) for seq, status, text in outcomes]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT INTO wake_log (at, sender, seq, ok, detail) VALUES (?, ?, ?, ?, ?)", rows)
+            db.executemany("DELETE FROM holds WHERE seq = ?", [(seq,) for seq, _ in woken])
+            self._upsert_deliveries(db, deliveries)
+
+        self._write(write)
+
+    def _upsert_deliveries(self, db: sqlite3.Connection, rows: Sequence[tuple[int, str, str, str, float]]) -> None:
+        if rows:
+            db.executemany(
+                "INSERT INTO deliveries (seq, handler, status, attempts, detail, updated_at)"
+                " VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(seq, handler) DO UPDATE SET"
+                " status = excluded.status, detail = excluded.detail, updated_at = excluded.updated_at,"
+                " attempts = deliveries.attempts + 1",
+                rows,
+            )
+            for status in ("failed", "timeout"):
+                count = sum(1 for r in rows if r[2] == status)
+                if count:
+                    self._bump(db, f"handler_{status}", count)
+
+    def wakes_since(self, since: float) -> list[tuple[float, list[str]]]:
+        """Wake attempts at or after ``since``, oldest first: (at, the senders it woke for)."""
+        out: dict[float, list[str]] = {}
+        for at, sender in self._query("SELECT at, sender FROM wake_log WHERE at >= ? ORDER BY at", (since,)):
+            out.setdefault(float(at), []).append(sender)
+        return list(out.items())
+
+    def wake_attempts(self, limit: int) -> list[WakeAttempt]:
+        """The newest ``limit`` wake attempts, newest first."""
+        rows = self._query(
+            "SELECT at, MIN(ok), MAX(detail), GROUP_CONCAT(seq) FROM wake_log WHERE at IN"
+            " (SELECT DISTINCT at FROM wake_log ORDER BY at DESC LIMIT ?) GROUP BY at ORDER BY at DESC", (limit,))
+        return [WakeAttempt(float(r[0]), bool(r[1]), r[2], tuple(sorted(int(x) for x in str(r[3]).split(",")))) for r in rows]
+
+    def traffic_since(self, since: float) -> tuple[list[tuple[float, str]], list[tuple[float, str]]]:
+        """Messages received (at, sender) and sent through the daemon (at, peer) at or after
+        ``since``, oldest first; read from the newest backwards, so the cost is what is recent."""
+        received: list[tuple[float, str]] = []
+        sent: list[tuple[float, str]] = []
+        with self._lock:
+            for at, sender in self._db.execute("SELECT received_at, from_agent FROM messages ORDER BY seq DESC"):
+                if at < since:
+                    break
+                received.append((float(at), sender))
+            for at, topic in self._db.execute("SELECT created_at, topic FROM outbox ORDER BY oseq DESC"):
+                if at < since:
+                    break
+                peer = agent_of(topic, "inbox")
+                if peer is not None:
+                    sent.append((float(at), peer))
+        return received[::-1], sent[::-1]
+
+    def hold(self, seq: int, until: float, reason: str, rule: str, now: float) -> None:
+        """Hold message ``seq`` until ``until`` (replacing an earlier hold; ``held_at`` is kept).
+
+        :raises StoreError: the database failed.
+        """
+        self._write(lambda db: db.execute(
+            "INSERT INTO holds (seq, until, reason, rule, held_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(seq) DO UPDATE SET until = excluded.until, reason = excluded.reason, rule = excluded.rule",
+            (seq, until, reason[:500], rule, now)))
+
+    def drop_holds(self, seqs: Iterable[int], outcomes: Iterable[tuple[int, str, str]] = ()) -> None:
+        """Forget the holds of ``seqs`` (the rules now skip them) and upsert their ``wake``
+        deliveries ``(seq, status, detail)``. :raises StoreError: the database failed."""
+        now = time.time()
+        rows = [(seq, "wake", status, text[:2000], now) for seq, status, text in outcomes]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM holds WHERE seq = ?", [(seq,) for seq in seqs])
+            self._upsert_deliveries(db, rows)
+
+        self._write(write)
+
+    def holds(self, until: float | None = None) -> list[Hold]:
+        """Held messages (those due by ``until`` when given), earliest first."""
+        if until is None:
+            rows = self._query("SELECT * FROM holds ORDER BY until, seq")
+        else:
+            rows = self._query("SELECT * FROM holds WHERE until <= ? ORDER BY until, seq", (until,))
+        return [Hold(r["seq"], r["until"], r["reason"], r["rule"], r["held_at"]) for r in rows]
+
+    def hold_of(self, seq: int) -> Hold | None:
+        rows = self._query("SELECT * FROM holds WHERE seq = ?", (seq,))
+        return Hold(rows[0]["seq"], rows[0]["until"], rows[0]["reason"], rows[0]["rule"], rows[0]["held_at"]) if rows else None
+
+    def message_by_id(self, message_id: str) -> StoredMessage | None:
+        rows = self._query("SELECT * FROM messages WHERE id = ?", (message_id,))
+        return self._message(rows[0]) if rows else None
 
     # -- outbox ---------------------------------------------------------------------------
     def outbox_add(self, message_id: str, topic: str, payload: bytes) -> bool:

@@ -128,9 +128,11 @@ def start_detached(args: argparse.Namespace) -> int:
             return 0
     from swarmbus.cli.common import load_settings_for
     from swarmbus.cli.start import require_runnable_wake_command
+    from swarmbus.plugins import get_plugin_manager
 
-    settings = load_settings_for(args)  # a bad flag or config file fails here with its reason, not in the log
-    require_runnable_wake_command(settings)  # a missing --invoke program too
+    pm = get_plugin_manager()
+    settings = load_settings_for(args, pm=pm)  # a bad flag or config file fails here with its reason, not in the log
+    require_runnable_wake_command(settings, pm)  # a missing --invoke program (or its plugin) too
     argv = [sys.executable, "-m", "swarmbus", "start", *_forwarded_flags(args, agent_id)]
     try:
         daemon = spawn(argv, paths, os.environ)

@@ -231,6 +231,14 @@ def _inbox(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
+def _policy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("explain",), help="explain: the effective wake chain, and a message's verdicts")
+    _agent(p)
+    p.add_argument("--message", metavar="MSG_ID", help="a stored message's id (or #SEQ): each rule's verdict for it now")
+    _json(p)
+    _common(p)
+
+
 def _config(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("show", "check", "path"), help="show: values and sources; check: validate; path: the config file")
     _agent(p)
@@ -375,6 +383,16 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         _list,
     ),
     "inbox": ("show the stored messages, their handler outcomes, and the quarantine", None, _inbox),
+    "policy": (
+        "explain the wake policy: the rule chain, and each rule's verdict for a message",
+        "Print the effective wake chain (the base decision, then every wake rule, with its\n"
+        "configuration) and, with --message, each rule's verdict for that stored message now, the\n"
+        "combined verdict, its stored hold and what was recorded (docs/policies.md).\n\n"
+        "  swarmbus policy explain --agent-id coder\n"
+        "  swarmbus policy explain --agent-id coder --message 5f0c...  --json\n\n"
+        "Exit codes: 0 explained, 1 no such message, 2 usage or configuration error.",
+        _policy,
+    ),
     "config": ("show or check the effective configuration", None, _config),
     "plugins": ("list plugins, their versions and hooks", None, _plugins),
     "doctor": (
@@ -497,6 +515,7 @@ def run(argv: Sequence[str]) -> int:
         "inbox": "reading", "list": "presence", "config": "admin", "plugins": "admin",
         "doctor": "doctor", "broker": "admin", "init": "init", "uninit": "init", "wait": "reading",
         "mcp-server": "mcpserver", "completion": "completion", "stop": "detach", "status": "detach",
+        "policy": "policy",
     }[args.command]
     handler = __import__(f"swarmbus.cli.{module}", fromlist=["run"])  # importlib would cost an import
     return int(handler.run(args))

@@ -22,7 +22,7 @@ from swarmbus.control import DaemonUnavailable, daemon_status, request
 from swarmbus.errors import SwarmbusError, TimeoutExpired, UsageError
 from swarmbus.paths import AgentPaths
 from swarmbus.settings import Settings
-from swarmbus.store import Store
+from swarmbus.store import Delivery, Store
 
 _CONSUMER_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 
@@ -177,6 +177,23 @@ def _tail(args: argparse.Namespace) -> int:
             receive_once(settings, agent_id, wait_for_new=30)
 
 
+DETAIL_CHARS = 160
+"""How much of a delivery's detail ``inbox`` prints (``--json`` has all of it)."""
+
+
+def _delivery_state(delivery: Delivery) -> str:
+    """``wake: failed (notify-me exited 3 in 41 ms; output: ...)``: the handler, its status and,
+    for a wake or a run that did not succeed, its detail (a wake command's exit status, duration
+    and output tail), shortened and made safe for a terminal."""
+    state = f"{delivery.handler}: {delivery.status}"
+    if delivery.detail and (delivery.handler == "wake" or delivery.status in ("failed", "timeout")):
+        from swarmbus.cli.common import safe_text
+
+        detail = delivery.detail if len(delivery.detail) <= DETAIL_CHARS else delivery.detail[:DETAIL_CHARS - 3] + "..."
+        state += f" ({safe_text(detail)})"
+    return state
+
+
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -200,11 +217,13 @@ def _inbox(args: argparse.Namespace) -> int:
             return 0
         messages = store.recent(args.limit)
         deliveries = {m.seq: store.deliveries(m.seq) for m in messages}
+        holds = {h.seq: h for h in store.holds()}
     if args.json:
         print_json({
             "counters": counters,
             "messages": [
-                {**m.to_json(), "deliveries": [vars(d) for d in deliveries[m.seq]]} for m in messages
+                {**m.to_json(), "deliveries": [vars(d) for d in deliveries[m.seq]],
+                 "hold": vars(holds[m.seq]) if m.seq in holds else None} for m in messages
             ],
         })
         return 0
@@ -217,6 +236,12 @@ def _inbox(args: argparse.Namespace) -> int:
 
     dash = "—" if can_encode("—") else "-"
     for m in messages:
-        states = ", ".join(f"{d.handler}: {d.status}" for d in deliveries[m.seq]) or "not dispatched"
+        states = ", ".join(_delivery_state(d) for d in deliveries[m.seq]) or "not dispatched"
         print(f"  #{m.seq} {_when(m.received_at)} from {m.from_agent} [{m.priority}] {m.subject!r} {dash} {states}")
+        if m.seq in holds:
+            from swarmbus.cli.common import safe_text
+
+            hold = holds[m.seq]
+            local = datetime.fromtimestamp(hold.until).strftime("%Y-%m-%d %H:%M")
+            print(f"      wake held until {local} ({safe_text(hold.reason)}) [{hold.rule}]")
     return 0

@@ -9,6 +9,7 @@ from swarmbus.cli.common import load_settings_for
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from swarmbus.plugins import PluginManager
     from swarmbus.settings import Settings
 
 
@@ -23,17 +24,25 @@ def run(args: argparse.Namespace) -> int:
     pm = get_plugin_manager()
     settings = load_settings_for(args, pm=pm)
     settings.require_agent_id()
-    require_runnable_wake_command(settings)
+    require_runnable_wake_command(settings, pm)
     return Daemon(settings, pm).run()
 
 
-def require_runnable_wake_command(settings: Settings) -> None:
-    """:raises UsageError: (exit 2) the wake command (``--invoke``) cannot be run, so every wake
-    would fail."""
-    from swarmbus.default_plugins.wake import command_problem
+def require_runnable_wake_command(settings: Settings, pm: PluginManager) -> None:
+    """:raises UsageError: (exit 2) a wake command (``--invoke``) is set but cannot be run, so
+    every wake would fail: the plugin that runs it (``swarmbus-priority``) is not loaded in
+    ``pm``, or its program is not found or not executable."""
+    from swarmbus.children import program_problem
     from swarmbus.errors import UsageError
+    from swarmbus.plugins import command_waker_problem
 
-    problem = command_problem(settings)
+    argv = settings.wake.command
+    if not argv:
+        return
+    missing = command_waker_problem(pm.infos)
+    if missing:
+        raise UsageError(missing[0], hint=missing[1])
+    problem = program_problem(argv[0])
     if problem:
         raise UsageError(f"the wake command (--invoke / wake.command) cannot run: {problem}; every wake would fail",
                          hint="install it, give its full path (--invoke '/path/to/program ARGS'), or leave --invoke out")

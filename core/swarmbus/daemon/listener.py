@@ -33,6 +33,7 @@ from typing import Any
 from swarmbus._version import __version__
 from swarmbus.api import HandlerContext, StoredMessage
 from swarmbus.children import ChildReaper
+from swarmbus.default_plugins.attention import Attention
 from swarmbus.envelope import new_envelope
 from swarmbus.ownership import Ownership
 from swarmbus.paths import AgentPaths
@@ -120,9 +121,11 @@ class Daemon:
         self.outbox = Outbox(store, self.receiver, self.link)
 
         handlers = self.relay.handlers(settings)
+        self.attention = Attention(store, self.relay, settings)
+        self.outbox.on_spooled = self.attention.note_sent
         context = HandlerContext(
             agent_id=agent_id, settings=settings, logger=logging.getLogger(f"swarmbus.handler.{agent_id}"),
-            send=self._send_from_handler, hooks=self.relay,
+            send=self._send_from_handler, hooks=self.relay, attention=self.attention,
         )
         self.dispatcher = Dispatcher(store, self.relay, handlers, context, self.receiver.record,
                                      backlog=settings.daemon.backlog)
@@ -141,6 +144,7 @@ class Daemon:
         log.info("swarmbus daemon starting %s", " ".join(f"{k}={v}" for k, v in record.items() if k != "event"),
                  extra=record)
         self.dispatcher.start()  # before the link: what a crash left undispatched is taken in first, in order
+        self.attention.start(context)  # held messages: their timer (those already due are woken now)
         self.link.start()
         heartbeat = loop.create_task(self._heartbeat())
         try:
@@ -153,6 +157,7 @@ class Daemon:
         heartbeat.cancel()
         self.control.close()
         self.paths.release_socket_path()
+        self.attention.close()
         await self.dispatcher.drain(timeout=2.0)
         final = None
         if self.stop_reason is None:
@@ -204,6 +209,10 @@ class Daemon:
                 self.dispatcher.sweep()
             except Exception:
                 log.exception("dispatch sweep failed; trying again at the next heartbeat")
+            try:
+                self.attention.tick()
+            except Exception:
+                log.exception("checking held messages failed; trying again at the next heartbeat")
 
     def status(self) -> dict[str, Any]:
         link, receiver, store = self.link, self.receiver, self.dispatcher.reader

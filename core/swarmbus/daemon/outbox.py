@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from swarmbus.envelope import Envelope
 from swarmbus.store import Store
@@ -30,6 +31,8 @@ class Outbox:
         self.receiver = receiver
         self.link = link
         self._inflight: set[str] = set()  # ids handed to paho and not yet PUBACKed (it resends them itself)
+        self.on_spooled: Callable[[str], object] | None = None
+        """Called with the recipient of each newly spooled send (the wake policy's loop guard)."""
 
     def _publish(self, message_id: str, topic: str, payload: bytes) -> PublishTicket:
         self._inflight.add(message_id)
@@ -61,6 +64,8 @@ class Outbox:
         topic = topic_for_recipient(envelope.to)
         if not self.store.outbox_add(envelope.id, topic, payload):
             return "duplicate"
+        if self.on_spooled is not None:
+            self.on_spooled(envelope.to)
         ticket = self._publish(envelope.id, topic, payload)
         if ticket.done.is_set():
             return "published"

@@ -186,6 +186,40 @@ def check_store(ctx: DoctorContext) -> CheckResult:
     return CheckResult("ok", f"store {paths.store} writable")
 
 
+WAKE_FAILURES = 3
+"""``wakes`` fails when this many of the latest wake attempts all failed."""
+
+
+def check_wakes(ctx: DoctorContext) -> CheckResult:
+    """The latest wake attempts (``wake_log``): fail when the last :data:`WAKE_FAILURES` all
+    failed, warn when the latest one did."""
+    if not ctx.agent_id:
+        return CheckResult("skip", "no agent id: wakes not checked")
+    from swarmbus.paths import AgentPaths
+    from swarmbus.store import Store
+
+    paths = AgentPaths.for_agent(ctx.agent_id, ctx.settings.state_dir)
+    if not paths.store.exists():
+        return CheckResult("skip", "no store yet: no wakes to check")
+    try:
+        with Store(paths.store) as store:
+            attempts = store.wake_attempts(WAKE_FAILURES)
+            held = len(store.holds())
+    except Exception as exc:
+        return CheckResult("skip", f"wakes not checked: {exc}")
+    fix = (f"see what the waker said: swarmbus inbox --agent-id {ctx.agent_id}; check the host plugin "
+           "(`swarmbus plugins`) or the wake command (wake.command, --invoke): run it by hand with a message on stdin")
+    failed = [a for a in attempts if not a.ok]
+    note = f"; {held} message(s) held by the wake policy" if held else ""
+    if not attempts:
+        return CheckResult("ok", "no wake attempts yet" + note)
+    if len(attempts) >= WAKE_FAILURES and len(failed) == len(attempts):
+        return CheckResult("fail", f"the last {len(attempts)} wakes failed (latest: {attempts[0].detail}){note}", fix=fix)
+    if not attempts[0].ok:
+        return CheckResult("warn", f"the latest wake failed ({attempts[0].detail}){note}", fix=fix)
+    return CheckResult("ok", f"the latest wake worked ({len(failed)} of the last {len(attempts)} failed){note}")
+
+
 def check_presence(ctx: DoctorContext) -> CheckResult:
     if not ctx.agent_id:
         return CheckResult("skip", "no agent id: presence not checked")
@@ -208,25 +242,18 @@ def check_presence(ctx: DoctorContext) -> CheckResult:
     return CheckResult("ok", f"{ctx.agent_id} is online to its peers ({others} other agents online)")
 
 
-def check_wake_command(ctx: DoctorContext) -> CheckResult:
-    argv = ctx.settings.wake.command
-    if not argv:
-        return CheckResult("skip", "no wake command configured (wake.command, --invoke)")
-    from swarmbus.default_plugins.wake import command_problem
-
-    problem = command_problem(ctx.settings)
-    if problem:
-        return CheckResult("fail", f"the wake command cannot run: {problem}; every wake fails",
-                           fix="install it, or set wake.command (--invoke) to its full path")
-    return CheckResult("ok", f"wake command {argv[0]} can be run")
-
-
 def check_plugins(ctx: DoctorContext) -> CheckResult:
     infos = ctx.cache.get("plugin_infos") or {}
     failed = [i for i in infos.values() if getattr(i, "status", "") == "failed"]
     if failed:
         names = ", ".join(f"{i.name} ({i.error})" for i in failed)
         return CheckResult("fail", f"plugins failed to load: {names}", fix="reinstall or remove them (pip)")
+    if ctx.settings.wake.command:  # the wake-command check itself is the command-waker plugin's
+        from swarmbus.plugins import command_waker_problem
+
+        missing = command_waker_problem(infos)
+        if missing:
+            return CheckResult("fail", f"{missing[0]}: every wake fails", fix=missing[1])
     loaded = [i.name for i in infos.values() if not getattr(i, "builtin", True) and i.status == "loaded"]
     return CheckResult("ok", f"{len(loaded)} plugins loaded" + (f": {', '.join(loaded)}" if loaded else ""))
 
@@ -239,7 +266,7 @@ CORE_CHECKS = (
     DoctorCheck("daemon", check_daemon, 50),
     DoctorCheck("store", check_store, 60),
     DoctorCheck("presence", check_presence, 70),
-    DoctorCheck("wake-command", check_wake_command, 75),
+    DoctorCheck("wakes", check_wakes, 75),
     DoctorCheck("plugins", check_plugins, 80),
 )
 
