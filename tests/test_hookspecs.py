@@ -410,6 +410,53 @@ def test_hook_swarmbus_wake() -> None:
     assert "not woken" in asyncio.run(wake_handler(message("async"), context(relay, Settings())))
 
 
+# -- swarmbus_wake_coalesce -------------------------------------------------------------------
+def test_hook_swarmbus_wake_coalesce() -> None:
+    class Host:
+        @hookimpl
+        def swarmbus_wake_coalesce(self, message: StoredMessage, settings: Settings) -> bool | None:
+            if settings.host_type != "desk-bell":
+                return None
+            return message.subject != "alone"
+
+    class Fallback:
+        @hookimpl(trylast=True)
+        def swarmbus_wake_coalesce(self) -> bool:
+            return False
+
+    bell = settings_for(host_type="desk-bell")
+    assert fresh(Host()).wake_coalesce(message(), bell) is True
+    assert fresh(Host()).wake_coalesce(message("alone"), bell) is False  # False is an answer too
+    assert fresh(Host()).wake_coalesce(message(), Settings()) is False  # nobody answers: one call per message
+    assert fresh(Host(), Fallback()).wake_coalesce(message(), bell) is True  # firstresult: the host first
+    assert fresh(Host(), Fallback()).wake_coalesce(message(), Settings()) is False
+    # what the core does with the answer: tests/test_coalesce.py
+
+
+# -- swarmbus_delivery_event ------------------------------------------------------------------
+def test_hook_swarmbus_delivery_event(caplog: pytest.LogCaptureFixture) -> None:
+    from swarmbus import DeliveryEvent
+
+    seen: list[tuple[str, str]] = []
+
+    class Broken:
+        @hookimpl
+        def swarmbus_delivery_event(self, event: DeliveryEvent) -> None:
+            raise RuntimeError("dashboard down")
+
+    class Follower:
+        @hookimpl
+        def swarmbus_delivery_event(self, event: DeliveryEvent) -> None:
+            seen.append((event.step, event.by))
+
+    relay = fresh(Follower(), Broken())  # Broken is called first (registered last): it must not stop Follower
+    event = DeliveryEvent("m-1", "stored", "sent", "coder", "coder", time.time())
+    with caplog.at_level(logging.ERROR, logger="swarmbus.plugins"):
+        relay.delivery_event(event)  # never raises
+    assert seen == [("stored", "coder")]
+    assert "dashboard down" in caplog.text and "swarmbus_delivery_event" in caplog.text
+
+
 # -- swarmbus_doctor_checks -------------------------------------------------------------------
 def test_hook_swarmbus_doctor_checks() -> None:
     def run_ok(ctx: DoctorContext) -> CheckResult:

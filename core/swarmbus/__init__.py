@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "StoredMessage": "swarmbus.api",
     "Handler": "swarmbus.api",
     "HandlerContext": "swarmbus.api",
+    "DeliveryEvent": "swarmbus.api",
     "WakeDecision": "swarmbus.api",
     "WakeOutcome": "swarmbus.api",
     "Verdict": "swarmbus.api",
@@ -58,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from swarmbus.api import (
         CheckResult,
         Command,
+        DeliveryEvent,
         DoctorCheck,
         DoctorContext,
         Handler,

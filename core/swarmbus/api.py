@@ -72,15 +72,38 @@ class WakeDecision:
     """The answer of ``swarmbus_wake_decision``: wake the host agent, or not, and why.
 
     When the built-in ``wake`` handler hands a decision to ``swarmbus_wake`` it may carry
-    ``batch``: other stored messages woken in the same wake (held messages released together
-    when quiet hours end or a budget refills, oldest first, not including the ``message``
-    argument). A waker that handles one message at a time may ignore it: every message stays
-    stored and readable, and ``swarmbus inbox`` shows it as woken with the others.
+    ``batch``: the other stored messages woken in the same wake, in seq order, not including
+    the ``message`` argument (the oldest). Only a waker that takes coalesced wakes
+    (``swarmbus_wake_coalesce`` answers True) gets a non-empty batch: messages that arrived
+    while its previous wake ran, within ``wake.debounce``, or held messages released together.
+    Every message of the batch is recorded as woken by this wake (``swarmbus inbox``).
     """
 
     wake: bool
     reason: str
     batch: tuple[StoredMessage, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeliveryEvent:
+    """One recorded step of a message's delivery ladder (``swarmbus_delivery_event``).
+
+    ``step`` is ``published``, ``stored``, ``wake``, ``surfaced``, ``acknowledged`` or
+    ``replied`` (in ladder order; docs/protocol.md, "Delivery receipts"), or, on the sending
+    side, ``gave up`` when redelivery stopped without a ``stored`` receipt. ``side`` is ``sent``
+    (this agent sent the message: the step was reported by a receipt, or is its own
+    ``published``/``gave up``) or ``received`` (this agent received it). ``by`` is the agent that
+    reached the step, ``peer`` the other end (the recipient or ``broadcast`` for ``sent``, the
+    sender for ``received``), ``at`` Unix seconds, ``detail`` free text (e.g. the wake outcome).
+    """
+
+    message_id: str
+    step: str
+    side: Literal["sent", "received"]
+    by: str
+    peer: str
+    at: float
+    detail: str = ""
 
 
 VerdictAction = Literal["allow", "skip", "hold"]
@@ -197,14 +220,19 @@ class Handler:
     """A named async handler for stored messages.
 
     ``handle(message, context)`` returns an optional detail string; raising records the
-    delivery as failed. ``timeout`` (seconds) overrides ``daemon.handler_timeout``; on
-    timeout the handler's task is cancelled and the delivery is recorded as ``timeout``.
+    delivery as failed (a ``TimeoutError`` as ``timeout``, with its text when it has one).
+    ``timeout`` (seconds) overrides ``daemon.handler_timeout``; on timeout the handler's task
+    is cancelled and the delivery is recorded as ``timeout``. ``math.inf``: the dispatcher sets
+    no timeout, the handler bounds its own work (the built-in ``wake`` handler bounds each wake,
+    not the wait for its turn). ``concurrency`` overrides ``daemon.handler_concurrency``: the
+    most runs of this handler at once.
     """
 
     name: str
     handle: HandleFunc
     timeout: float | None = None
     description: str = ""
+    concurrency: int | None = None
 
 
 CheckStatus = Literal["ok", "warn", "fail", "skip"]

@@ -67,6 +67,9 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("daemon.reconnect_min", ("SWARMBUS_RECONNECT_MIN",), kind="float"),
     FieldSpec("daemon.reconnect_max", ("SWARMBUS_RECONNECT_MAX",), kind="float"),
     FieldSpec("daemon.backlog", ("SWARMBUS_BACKLOG",), kind="int"),
+    FieldSpec("daemon.redeliver_min", ("SWARMBUS_REDELIVER_MIN",), kind="float"),
+    FieldSpec("daemon.redeliver_max", ("SWARMBUS_REDELIVER_MAX",), kind="float"),
+    FieldSpec("daemon.redeliver_give_up", ("SWARMBUS_REDELIVER_GIVE_UP",), kind="float"),
     FieldSpec("wake.policy", ("SWARMBUS_WAKE_POLICY",)),
     FieldSpec("wake.command", ("SWARMBUS_INVOKE",), kind="list"),
 )

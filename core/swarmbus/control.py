@@ -16,6 +16,17 @@ answers with one JSON object and a newline. Requests (``op``):
   messages the consumer has not acknowledged (the same ones again until it does), waiting up
   to ``wait`` seconds for one when there are none. ``max`` 0 only acknowledges.
 
+- ``step`` with ``id`` (a message id), ``steps`` (delivery steps: ``stored``, ``wake``,
+  ``surfaced``, ``acknowledged``, ``replied``) and ``timeout`` (seconds): answers ``{"ok": true,
+  "reached": bool, "ladder": [{"step", "by", "at", "detail"}, ...]}`` as soon as one of ``steps``
+  is recorded for the message, or at the timeout (``swarmbus send --wait STEP``);
+- ``mark`` with ``ids`` (ids of received messages), ``step`` (``surfaced`` or ``acknowledged``)
+  and ``detail``: records that step of their delivery ladder (and sends its receipt when the
+  sender asked), answers ``{"ok": true, "recorded": n}``. Host plugins call it when they showed
+  messages to the model (e.g. a gateway's ``accepted``); ``read`` does it by itself.
+- a ``send`` answer also carries ``recipient``: what presence says of a directed message's
+  recipient (``receipts``, ``no receipts``, ``never seen``, ``unknown``).
+
 - a ``send`` may carry ``deadline`` (Unix seconds): a daemon that takes the request after it
   refuses it without spooling (``{"ok": false, "status": "expired"}``), so a client that gave
   up waiting can say "not sent" and be right (:func:`send_request` sets it).

@@ -13,7 +13,8 @@ Lifecycle:
 3. Per stored message: ``swarmbus_route`` selects handlers; the built-in ``wake`` handler
    asks ``swarmbus_wake_decision`` and every ``swarmbus_wake_filter`` rule and, on a wake,
    ``swarmbus_wake``.
-4. ``swarmbus doctor``: ``swarmbus_doctor_checks``. ``swarmbus init``: ``swarmbus_host_types``.
+4. Per recorded delivery step (both sides): ``swarmbus_delivery_event``.
+5. ``swarmbus doctor``: ``swarmbus_doctor_checks``. ``swarmbus init``: ``swarmbus_host_types``.
 
 ``docs/plugin-hooks.md`` documents each hook; ``tests/test_hookspecs.py`` fails when a hook
 is missing there or has no ``test_hook_<name>`` test.
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
     from swarmbus.api import (
         Command,
+        DeliveryEvent,
         DoctorCheck,
         Handler,
         HandlerContext,
@@ -131,16 +133,52 @@ def swarmbus_wake(
 ) -> WakeOutcome | Awaitable[WakeOutcome] | None:
     """Wake the host agent for a message the wake decision accepted.
 
-    Called by the built-in ``wake`` handler, inside the handler's timeout and concurrency
-    limit, only when ``swarmbus_wake_decision`` returned a wake.
+    Called by the built-in ``wake`` handler only when the wake chain allows it, bounded by
+    ``daemon.handler_timeout``. For a waker that takes coalesced wakes
+    (``swarmbus_wake_coalesce``), once per wake, one at a time per agent: ``message`` is the
+    oldest message, ``decision.batch`` the others (seq order); otherwise once per message,
+    at most ``daemon.handler_concurrency`` at once.
 
-    :param message: the stored message.
-    :param decision: the :class:`swarmbus.WakeDecision` (its ``reason`` is worth logging).
+    :param message: the stored message (the oldest of a coalesced wake).
+    :param decision: the :class:`swarmbus.WakeDecision` (its ``reason`` is worth logging; its
+        ``batch``: the other messages of this wake).
     :param context: the :class:`swarmbus.HandlerContext` (agent id, settings, logger, send).
     :returns: a :class:`swarmbus.WakeOutcome`, an awaitable of one, or None when this plugin
         does not wake this host (for example it is configured for another host type).
         Stops at first non-None result. The core has no waker: ``wake.command``
         (``--invoke``) is run by the ``swarmbus-priority`` plugin (``trylast``).
+    """
+
+
+@hookspec(firstresult=True)
+def swarmbus_wake_coalesce(message: StoredMessage, settings: Settings) -> bool | None:
+    """Does the waker of this message take coalesced wakes (several messages in one)?
+
+    Called by the built-in ``wake`` handler for each message the wake chain allows, before it
+    is woken. Answer it for exactly the messages your ``swarmbus_wake`` wakes.
+
+    :param message: the stored message about to be woken.
+    :param settings: the validated settings.
+    :returns: True: the core runs one wake at a time for this agent; messages allowed while
+        one runs (or within ``wake.debounce`` seconds) wait and go into the next wake
+        together (``decision.batch``). False: one ``swarmbus_wake`` call per message, at once
+        (within ``daemon.handler_concurrency``). None: no opinion. Stops at first non-None
+        result; when nobody answers, False (the behaviour of wakers written before this hook).
+    """
+
+
+@hookspec
+def swarmbus_delivery_event(event: DeliveryEvent) -> None:
+    """Follow a message's delivery ladder: called once per recorded step, on both sides.
+
+    Called by the daemon on its event loop when a step is recorded in its store: for messages
+    it sent (``published``, then each receipt: ``stored``, ``wake``, ``surfaced``,
+    ``acknowledged``, ``replied``; or ``gave up``) and for messages it received (the same
+    steps, as they happen here). Must be quick and must not block: hand slow work to a task.
+
+    :param event: a :class:`swarmbus.DeliveryEvent` (message id, step, side, by, peer, at, detail).
+    :returns: nothing; all implementations are called. An implementation that raises is logged
+        and the others still run; delivery never depends on it.
     """
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from swarmbus.api import (
         Command,
+        DeliveryEvent,
         DoctorCheck,
         Handler,
         HandlerContext,
@@ -233,11 +234,27 @@ class HookRelay:
         """The plugin names of the ``swarmbus_wake_filter`` implementations, in call order."""
         return [impl.plugin_name for impl in reversed(self.hook.swarmbus_wake_filter.get_hookimpls())]
 
+    def wake_coalesce(self, message: StoredMessage, settings: Settings) -> bool:
+        """``swarmbus_wake_coalesce``: does this message's waker take coalesced wakes? (False
+        when no plugin answers.)"""
+        return bool(self.hook.swarmbus_wake_coalesce(message=message, settings=settings))
+
     async def wake(self, message: StoredMessage, decision: WakeDecision, context: HandlerContext) -> WakeOutcome | None:
         result = self.hook.swarmbus_wake(message=message, decision=decision, context=context)
         if inspect.isawaitable(result):
             result = await result
         return result  # type: ignore[no-any-return]
+
+    def delivery_event(self, event: DeliveryEvent) -> None:
+        """Call every ``swarmbus_delivery_event`` implementation; one that raises is logged and
+        the others still run (this never raises)."""
+        hook = self.hook.swarmbus_delivery_event
+        for impl in reversed(hook.get_hookimpls()):
+            try:
+                impl.function(*[{"event": event}[name] for name in impl.argnames])
+            except Exception:
+                log.exception("plugin %s failed in swarmbus_delivery_event (%s of %s); ignored", impl.plugin_name,
+                              event.step, event.message_id)
 
     def doctor_checks(self, settings: Settings) -> list[DoctorCheck]:
         checks: list[DoctorCheck] = []

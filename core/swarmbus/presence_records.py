@@ -30,6 +30,9 @@ class Presence:
     pid: int | None = None
     reason: str | None = None
     last_beat: str | None = None
+    receipts: int | None = None
+    """The receipt version its daemon sends (:mod:`swarmbus.receipts`); None: it sends none
+    (the predecessor, or a swarmbus older than receipts)."""
 
     @property
     def online(self) -> bool:
@@ -82,6 +85,7 @@ def parse_presence(topic: str, payload: bytes) -> Presence | None:
         return None
     hb = data.get("heartbeat_s")
     pid = data.get("pid")
+    receipts = data.get("receipts")
     return Presence(
         agent=agent,
         status=status,
@@ -92,6 +96,7 @@ def parse_presence(topic: str, payload: bytes) -> Presence | None:
         host=_str(data, "host"),
         pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
         reason=_str(data, "reason"),
+        receipts=receipts if isinstance(receipts, int) and not isinstance(receipts, bool) and receipts > 0 else None,
     )
 
 

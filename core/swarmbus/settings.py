@@ -93,6 +93,12 @@ class DaemonSettings(_Model):
     """The reconnect backoff's cap: a broker that comes back is used within about this long."""
     backlog: int = Field(default=1024, ge=16, le=1_000_000)
     """The most messages the dispatcher holds in memory; the rest wait in the store."""
+    redeliver_min: float = Field(default=2.0, gt=0)
+    """The first delay before a sent message with no ``stored`` receipt is published again."""
+    redeliver_max: float = Field(default=300.0, gt=0)
+    """The cap of the redelivery backoff (the delay doubles from ``redeliver_min``)."""
+    redeliver_give_up: float = Field(default=86400.0, gt=0)
+    """Seconds after the send when redelivery stops (the message's ``expires_at`` stops it too)."""
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -244,11 +250,14 @@ class LoopGuardRule(_Model):
 class WakeSettings(_Model):
     """When and how the host agent is woken. ``policy``: ``high`` wakes for priority=high
     directed messages only (the predecessor's ``priority-high``), ``all`` for every message,
-    ``none`` never. ``command`` is an argv list run for each wake (no shell). The sub-tables
-    are the rules of the wake policy (docs/policies.md); their defaults change nothing."""
+    ``none`` never. ``command`` is an argv list run for each wake (no shell). ``debounce``
+    (seconds, or a duration like ``"30s"``; 0 = none) delays a coalesced wake until its oldest
+    message has waited that long, so a burst goes into one wake. The sub-tables are the rules
+    of the wake policy (docs/policies.md); their defaults change nothing."""
 
     policy: Literal["high", "all", "none"] = "high"
     command: list[str] | None = None
+    debounce: float = Field(default=0.0, ge=0, le=86_400)
     senders: SendersRule = Field(default_factory=SendersRule)
     match: MatchRule = Field(default_factory=MatchRule)
     quiet_hours: QuietHoursRule = Field(default_factory=QuietHoursRule)
@@ -260,6 +269,13 @@ class WakeSettings(_Model):
     @classmethod
     def _alias(cls, value: Any) -> Any:
         return "high" if value == "priority-high" else value
+
+    @field_validator("debounce", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() not in ("", "0"):
+            return parse_duration(value)
+        return 0.0 if isinstance(value, str) else value
 
     @field_validator("command", mode="before")
     @classmethod

@@ -15,7 +15,10 @@ finished, so marking a message done never rewrites its possibly large ``messages
 ``acks`` (messages a reader acknowledged past its cursor), ``outbox`` (sends waiting for a
 PUBACK), ``counters``, ``meta``, and the wake policy's ``wake_log`` (one row per woken message
 and wake: the budgets and rate limits count them) and ``holds`` (messages held for later, with
-until when and why); these two are created in place, without a schema change.
+until when and why), the delivery ladder's ``ladder`` (one row per message id, step and agent
+that reported it: :mod:`swarmbus.receipts`) and ``redeliveries`` (sent messages republished until
+the receiver's ``stored`` receipt: attempts, when next, when to give up, how it ended); these are
+created in place, without a schema change.
 
 ``messages.seq`` grows by one per stored message (rows are never deleted, so the largest is never
 reused; schema 1 declared it AUTOINCREMENT, which costs a page write per commit).
@@ -123,6 +126,25 @@ CREATE TABLE IF NOT EXISTS holds (
     held_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS holds_until ON holds(until);
+CREATE TABLE IF NOT EXISTS ladder (
+    id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    by TEXT NOT NULL,
+    at REAL NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (id, step, by)
+);
+CREATE TABLE IF NOT EXISTS redeliveries (
+    id TEXT PRIMARY KEY,
+    recipient TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    give_up_at REAL NOT NULL,
+    last_at REAL,
+    ended_at REAL,
+    ended TEXT
+);
+CREATE INDEX IF NOT EXISTS redeliveries_due ON redeliveries(next_at) WHERE ended_at IS NULL;
 """
 
 Outcome = Literal["stored", "duplicate", "quarantined", "self"]
@@ -177,6 +199,48 @@ class WakeAttempt:
     ok: bool
     detail: str
     seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LadderStep:
+    """One recorded step of a message (:mod:`swarmbus.receipts`): ``by`` is the agent that
+    reported it, ``at`` Unix seconds."""
+
+    message_id: str
+    step: str
+    by: str
+    at: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class Redelivery:
+    """A sent message republished until its ``stored`` receipt: ``attempts`` republishes so far,
+    the next at ``next_at``, none after ``give_up_at`` (Unix seconds); ``ended`` says how it
+    ended (``stored``, ``gave up``, ``expired``, ``no receipts``) once ``ended_at`` is set."""
+
+    message_id: str
+    recipient: str
+    attempts: int
+    next_at: float
+    give_up_at: float
+    last_at: float | None
+    ended_at: float | None
+    ended: str | None
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A send spooled by the daemon: ``created_at`` (spooled), ``published_at`` (PUBACKed) in Unix s."""
+
+    message_id: str
+    topic: str
+    payload: bytes
+    created_at: float
+    published_at: float | None
+
+
+ReceiptOutcome = Literal["new", "known", "not ours", "wrong receiver"]
 
 
 @dataclass(frozen=True)
@@ -798,12 +862,113 @@ class Store:
         return self._message(rows[0]) if rows else None
 
     # -- outbox ---------------------------------------------------------------------------
-    def outbox_add(self, message_id: str, topic: str, payload: bytes) -> bool:
-        """Spool an outgoing message; False if this id is already spooled."""
+    def outbox_add(self, message_id: str, topic: str, payload: bytes,
+                   redeliver: tuple[str, float, float] | None = None) -> bool:
+        """Spool an outgoing message; False if this id is already spooled. ``redeliver``
+        ``(recipient, first_at, give_up_at)`` (Unix s) schedules its redelivery in the same
+        transaction (see :meth:`redeliveries_due`)."""
+        def write(db: sqlite3.Connection) -> bool:
+            added = db.execute("INSERT OR IGNORE INTO outbox (id, topic, payload, created_at) VALUES (?,?,?,?)",
+                               (message_id, topic, payload, time.time())).rowcount == 1
+            if added and redeliver is not None:
+                db.execute("INSERT OR IGNORE INTO redeliveries (id, recipient, next_at, give_up_at) VALUES (?,?,?,?)",
+                           (message_id, *redeliver))
+            return added
+
+        return self._write(write)
+
+    def outbox_entry(self, message_id: str) -> OutboxEntry | None:
+        rows = self._query("SELECT * FROM outbox WHERE id = ?", (message_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return OutboxEntry(r["id"], r["topic"], bytes(r["payload"]), r["created_at"], r["published_at"])
+
+    # -- the delivery ladder ------------------------------------------------------------------------
+    def record_steps(self, rows: Iterable[tuple[str, str, str, float, str]]) -> list[LadderStep]:
+        """Record steps ``(message_id, step, by, at, detail)``; return those that are new (a step
+        already recorded for that id and agent keeps its first time). :raises StoreError:"""
+        items = [(i, st, by, at, detail[:2000]) for i, st, by, at, detail in rows]
+
+        def write(db: sqlite3.Connection) -> list[LadderStep]:
+            new = []
+            for item in items:
+                if db.execute("INSERT OR IGNORE INTO ladder (id, step, by, at, detail) VALUES (?,?,?,?,?)",
+                              item).rowcount == 1:
+                    new.append(LadderStep(*item))
+            return new
+
+        return self._write(write) if items else []
+
+    def record_receipt(self, message_id: str, step: str, by: str, at: float, detail: str) -> ReceiptOutcome:
+        """Record a receipt for a message this agent sent (its ``outbox`` has the id, addressed
+        to ``by`` or to broadcast); a ``stored`` receipt ends its redelivery. Returns ``new``,
+        ``known`` (already recorded), ``not ours`` (this agent never sent that id) or ``wrong
+        receiver`` (sent to someone else). :raises StoreError:"""
+        def write(db: sqlite3.Connection) -> ReceiptOutcome:
+            row = db.execute("SELECT topic FROM outbox WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                return "not ours"
+            if row[0] != BROADCAST_TOPIC and agent_of(row[0], "inbox") != by:
+                return "wrong receiver"
+            added = db.execute("INSERT OR IGNORE INTO ladder (id, step, by, at, detail) VALUES (?,?,?,?,?)",
+                               (message_id, step, by, at, detail[:2000])).rowcount == 1
+            if step == "stored":
+                db.execute("UPDATE redeliveries SET ended_at = ?, ended = 'stored' WHERE id = ? AND ended_at IS NULL",
+                           (time.time(), message_id))
+            return "new" if added else "known"
+
+        return self._write(write)
+
+    def ladder(self, message_id: str) -> list[LadderStep]:
+        """Every recorded step of ``message_id``, oldest first."""
+        rows = self._query("SELECT * FROM ladder WHERE id = ? ORDER BY at, step, by", (message_id,))
+        return [LadderStep(r["id"], r["step"], r["by"], r["at"], r["detail"]) for r in rows]
+
+    def has_step(self, message_id: str, steps: Iterable[str]) -> bool:
+        """True when any of ``steps`` is recorded for ``message_id``."""
+        wanted = list(steps)
+        marks = ",".join("?" * len(wanted))
+        return bool(wanted) and bool(self._query(
+            f"SELECT 1 FROM ladder WHERE id = ? AND step IN ({marks}) LIMIT 1",  # noqa: S608 - only "?" marks
+            (message_id, *wanted)))
+
+    # -- redelivery --------------------------------------------------------------------------------
+    def redelivery(self, message_id: str) -> Redelivery | None:
+        rows = self._query("SELECT * FROM redeliveries WHERE id = ?", (message_id,))
+        return _redelivery(rows[0]) if rows else None
+
+    def redeliveries_due(self, now: float, limit: int = 100) -> list[Redelivery]:
+        """Unended redeliveries whose ``next_at`` has come, earliest first."""
+        rows = self._query("SELECT * FROM redeliveries WHERE ended_at IS NULL AND next_at <= ? ORDER BY next_at"
+                           " LIMIT ?", (now, limit))
+        return [_redelivery(r) for r in rows]
+
+    def next_redelivery_at(self) -> float | None:
+        rows = self._query("SELECT MIN(next_at) FROM redeliveries WHERE ended_at IS NULL")
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def redeliveries_pending(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM redeliveries WHERE ended_at IS NULL")[0][0])
+
+    def redeliver_now(self, recipient: str, now: float) -> int:
+        """Make every unended redelivery to ``recipient`` due now (it just came online)."""
         return self._write(lambda db: db.execute(
-            "INSERT OR IGNORE INTO outbox (id, topic, payload, created_at) VALUES (?,?,?,?)",
-            (message_id, topic, payload, time.time()),
-        ).rowcount == 1)
+            "UPDATE redeliveries SET next_at = ? WHERE recipient = ? AND ended_at IS NULL AND next_at > ?",
+            (now, recipient, now)).rowcount)
+
+    def redelivered(self, message_id: str, at: float | None, next_at: float, *, counted: bool = True) -> None:
+        """One more republish at ``at`` (not counted when ``counted`` is False: it was still in
+        flight); the next is due at ``next_at``. :raises StoreError:"""
+        self._write(lambda db: db.execute(
+            "UPDATE redeliveries SET attempts = attempts + ?, last_at = ?, next_at = ? WHERE id = ?",
+            (1 if counted else 0, at, next_at, message_id)))
+
+    def end_redeliveries(self, ended: Iterable[tuple[str, str]], at: float) -> None:
+        """End redeliveries ``(message_id, why)`` (``gave up``, ``expired``, ``no receipts``)."""
+        rows = [(at, why, message_id) for message_id, why in ended]
+        self._write(lambda db: db.executemany(
+            "UPDATE redeliveries SET ended_at = ?, ended = ? WHERE id = ? AND ended_at IS NULL", rows))
 
     def outbox_published(self, message_id: str) -> None:
         self.record_outcomes((), (), (message_id,))
@@ -811,3 +976,8 @@ class Store:
     def outbox_pending(self) -> list[tuple[str, str, bytes]]:
         rows = self._query("SELECT id, topic, payload FROM outbox WHERE published_at IS NULL ORDER BY oseq")
         return [(r[0], r[1], bytes(r[2])) for r in rows]
+
+
+def _redelivery(r: sqlite3.Row) -> Redelivery:
+    return Redelivery(r["id"], r["recipient"], r["attempts"], r["next_at"], r["give_up_at"], r["last_at"],
+                      r["ended_at"], r["ended"])

@@ -6,6 +6,7 @@
 | ``agents/broadcast``     | no       | messages for everyone (never to the sender) |
 | ``agents/<id>/presence`` | yes      | online/offline record, also the Last Will   |
 | ``agents/<id>/presence/heartbeat`` | yes | the daemon's last heartbeat (new; the predecessor ignores it) |
+| ``agents/<id>/receipts`` | no       | delivery receipts for messages ``<id>`` sent (new; :mod:`swarmbus.receipts`) |
 
 All are published and subscribed at QoS 1. The presence record changes only when the status
 does (connect, clean stop, Last Will); the heartbeat is separate so that after a crash, when the
@@ -21,6 +22,8 @@ QOS = 1
 BROADCAST_TOPIC = "agents/broadcast"
 PRESENCE_FILTER = "agents/+/presence/#"
 """Every presence record and heartbeat (``#`` also matches the parent level)."""
+PEER_PRESENCE_FILTER = "agents/+/presence"
+"""Every agent's presence record, without heartbeats (the daemon's view of its peers)."""
 
 
 def inbox_topic(agent_id: str) -> str:
@@ -33,6 +36,11 @@ def presence_topic(agent_id: str) -> str:
 
 def heartbeat_topic(agent_id: str) -> str:
     return f"agents/{agent_id}/presence/heartbeat"
+
+
+def receipts_topic(agent_id: str) -> str:
+    """Where receipts for the messages ``agent_id`` sent are published."""
+    return f"agents/{agent_id}/receipts"
 
 
 def topic_for_recipient(to: str) -> str:

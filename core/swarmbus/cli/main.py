@@ -119,6 +119,26 @@ def _consumer(p: argparse.ArgumentParser) -> None:
 # -- one builder per core command: only the one being run is called ----------------------------------
 
 
+WAIT_STEPS = ("stored", "surfaced", "replied")
+
+
+def _wait_value(text: str) -> float | str:
+    """``send --wait``: a number of seconds (the PUBACK) or a delivery step."""
+    if text in WAIT_STEPS:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"use a number of seconds or one of {', '.join(WAIT_STEPS)}") from None
+
+
+def _trace(p: argparse.ArgumentParser) -> None:
+    p.add_argument("message_id", metavar="MSG_ID", help="the message's id")
+    _agent(p)
+    _json(p)
+    _common(p)
+
+
 def _send(p: argparse.ArgumentParser) -> None:
     _agent(p)
     p.add_argument("--to", required=True, metavar="ID", help="recipient agent id, or `broadcast`")
@@ -133,7 +153,11 @@ def _send(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-reply-to", metavar="MESSAGE_ID", help="id of the message this answers (threads)")
     p.add_argument("--expires-in", type=float, metavar="SECONDS", help="receivers keep but do not act on it after this")
     p.add_argument("--outbox", metavar="PATH", help="append to this archive file ({agent_id} expands); env SWARMBUS_OUTBOX_<ID>, SWARMBUS_OUTBOX")
-    p.add_argument("--wait", type=float, default=5.0, metavar="SECONDS", help="how long to wait for the broker's PUBACK (default 5)")
+    p.add_argument("--wait", type=_wait_value, default=5.0, metavar="SECONDS|STEP",
+                   help="SECONDS: how long to wait for the broker's PUBACK (default 5); stored, surfaced or replied: "
+                        "block until the recipient reached that step (needs the daemon; exit 1 on --timeout)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="with --wait STEP: give up after this long (default 60)")
     p.add_argument("--direct", action="store_true", help="bypass the local daemon and connect to the broker directly")
     _json(p)
     _broker(p)
@@ -383,6 +407,16 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         _list,
     ),
     "inbox": ("show the stored messages, their handler outcomes, and the quarantine", None, _inbox),
+    "trace": (
+        "show a message's delivery ladder: published, stored, woken, surfaced, acknowledged, replied",
+        "Show the delivery ladder of a message this agent sent or received, from its store (no daemon\n"
+        "needed): when it was spooled and published, each receipt (stored, wake, surfaced,\n"
+        "acknowledged, replied, with the agent that reported it), and its redelivery (attempts, how\n"
+        "it ended). See docs/protocol.md, \"Delivery receipts\".\n\n"
+        "  swarmbus trace --agent-id planner 25a7e691-8322-4685-a71f-c66c774b7e73 --json\n\n"
+        "Exit codes: 0 shown, 1 this agent's store has no such message, 2 usage error.",
+        _trace,
+    ),
     "policy": (
         "explain the wake policy: the rule chain, and each rule's verdict for a message",
         "Print the effective wake chain (the base decision, then every wake rule, with its\n"
@@ -515,7 +549,7 @@ def run(argv: Sequence[str]) -> int:
         "inbox": "reading", "list": "presence", "config": "admin", "plugins": "admin",
         "doctor": "doctor", "broker": "admin", "init": "init", "uninit": "init", "wait": "reading",
         "mcp-server": "mcpserver", "completion": "completion", "stop": "detach", "status": "detach",
-        "policy": "policy",
+        "policy": "policy", "trace": "trace",
     }[args.command]
     handler = __import__(f"swarmbus.cli.{module}", fromlist=["run"])  # importlib would cost an import
     return int(handler.run(args))

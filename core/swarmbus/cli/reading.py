@@ -11,12 +11,14 @@ hooks such as Claude Code's rewake) needs a running daemon and fails without one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
 import time
 from datetime import UTC, datetime
 
+from swarmbus.api import StoredMessage
 from swarmbus.cli.common import load_settings_for, print_json, print_message
 from swarmbus.control import DaemonUnavailable, daemon_status, request
 from swarmbus.errors import SwarmbusError, TimeoutExpired, UsageError
@@ -73,7 +75,17 @@ def _read(args: argparse.Namespace) -> int:
         print("no new messages")
     else:
         _emit(args, messages)
+    _surfaced(paths, messages, f"swarmbus read --consumer {args.consumer}")
     return 0
+
+
+def _surfaced(paths: AgentPaths, messages: list[StoredMessage], detail: str) -> None:
+    """Tell the daemon (if one runs) these messages were shown: the ``surfaced`` step of their
+    delivery ladder (its receipt, when the sender asked). Best effort: the output is already out."""
+    if messages:
+        with contextlib.suppress(DaemonUnavailable, TimeoutError, OSError, ValueError, SwarmbusError):
+            request(paths.socket, {"op": "mark", "ids": [m.id for m in messages], "step": "surfaced",
+                                   "detail": detail}, timeout=5)
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -133,6 +145,7 @@ def _wait(args: argparse.Namespace) -> int:
                 out.write(text)
                 out.flush()
                 store.set_cursor(args.consumer, messages[-1].seq)  # only once printed
+                _surfaced(paths, messages, f"swarmbus wait --consumer {args.consumer}")
                 return int(args.exit_code)
             last = store.last_seq()
         remaining = deadline - time.monotonic()

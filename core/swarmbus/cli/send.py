@@ -29,6 +29,8 @@ from swarmbus.paths import AgentPaths
 
 TYPE_CHECKING = False  # not from typing: importing typing costs this path ~4 ms
 if TYPE_CHECKING:
+    from typing import Any
+
     from swarmbus.config import RawConfig
 
 
@@ -46,8 +48,12 @@ def _read_body(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.wait < 0:
+    step = args.wait if isinstance(args.wait, str) else None
+    puback_wait = 5.0 if step is not None else args.wait
+    if puback_wait < 0:
         raise UsageError("--wait must be 0 or more seconds")
+    if step is not None and (args.direct or not 0 < args.timeout <= 86400):
+        raise UsageError("--wait STEP needs the daemon (not --direct) and a --timeout from 0 to 86400 seconds")
     raw = raw_config(args)
     agent_id = raw.get("agent_id")
     if not agent_id:
@@ -64,22 +70,47 @@ def run(args: argparse.Namespace) -> int:
         content_type=args.content_type, priority=args.priority, reply_to=args.reply_to,
         in_reply_to=args.in_reply_to, expires_at=expires_at,
     )
-    status = None
-    if not args.direct:
-        socket_path = AgentPaths.for_agent(agent_id, raw.get("state_dir")).socket
-        if not _elsewhere(args, raw, socket_path):
-            status = _via_daemon(socket_path, envelope, args.wait)
+    if step is not None and step != "stored":
+        from swarmbus.receipts import with_request
+
+        envelope = with_request(envelope, [step])
+    status = answer = None
+    socket_path = AgentPaths.for_agent(agent_id, raw.get("state_dir")).socket
+    if not args.direct and not _elsewhere(args, raw, socket_path):
+        answer = _via_daemon(socket_path, envelope, puback_wait)
+        status = None if answer is None else str(answer.get("status", "published"))
     if status is None:
-        _direct(raw, envelope, timeout=max(args.wait, 1.0))
+        if step is not None:
+            raise UsageError(f"--wait {step} needs a running daemon for {agent_id} (it receives the receipts): "
+                             f"start it with `swarmbus start --agent-id {agent_id}`; the message was not sent")
+        _direct(raw, envelope, timeout=max(puback_wait, 1.0))
         status = "published"
+    if answer is not None and answer.get("recipient") == "never seen":
+        sys.stderr.write(f"swarmbus: note: {envelope.to} has never been seen on this broker (no presence record); "
+                         "the daemon keeps the message and publishes it again until it is stored there\n")
     if args.outbox or raw.get("outbox") or any(name.startswith("SWARMBUS_OUTBOX") for name in os.environ):
         _archive(agent_id, envelope, args.outbox, raw.get("outbox"))
+    reached = None
+    if step is not None:
+        from swarmbus.cli.trace import wait_for_step
+
+        reached = wait_for_step(socket_path, envelope.id, step, args.timeout, status)
     if args.json:
-        print_json({"id": envelope.id, "to": envelope.to, "status": status})
+        out: dict[str, Any] = {"id": envelope.id, "to": envelope.to, "status": status}
+        if reached is not None:
+            out["reached"] = reached.reached
+            out["ladder"] = reached.ladder
+        print_json(out)
     elif status == "queued":
         print(f"Queued for {envelope.to}: the daemon will publish it when the broker is back (id {envelope.id})")
     else:
         print(f"Sent to {envelope.to}")
+    if reached is not None and not reached.ok:
+        sys.stderr.write(f"swarmbus: error: timed out after {args.timeout:g}s waiting for {step}: message {envelope.id} "
+                         f"reached {reached.reached} (the daemon keeps it and publishes it again)\n")
+        return 1
+    if reached is not None and not args.json:
+        print(f"{envelope.to} reached {reached.reached}")
     return 0
 
 
@@ -116,9 +147,10 @@ def _elsewhere(args: argparse.Namespace, raw: RawConfig, socket_path: Path) -> b
     return True
 
 
-def _via_daemon(socket_path: Path, envelope: Envelope, wait: float) -> str | None:
-    """The daemon's status for the send (``published``, ``queued``, ...), or None when no
-    daemon runs. A daemon too late to take it refuses it unsent (see ``control.send_request``)."""
+def _via_daemon(socket_path: Path, envelope: Envelope, wait: float) -> dict[str, Any] | None:
+    """The daemon's answer for the send (``status``: ``published``, ``queued``, ...; ``recipient``:
+    what presence says of it), or None when no daemon runs. A daemon too late to take it refuses
+    it unsent (see ``control.send_request``)."""
     try:
         answer = send_request(socket_path, envelope.to_dict(), wait)
     except DaemonUnavailable:
@@ -128,7 +160,7 @@ def _via_daemon(socket_path: Path, envelope: Envelope, wait: float) -> str | Non
     if not answer.get("ok"):
         error = SwarmbusError if answer.get("kind") != "usage" else UsageError
         raise error(f"the daemon refused the message: {answer.get('error')}")
-    return str(answer.get("status", "published"))
+    return answer
 
 
 def _direct(raw: RawConfig, envelope: Envelope, *, timeout: float) -> None:

@@ -21,13 +21,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from swarmbus.envelope import Envelope, EnvelopeError
+from swarmbus.envelope import BROADCAST, Envelope, EnvelopeError
 from swarmbus.errors import StoreError
+from swarmbus.receipts import ACKNOWLEDGED, RECEIPT_STEPS, SURFACED
 from swarmbus.store import Store
 
 from .outbox import Outbox
+
+if TYPE_CHECKING:
+    from .peers import Peers
+    from .receipts import Ladder
 
 log = logging.getLogger("swarmbus.daemon")
 _CONSUMER_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
@@ -62,10 +67,17 @@ class NewMessages:
 
 
 class ControlServer:
-    """Serves ``status``, ``send``, ``wait`` and ``read`` for one daemon."""
+    """Serves ``status``, ``send``, ``wait``, ``read``, ``step`` and ``mark`` for one daemon.
+
+    ``ladder`` (the delivery ladder: :class:`~swarmbus.daemon.receipts.Ladder`) and ``peers``
+    (other agents' presence) are optional: without them ``step`` and ``mark`` are refused and
+    ``send`` says nothing about the recipient."""
 
     def __init__(self, path: Path, *, agent_id: str, store: Store, outbox: Outbox,
-                 new_messages: NewMessages, status: Callable[[], dict[str, Any]]) -> None:
+                 new_messages: NewMessages, status: Callable[[], dict[str, Any]],
+                 ladder: Ladder | None = None, peers: Peers | None = None) -> None:
+        self.ladder = ladder
+        self.peers = peers
         self.path = path
         self.agent_id = agent_id
         self.store = store
@@ -126,6 +138,10 @@ class ControlServer:
             return {"ok": True, "last_seq": store.last_seq()}
         if op == "read":
             return await self._read(req)
+        if op == "step":
+            return await self._step(req)
+        if op == "mark":
+            return self._mark(req)
         return {"ok": False, "error": f"unknown op {op!r}", "kind": "usage"}
 
     async def _send(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +167,40 @@ class ControlServer:
         if status == "expired":
             return {"ok": False, "error": "the request reached the daemon after its deadline; it was not sent",
                     "kind": "failure", "status": status}
-        return {"ok": True, "id": envelope.id, "to": envelope.to, "status": status}
+        answer: dict[str, Any] = {"ok": True, "id": envelope.id, "to": envelope.to, "status": status}
+        if self.peers is not None and envelope.to != BROADCAST:
+            answer["recipient"] = self.peers.capability(envelope.to)
+        return answer
+
+    async def _step(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Wait up to ``timeout`` seconds until message ``id`` reached one of ``steps``; answer
+        ``{"ok": true, "reached": bool, "ladder": [{"step", "by", "at", "detail"}...]}``."""
+        message_id, steps = req.get("id"), req.get("steps")
+        if not isinstance(message_id, str) or not isinstance(steps, list) or not all(s in RECEIPT_STEPS for s in steps):
+            return {"ok": False, "error": f"step needs an id and steps from {', '.join(RECEIPT_STEPS)}", "kind": "usage"}
+        try:
+            timeout = float(req.get("timeout", 30))
+        except (TypeError, ValueError):
+            return {"ok": False, "error": "timeout must be a number", "kind": "usage"}
+        if self.ladder is None or not 0 <= timeout <= 86400:
+            return {"ok": False, "error": "this daemon keeps no delivery ladder" if self.ladder is None
+                    else "timeout must be between 0 and 86400 seconds", "kind": "usage"}
+        store, ladder = self.store, self.ladder
+        await ladder.changed.wait_for(lambda: store.has_step(message_id, steps), timeout)
+        return {"ok": True, "reached": store.has_step(message_id, steps),
+                "ladder": [{"step": s.step, "by": s.by, "at": s.at, "detail": s.detail} for s in store.ladder(message_id)]}
+
+    def _mark(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Record a later step (``surfaced``, ``acknowledged``) of received messages ``ids``:
+        ``{"ok": true, "recorded": n}`` (unknown ids and steps already recorded count for nothing)."""
+        ids, step, detail = req.get("ids"), req.get("step"), req.get("detail", "")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > 10_000:
+            return {"ok": False, "error": "ids must be a list of message ids", "kind": "usage"}
+        if step not in (SURFACED, ACKNOWLEDGED) or not isinstance(detail, str):
+            return {"ok": False, "error": f"step must be {SURFACED} or {ACKNOWLEDGED}; detail a string", "kind": "usage"}
+        if self.ladder is None:
+            return {"ok": False, "error": "this daemon keeps no delivery ladder", "kind": "usage"}
+        return {"ok": True, "recorded": self.ladder.local_steps(ids, step, detail[:500])}
 
     async def _read(self, req: dict[str, Any]) -> dict[str, Any]:
         """Non-destructive read for one consumer: acknowledge ``ack_ids``, then return up to
@@ -173,6 +222,8 @@ class ControlServer:
                 acked = self.store.ack(consumer, ack_ids)
             except StoreError as exc:
                 return {"ok": False, "error": f"could not record the acknowledgements: {exc}", "kind": "failure"}
+            if self.ladder is not None:
+                self.ladder.local_steps(ack_ids, ACKNOWLEDGED, f"by consumer {consumer}")
         if limit == 0:
             return {"ok": True, "acked": acked, "messages": []}
         store = self.store
@@ -180,4 +231,6 @@ class ControlServer:
         if not messages and wait > 0:
             await self.new_messages.wait_for(lambda: bool(store.unacked(consumer, 1)), wait)
             messages = store.unacked(consumer, limit)
+        if messages and self.ladder is not None:
+            self.ladder.local_steps([m.id for m in messages], SURFACED, f"read by consumer {consumer}")
         return {"ok": True, "acked": acked, "messages": [m.to_json() for m in messages]}

@@ -1,8 +1,10 @@
 """Running handlers for stored messages, off the receive path (the daemon's event loop).
 
 Each message is routed (``swarmbus_route``) to a set of handlers. Every handler has its own lane:
-a queue served by ``daemon.handler_concurrency`` worker tasks, each run bounded by the handler's
-timeout, so a slow wake never holds up the archive. A finished run is handed to the writer
+a queue served by ``daemon.handler_concurrency`` worker tasks (``Handler.concurrency`` when set),
+each run bounded by the handler's timeout (none for ``math.inf``: the built-in ``wake`` handler
+bounds each wake itself, not a message's wait for the wake in progress), so a slow wake never
+holds up the archive. A finished run is handed to the writer
 (:meth:`Receiver.record <swarmbus.daemon.receiver.Receiver.record>`) as an outcome, batched with
 others into one transaction; when the last of a message's handlers is recorded the message is
 marked dispatched in the same write. A failed write is retried by the writer, and the message
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 
 from swarmbus.api import Handler, HandlerContext, StoredMessage
@@ -32,13 +35,18 @@ Record = Callable[[list[tuple[int, str, str, str]], list[int]], None]
 
 
 class _Lane:
-    """One handler's queue and workers."""
+    """One handler's queue and workers (started on demand, up to ``limit``)."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, limit: int) -> None:
         self.handler = handler
+        self.limit = limit
         self.queue: asyncio.Queue[StoredMessage] = asyncio.Queue()
         self.workers: list[asyncio.Task[None]] = []
         self.busy = 0
+
+    def wants_worker(self) -> bool:
+        """More queued runs than idle workers, and room for another worker."""
+        return len(self.workers) < self.limit and self.queue.qsize() > len(self.workers) - self.busy
 
 
 class Dispatcher:
@@ -69,7 +77,8 @@ class Dispatcher:
         settings = context.settings
         self.default_timeout = settings.daemon.handler_timeout
         self.concurrency = settings.daemon.handler_concurrency
-        self._lanes = {name: _Lane(handler) for name, handler in handlers.items()}
+        self._lanes = {name: _Lane(handler, handler.concurrency or self.concurrency)
+                       for name, handler in handlers.items()}
         self._remaining: dict[int, set[str]] = {}  # seq -> handlers not yet finished (in memory)
         self._finished: set[int] = set()  # seqs whose handlers all finished, until the write commits
         self._known_seq = 0  # every message up to here has been taken in (or is done)
@@ -82,11 +91,8 @@ class Dispatcher:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the lanes' workers and take in what the store holds undispatched (call in the loop)."""
-        loop = asyncio.get_running_loop()
-        for lane in self._lanes.values():
-            for i in range(self.concurrency):
-                lane.workers.append(loop.create_task(self._work(lane), name=f"swarmbus-{lane.handler.name}-{i}"))
+        """Take in what the store holds undispatched (call in the loop; lanes start their workers
+        as runs are queued)."""
         pending = self.reader.pending_dispatch(0, 1)
         if pending:
             self._redelivered_upto = self.reader.last_seq()
@@ -195,23 +201,30 @@ class Dispatcher:
             return
         self._remaining[message.seq] = set(todo)
         for name in todo:
-            self._lanes[name].queue.put_nowait(message)
+            lane = self._lanes[name]
+            lane.queue.put_nowait(message)
+            if lane.wants_worker():
+                worker = asyncio.get_running_loop().create_task(
+                    self._work(lane), name=f"swarmbus-{lane.handler.name}-{len(lane.workers)}")
+                lane.workers.append(worker)
 
     # -- running handlers ------------------------------------------------------------------------------
     async def _work(self, lane: _Lane) -> None:
         handler = lane.handler
         timeout = handler.timeout or self.default_timeout
+        limit = None if math.isinf(timeout) else timeout
         context = self.context
         while True:
             message = await lane.queue.get()
             lane.busy += 1
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(limit):
                     detail = await handler.handle(message, context)
                 status, detail = "ok", detail or ""
-            except TimeoutError:
-                log.warning("handler %s timed out after %.0fs on message %s", handler.name, timeout, message.id)
-                status, detail = "timeout", f"timed out after {timeout:.0f}s"
+            except TimeoutError as exc:
+                detail = str(exc) or f"timed out after {timeout:.0f}s"
+                log.warning("handler %s on message %s: %s", handler.name, message.id, detail)
+                status = "timeout"
             except asyncio.CancelledError:
                 raise  # shutdown: nothing recorded, so it runs again at the next start
             except Exception as exc:

@@ -34,22 +34,26 @@ from swarmbus._version import __version__
 from swarmbus.api import HandlerContext, StoredMessage
 from swarmbus.children import ChildReaper
 from swarmbus.default_plugins.attention import Attention
-from swarmbus.envelope import new_envelope
+from swarmbus.envelope import Envelope, new_envelope
 from swarmbus.ownership import Ownership
 from swarmbus.paths import AgentPaths
 from swarmbus.plugins import HookRelay, PluginManager
+from swarmbus.receipts import REPLIED, WAKE
 from swarmbus.settings import Settings
 from swarmbus.store import Store
 from swarmbus.supervise import current_supervisor
-from swarmbus.topics import QOS, receive_filters
+from swarmbus.topics import QOS, receipts_topic, receive_filters
 from swarmbus.transport.aio_link import AsyncMqttLink
 from swarmbus.transport.link import Subscription
 
 from .control_server import ControlServer, NewMessages
 from .dispatch import Dispatcher
 from .outbox import Outbox
+from .peers import Peers
 from .presence import PresenceKeeper
+from .receipts import Ladder
 from .receiver import Receiver
+from .redeliver import Redeliverer
 
 log = logging.getLogger("swarmbus.daemon")
 EXIT_CONFLICT = 1
@@ -102,7 +106,8 @@ class Daemon:
             manual_ack=True,
             will=self.presence.will(),
             subscriptions=[*(Subscription(t, QOS, no_local=n) for t, n in receive_filters(agent_id)),
-                           *self.presence.subscriptions()],
+                           *self.presence.subscriptions(), Subscription(receipts_topic(agent_id), QOS),
+                           *Peers.subscriptions()],
             on_message=self._on_message,
             on_connected=self._on_connected,
             on_taken_over=lambda: self._on_conflict(
@@ -114,11 +119,19 @@ class Daemon:
             reconnect_max=settings.daemon.reconnect_max,
             logger=logging.getLogger("swarmbus.transport"),
         )
+        self.ladder = Ladder(store, agent_id, self.link, self.relay)
         self.receiver = Receiver(store, agent_id, self.link, on_stored=self._on_stored,
-                                 on_recorded=lambda seqs: self.dispatcher.recorded(seqs))
+                                 on_recorded=lambda seqs: self.dispatcher.recorded(seqs),
+                                 on_duplicates=self.ladder.duplicates)
         self.link.on_cycle = self.receiver.cycle
         self.presence.link = self.link
         self.outbox = Outbox(store, self.receiver, self.link)
+        self.peers = Peers(agent_id, on_online=lambda peer: self.redeliverer.recipient_online(peer))
+        self.redeliverer = Redeliverer(store, self.link, self.peers, settings.daemon, self.outbox.republish,
+                                       self.ladder.gave_up)
+        self.outbox.plan = self.redeliverer.plan
+        self.outbox.on_sent = self._on_sent
+        self.outbox.on_published = self.ladder.published
 
         handlers = self.relay.handlers(settings)
         self.attention = Attention(store, self.relay, settings)
@@ -127,10 +140,11 @@ class Daemon:
             agent_id=agent_id, settings=settings, logger=logging.getLogger(f"swarmbus.handler.{agent_id}"),
             send=self._send_from_handler, hooks=self.relay, attention=self.attention,
         )
-        self.dispatcher = Dispatcher(store, self.relay, handlers, context, self.receiver.record,
+        self.dispatcher = Dispatcher(store, self.relay, handlers, context, self._record_outcomes,
                                      backlog=settings.daemon.backlog)
         self.control = ControlServer(self.paths.make_socket_path(), agent_id=agent_id, store=store,
-                                     outbox=self.outbox, new_messages=self.new_messages, status=self.status)
+                                     outbox=self.outbox, new_messages=self.new_messages, status=self.status,
+                                     ladder=self.ladder, peers=self.peers)
         self.reaper = ChildReaper.install()
         await self.control.start()
         loaded = [name for name, info in self.pm.infos.items() if info.status == "loaded" and not info.builtin]
@@ -158,6 +172,7 @@ class Daemon:
         self.control.close()
         self.paths.release_socket_path()
         self.attention.close()
+        self.redeliverer.close()
         await self.dispatcher.drain(timeout=2.0)
         final = None
         if self.stop_reason is None:
@@ -180,12 +195,24 @@ class Daemon:
 
     # -- link callbacks --------------------------------------------------------------------------
     def _on_connected(self, session_present: bool) -> None:
+        self.peers.on_connected()
         self.presence.on_connected()
         self.outbox.publish_pending()
 
     def _on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         if self.presence.handles(topic):
             self.presence.on_message(topic, payload)
+            self.link.ack(mid, qos)
+            if topic == self.presence.sync_topic and not self.peers.synced:
+                self.peers.on_synced()  # every retained presence record came before the sentinel
+                self.redeliverer.scheduled()
+            return
+        if self.ladder.handles(topic):
+            self.ladder.on_receipt(payload)
+            self.link.ack(mid, qos)
+            return
+        if self.peers.handles(topic):
+            self.peers.on_message(topic, payload)
             self.link.ack(mid, qos)
             return
         self.receiver.on_message(topic, payload, mid, qos)
@@ -194,6 +221,24 @@ class Daemon:
     def _on_stored(self, messages: list[StoredMessage]) -> None:
         self.dispatcher.offer(messages)
         self.new_messages.notify()
+        self.ladder.stored(messages)
+
+    def _on_sent(self, envelope: Envelope) -> None:
+        """A send was spooled: schedule its redelivery; a reply records ``replied`` for the original."""
+        self.redeliverer.scheduled()
+        if envelope.in_reply_to is not None:
+            original = self.dispatcher.reader.message_by_id(envelope.in_reply_to)
+            if original is not None and original.from_agent != self.agent_id:
+                self.ladder.local_step(original, REPLIED, f"reply {envelope.id}")
+
+    def _record_outcomes(self, outcomes: list[tuple[int, str, str, str]], dispatched: list[int]) -> None:
+        """The dispatcher's finished runs, to the writer; a ``wake`` outcome is a ladder step."""
+        self.receiver.record(outcomes, dispatched)
+        for seq, handler, status, detail in outcomes:
+            if handler == "wake" and (status != "ok" or detail.startswith("woken")):  # an attempt, not a skip
+                message = self.dispatcher.reader.message(seq)
+                if message is not None:
+                    self.ladder.local_step(message, WAKE, f"{status}: {detail}")
 
     async def _send_from_handler(self, to: str, subject: str, body: str, **fields: Any) -> str:
         envelope = new_envelope(self.agent_id, to, subject, body, **fields)
@@ -209,6 +254,7 @@ class Daemon:
                 self.dispatcher.sweep()
             except Exception:
                 log.exception("dispatch sweep failed; trying again at the next heartbeat")
+            self.redeliverer.scheduled()
             try:
                 self.attention.tick()
             except Exception:
@@ -247,6 +293,8 @@ class Daemon:
             "last_seq": store.last_seq(),
             "counters": store.counters(),
             "outbox_pending": len(store.outbox_pending()),
+            "redeliveries_pending": store.redeliveries_pending(),
+            "receipts_rejected": self.ladder.rejected,
             "store": str(self.paths.store),
             "conflict": self.stop_reason,
         }

@@ -33,6 +33,12 @@ class Outbox:
         self._inflight: set[str] = set()  # ids handed to paho and not yet PUBACKed (it resends them itself)
         self.on_spooled: Callable[[str], object] | None = None
         """Called with the recipient of each newly spooled send (the wake policy's loop guard)."""
+        self.plan: Callable[[Envelope], tuple[str, float, float] | None] | None = None
+        """Gives a new send's redelivery row ``(recipient, first_at, give_up_at)``, or None."""
+        self.on_sent: Callable[[Envelope], object] | None = None
+        """Called with each newly spooled envelope, after it is handed to the link."""
+        self.on_published: Callable[[str, str], object] | None = None
+        """Called with ``(message_id, topic)`` when the broker acknowledged a send."""
 
     def _publish(self, message_id: str, topic: str, payload: bytes) -> PublishTicket:
         self._inflight.add(message_id)
@@ -41,9 +47,22 @@ class Outbox:
         def acked() -> None:
             self._inflight.discard(message_id)
             self.receiver.published(message_id)
+            if self.on_published is not None:
+                self.on_published(message_id, topic)
 
         ticket.on_done(acked)
         return ticket
+
+    def republish(self, message_id: str) -> bool:
+        """Publish a spooled send again, same id and payload (redelivery); False when it is not
+        spooled or the link still holds its previous publish unacknowledged."""
+        if message_id in self._inflight:
+            return False
+        entry = self.store.outbox_entry(message_id)
+        if entry is None:
+            return False
+        self._publish(entry.message_id, entry.topic, entry.payload)
+        return True
 
     def publish_pending(self) -> None:
         """(Re)publish every spooled send paho does not already hold (on connect)."""
@@ -62,11 +81,14 @@ class Outbox:
             return "expired"
         payload = envelope.to_wire()
         topic = topic_for_recipient(envelope.to)
-        if not self.store.outbox_add(envelope.id, topic, payload):
+        redeliver = self.plan(envelope) if self.plan is not None else None
+        if not self.store.outbox_add(envelope.id, topic, payload, redeliver):
             return "duplicate"
         if self.on_spooled is not None:
             self.on_spooled(envelope.to)
         ticket = self._publish(envelope.id, topic, payload)
+        if self.on_sent is not None:
+            self.on_sent(envelope)
         if ticket.done.is_set():
             return "published"
         if wait <= 0:

@@ -47,6 +47,7 @@ from swarmbus.presence_records import (
     parse_presence,
     presence_payload,
 )
+from swarmbus.receipts import RECEIPT_VERSION
 from swarmbus.settings import Settings
 from swarmbus.topics import (
     heartbeat_topic,
@@ -91,7 +92,7 @@ class PresenceKeeper:
         if status == "online":
             fields.setdefault("heartbeat_s", self.heartbeat_s)
         return presence_payload(self.agent_id, status, version=__version__, instance=self.instance,
-                                host=self.host, pid=self.pid, **fields)
+                                host=self.host, pid=self.pid, receipts=RECEIPT_VERSION, **fields)
 
     def will(self) -> Will:
         """The Last Will: offline, reason ``connection lost``, no time (nobody knows when)."""

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 from swarmbus.api import StoredMessage
+from swarmbus.envelope import Envelope
 from swarmbus.errors import StoreError
 from swarmbus.store import Prepared, Store
 from swarmbus.transport.link import MqttLink
@@ -58,6 +59,8 @@ class Receiver:
 
     :param on_stored: ``(messages)`` with each committed batch's new messages, in seq order.
     :param on_recorded: ``(seqs)`` once the dispatch of these messages is committed as finished.
+    :param on_duplicates: ``(envelopes)`` of each committed batch's duplicates (messages already
+        stored: their sender republished them), if given.
     """
 
     def __init__(
@@ -68,8 +71,10 @@ class Receiver:
         *,
         on_stored: Callable[[list[StoredMessage]], object],
         on_recorded: Callable[[list[int]], object],
+        on_duplicates: Callable[[list[Envelope]], object] | None = None,
     ) -> None:
         self.store = store
+        self.on_duplicates = on_duplicates
         self.agent_id = agent_id
         self.link = link
         self.on_stored = on_stored
@@ -148,6 +153,7 @@ class Receiver:
                 if inbound.generation == generation and inbound.qos:
                     link.ack(inbound.mid, inbound.qos)
         stored = []
+        duplicates: list[Envelope] = []
         for inbound, result in zip(batch, results, strict=True):
             if result.outcome == "stored" and result.message is not None:
                 stored.append(result.message)
@@ -155,8 +161,12 @@ class Receiver:
                 log.warning("quarantined a message on %s: %s", inbound.prepared.topic, result.reason)
             elif result.outcome == "duplicate":
                 log.debug("duplicate of stored message seq %s ignored", result.seq)
+                if inbound.prepared.envelope is not None:
+                    duplicates.append(inbound.prepared.envelope)
         if stored:
             self.on_stored(stored)
+        if duplicates and self.on_duplicates is not None:
+            self.on_duplicates(duplicates)
         return True
 
     def _record(self) -> bool:

@@ -4,9 +4,17 @@
 in sync with the store, records every wake attempt (``wake_log``) and every hold (``holds``), and
 runs a timer for the earliest hold. When it fires (and at each heartbeat, and at start, so holds
 survive a restart) the held messages that are due are asked again: those the rules still hold get
-their new ``until``, those they now skip are let go with the reason, and all the others are woken
-**in one wake**: the oldest is the ``message`` of ``swarmbus_wake``, the rest ride along in
-``decision.batch``.
+their new ``until``, those they now skip are let go with the reason, and all the others are woken.
+
+Waking (:meth:`Attention.wake`): when the message's waker takes coalesced wakes
+(``swarmbus_wake_coalesce``), through the agent's :class:`~swarmbus.default_plugins.coalesce.Coalescer`:
+one wake at a time, the messages that wait meanwhile (and released holds) in the next one, the
+oldest as the ``message`` of ``swarmbus_wake``, the rest in ``decision.batch``. Otherwise one
+``swarmbus_wake`` per message, at most ``daemon.handler_concurrency`` at once.
+
+Timeouts: ``daemon.handler_timeout`` bounds each wake (the waker's run), not a message's wait for
+its turn: the ``wake`` handler is registered without a dispatcher timeout. A message therefore
+waits at most for the wake in progress (and ``wake.debounce``) plus its own wake, each bounded.
 
 :func:`handle_wake` is the body of the built-in ``wake`` handler.
 """
@@ -25,6 +33,7 @@ from swarmbus.settings import Settings
 from swarmbus.store import Store
 
 from .chain import Evaluation, evaluate
+from .coalesce import Coalescer, Ticket, Wake
 from .history import DAY, WakeHistory
 
 log = logging.getLogger("swarmbus.attention")
@@ -32,6 +41,10 @@ log = logging.getLogger("swarmbus.attention")
 
 class WakeFailed(Exception):
     """The waker ran and reported a failure (recorded as a failed ``wake`` delivery)."""
+
+
+class WakeTimedOut(TimeoutError):
+    """The wake was stopped after ``daemon.handler_timeout`` (recorded as a ``timeout`` delivery)."""
 
 
 def when(ts: float) -> str:
@@ -66,6 +79,8 @@ class Attention:
         self._timer_at: float | None = None
         self._release_task: asyncio.Task[None] | None = None
         self._loop_told: dict[str, float] = {}
+        self.coalescer = Coalescer(self._run_wake, debounce=settings.wake.debounce)
+        self._alone = asyncio.Semaphore(settings.daemon.handler_concurrency)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, context: HandlerContext) -> None:
@@ -177,29 +192,54 @@ class Attention:
             self.store.drop_holds([seq for seq, _, _ in dropped], dropped)
         if not allowed or self.context is None:
             return 0
-        messages = [m for m, _ in allowed]
-        first, rest = messages[0], tuple(messages[1:])
-        reason = f"held messages released ({len(messages)} in one wake)"
-        decision = WakeDecision(True, reason, batch=rest)
+        wakes = await asyncio.gather(*(self.wake(m, f"held message released ({r.reason})", record=True)
+                                       for m, r in allowed))
+        return sum(1 for w in wakes if w.outcome is not None and w.outcome.ok)
+
+    # -- waking -----------------------------------------------------------------------------------------
+    async def wake(self, message: StoredMessage, reason: str, *, record: bool = False) -> Wake:
+        """Wake the host for ``message`` (the chain allowed it, because of ``reason``) and return the
+        wake that covered it: coalesced with others when its waker takes coalesced wakes, else on
+        its own. ``record``: write its ``wake`` delivery with the wake (a released hold).
+
+        :raises asyncio.CancelledError: the caller was cancelled (the message left its batch).
+        """
+        if self.relay.wake_coalesce(message, self.settings):
+            return await self.coalescer.submit(message, reason, record=record)
+        async with self._alone:
+            return await self._run_wake([Ticket(message, reason, record, asyncio.get_running_loop().time())])
+
+    async def _run_wake(self, tickets: Sequence[Ticket]) -> Wake:
+        """One wake for ``tickets`` (oldest first): ``swarmbus_wake`` with the others in
+        ``decision.batch``, bounded by ``daemon.handler_timeout``; recorded in ``wake_log`` with
+        the ``wake`` deliveries of released holds."""
+        if self.context is None:
+            raise RuntimeError("Attention.start() was not called")
         context = self.context
+        messages = tuple(t.message for t in tickets)
+        first = tickets[0]
+        reason = first.reason if len(tickets) == 1 else f"{first.reason}; {len(tickets)} messages in one wake"
+        timeout = self.settings.daemon.handler_timeout
+        timed_out = False
         started = self.begin_wake(messages)
         try:
-            async with asyncio.timeout(context.settings.daemon.handler_timeout):
-                outcome = await self.relay.wake(first, decision, context)
+            async with asyncio.timeout(timeout):
+                outcome = await self.relay.wake(first.message, WakeDecision(True, reason, batch=messages[1:]), context)
         except TimeoutError:
-            outcome = WakeOutcome(False, f"timed out after {context.settings.daemon.handler_timeout:.0f}s")
+            outcome, timed_out = WakeOutcome(False, f"timed out after {timeout:.0f}s"), True
         except Exception as exc:
+            context.logger.warning("wake failed for %s: %s: %s", wake_label(messages), type(exc).__name__, exc)
             outcome = WakeOutcome(False, f"{type(exc).__name__}: {exc}")
+        wake = Wake(messages, outcome, timed_out)
+        held = [t for t in tickets if t.record]
         if outcome is None:
             self.history.forget_wake(started, {m.from_agent for m in messages})
-            self.store.drop_holds([m.seq for m in messages],
-                                  [(m.seq, "ok", f"not woken: no waker is configured ({reason})") for m in messages])
-            return 0
-        status = "ok" if outcome.ok else "failed"
-        text = (f"woken after hold (with {len(messages) - 1} other(s)): {outcome.detail}" if outcome.ok
-                else f"wake after hold failed: {outcome.detail}")
-        self.woken(messages, outcome, started, [(m.seq, status, text) for m in messages])
-        return len(messages) if outcome.ok else 0
+            if held:
+                self.store.drop_holds([t.message.seq for t in held], [
+                    (t.message.seq, "ok", f"not woken: no waker is configured ({t.reason})") for t in held])
+            return wake
+        self.woken(messages, outcome, started, [(t.message.seq, *released_delivery(wake)) for t in held])
+        return wake
 
     def _tell_humans(self, peer: str, verdict: Verdict) -> None:
         now = self.now()
@@ -245,14 +285,40 @@ async def handle_wake(message: StoredMessage, context: HandlerContext) -> str:
         attention.hold(message, final)
         return f"held until {when(final.until or 0)} ({final.reason})"
     decision = result.decision
-    started = attention.begin_wake([message]) if attention is not None else 0.0
-    outcome = await context.hooks.wake(message, decision, context)
+    if attention is None:
+        outcome = await context.hooks.wake(message, decision, context)
+        return handler_detail(Wake((message,), outcome), decision.reason)
+    return handler_detail(await attention.wake(message, decision.reason), decision.reason)
+
+
+def wake_label(messages: Sequence[StoredMessage]) -> str:
+    """Which wake, for a reason shown to a person: ``#12, #13, #15`` (see :meth:`Wake.label`)."""
+    return Wake(tuple(messages), None).label()
+
+
+def handler_detail(wake: Wake, reason: str) -> str:
+    """The ``wake`` delivery detail of one message woken by ``wake`` because of ``reason``.
+
+    :raises WakeTimedOut: the wake timed out. :raises WakeFailed: the waker reported a failure.
+    """
+    outcome = wake.outcome
     if outcome is None:
-        if attention is not None:
-            attention.history.forget_wake(started, {message.from_agent})
-        return f"not woken: no waker is configured ({decision.reason})"
-    if attention is not None:
-        attention.woken([message], outcome, started)
+        return f"not woken: no waker is configured ({reason})"
+    others = len(wake.messages) - 1
+    where = f" with {others} other(s) in wake {wake.label()}" if others else ""
+    if wake.timed_out:
+        raise WakeTimedOut(outcome.detail + (f" (wake {wake.label()})" if others else ""))
     if not outcome.ok:
-        raise WakeFailed(outcome.detail or "wake failed")
-    return f"woken ({decision.reason}): {outcome.detail}"
+        raise WakeFailed((outcome.detail or "wake failed") + (f" (wake {wake.label()})" if others else ""))
+    return f"woken ({reason}){where}: {outcome.detail}"
+
+
+def released_delivery(wake: Wake) -> tuple[str, str]:
+    """``(status, detail)`` of the ``wake`` delivery of a released hold woken by ``wake``."""
+    outcome = wake.outcome
+    assert outcome is not None
+    others = len(wake.messages) - 1
+    where = f" in wake {wake.label()}" if others else ""
+    if outcome.ok:
+        return "ok", f"woken after hold (with {others} other(s)){where}: {outcome.detail}"
+    return ("timeout" if wake.timed_out else "failed"), f"wake after hold failed{where}: {outcome.detail}"

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from swarmbus import HandlerContext, HookRelay, Settings, StoredMessage, new_envelope, wake
+from swarmbus import HandlerContext, HookRelay, Settings, StoredMessage, WakeDecision, new_envelope, wake
 from swarmbus_claude_code.settings import CCSettings
-from swarmbus_claude_code.waker import LAST_WAKE_FILE, SESSION_FILE, claude_argv, waker_for
+from swarmbus_claude_code.waker import LAST_WAKE_FILE, SESSION_FILE, claude_argv
 
 AGENT = "coder"
 
@@ -260,56 +260,31 @@ def test_wake_is_logged(relay: HookRelay, tmp_path: Path, fake_claude: Any, capl
     assert "handled 1 message(s)" in record.wake_output  # type: ignore[attr-defined]
 
 
-# -- one wake at a time, coalescing, cancellation --------------------------------------------
-def test_messages_during_a_wake_are_coalesced_into_the_next(relay: HookRelay, tmp_path: Path,
-                                                            fake_claude: Any) -> None:
-    settings = make_settings(tmp_path)
-    release = tmp_path / "release"
-    fake_claude.control(block_until=str(release))
-    context = context_for(relay, settings)
-
-    async def scenario() -> list[Any]:
-        first = asyncio.ensure_future(relay.wake(stored("first body", seq=1), wake("t"), context))
-        await asyncio.to_thread(fake_claude.wait_for, lambda: fake_claude.runs(), 20, "the first wake to start")
-        later = [asyncio.ensure_future(relay.wake(stored(f"later body {i}", seq=i), wake("t"), context))
-                 for i in (2, 3, 4)]
-        await asyncio.sleep(0)  # let the three queue behind the running wake
-        assert len(fake_claude.runs()) == 1
-        release.touch()
-        return await asyncio.gather(first, *later)
-
-    outcomes = asyncio.run(scenario())
-    runs = fake_claude.runs()
-    assert len(runs) == 2, [r["stdin"][:80] for r in runs]
-    assert "first body" in runs[0]["stdin"] and "later body" not in runs[0]["stdin"]
-    second = runs[1]["stdin"]
-    assert "3 new messages" in second
-    assert [second.index(f"later body {i}") for i in (2, 3, 4)] == sorted(second.index(f"later body {i}") for i in (2, 3, 4))
-    assert "first body" not in second
-    assert all(o.ok for o in outcomes)
-    assert outcomes[1] is outcomes[2] is outcomes[3]  # one wake covered all three
-    assert outcomes[0] is not outcomes[1]
-    assert "3 message(s)" in outcomes[1].detail
+# -- coalesced wakes, cancellation ------------------------------------------------------------
+def test_the_core_coalesces_cc_wakes_in_resume_mode_only(relay: HookRelay, tmp_path: Path) -> None:
+    """One ``claude`` at a time per agent is the core's coalescing: the plugin asks for it in
+    ``resume`` mode (tests/test_coalesce.py and test_cc_daemon.py show it at work)."""
+    assert relay.wake_coalesce(stored(), make_settings(tmp_path)) is True
+    for mode in ("rewake", "context"):
+        assert relay.wake_coalesce(stored(), make_settings(tmp_path, wake_mode=mode)) is False
+    assert relay.wake_coalesce(stored(), make_settings(tmp_path, host_type="openclaw")) is False  # no opinion
 
 
-def test_one_wake_at_a_time_per_agent_but_agents_are_independent(relay: HookRelay, tmp_path: Path,
+def test_a_coalesced_wake_is_one_claude_run_listing_every_message(relay: HookRelay, tmp_path: Path,
                                                                  fake_claude: Any) -> None:
-    a = make_settings(tmp_path)
-    b = make_settings(tmp_path / "other")
-    release = tmp_path / "release"
-    fake_claude.control(block_until=str(release))
-
-    async def scenario() -> None:
-        ctx_a, ctx_b = context_for(relay, a), context_for(relay, b)
-        t1 = asyncio.ensure_future(relay.wake(stored(seq=1), wake("t"), ctx_a))
-        t2 = asyncio.ensure_future(relay.wake(stored(seq=1), wake("t"), ctx_b))
-        # both agents' wakes run at once: each has its own state dir and queue
-        await asyncio.to_thread(fake_claude.wait_for, lambda: len(fake_claude.runs()) == 2, 20, "two wakes")
-        assert waker_for(ctx_a) is not waker_for(ctx_b)
-        release.touch()
-        await asyncio.gather(t1, t2)
-
-    asyncio.run(scenario())
+    settings = make_settings(tmp_path)
+    messages = [stored(f"body number {i}", seq=i) for i in (2, 3, 4)]
+    decision = WakeDecision(True, "t", batch=tuple(messages[1:]))
+    outcome = asyncio.run(relay.wake(messages[0], decision, context_for(relay, settings)))
+    assert outcome is not None and outcome.ok, outcome
+    assert "3 message(s)" in outcome.detail
+    (run,) = fake_claude.runs()
+    prompt = run["stdin"]
+    assert "3 new messages" in prompt and "UNTRUSTED DATA" in prompt
+    positions = [prompt.index(f"body number {i}") for i in (2, 3, 4)]
+    assert positions == sorted(positions)  # oldest first
+    last = json.loads((state_dir(settings) / LAST_WAKE_FILE).read_text())
+    assert last["message_ids"] == [m.id for m in messages]
 
 
 def test_cancellation_kills_the_process_group(relay: HookRelay, tmp_path: Path, fake_claude: Any,

@@ -14,9 +14,9 @@ import pytest
 from openclaw_fake_gateway import FakeGateway
 from openclaw_helpers import AGENT, TOKEN, context_for, make_settings, stored
 
-from swarmbus import HookRelay, StoredMessage, WakeOutcome, render_wake_prompt, wake
+from swarmbus import HookRelay, StoredMessage, WakeDecision, WakeOutcome, render_wake_prompt, wake
 from swarmbus_openclaw.identity import b64url_decode
-from swarmbus_openclaw.wake import run_label
+from swarmbus_openclaw.wake import idempotency_key, run_label
 
 
 def run_wake(relay: HookRelay, settings: object, message: StoredMessage) -> WakeOutcome | None:
@@ -101,6 +101,32 @@ def test_same_message_twice_runs_once(relay: HookRelay, tmp_path: Path, gateway:
     second = run_wake(relay, settings, message)
     assert second is not None and second.ok and f"{message.id} ok" in second.detail
     assert [p["idempotencyKey"] for p in gateway.agent_params()] == [message.id, message.id]
+    assert len(gateway.runs) == 1
+
+
+def test_a_coalesced_wake_is_one_run_listing_every_message(relay: HookRelay, tmp_path: Path,
+                                                          gateway: FakeGateway) -> None:
+    """The plugin takes coalesced wakes; one ``agent`` run covers the message and its batch, with
+    a key derived from the set of ids (the same set, in any order, gives the same key)."""
+    settings = make_settings(relay, tmp_path, gateway_url=gateway.url, token=TOKEN)
+    assert relay.wake_coalesce(stored(), settings) is True
+    assert relay.wake_coalesce(stored(), make_settings(relay, tmp_path, host_type=None)) is False
+    messages = [stored(f"subject {i}", f"body number {i}", seq=i) for i in (1, 2, 3)]
+    decision = WakeDecision(True, "test", batch=tuple(messages[1:]))
+    outcome = asyncio.run(relay.wake(messages[0], decision, context_for(relay, settings)))
+    assert outcome is not None and outcome.ok, outcome
+    (params,) = gateway.agent_params()
+    assert params["message"] == render_wake_prompt(messages, AGENT)
+    prompt = params["message"]
+    assert [prompt.index(f"body number {i}") for i in (1, 2, 3)] == sorted(prompt.index(f"body number {i}")
+                                                                            for i in (1, 2, 3))
+    assert params["label"] == "swarmbus: subject 1 (+2 more)"
+    key = params["idempotencyKey"]
+    assert key.startswith("swarmbus-batch-") and key == idempotency_key(list(reversed(messages)))
+    assert key != idempotency_key(messages[:2]) and idempotency_key(messages[:1]) == messages[0].id
+    # the same batch again (a retry, a restart that batches them the same way): the gateway replays it
+    again = asyncio.run(relay.wake(messages[0], decision, context_for(relay, settings)))
+    assert again is not None and again.ok
     assert len(gateway.runs) == 1
 
 

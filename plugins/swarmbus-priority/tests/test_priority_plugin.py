@@ -26,6 +26,7 @@ from swarmbus import (
     HookRelay,
     Settings,
     StoredMessage,
+    WakeDecision,
     WakeOutcome,
     get_plugin_manager,
     new_envelope,
@@ -247,17 +248,39 @@ BATCH_LOG = (
 )
 
 
-def test_batch_hands_waiting_messages_to_one_run(relay: HookRelay, tmp_path: Path) -> None:
-    log = tmp_path / "runs.jsonl"
-    settings = settings_with(relay, normal=py(BATCH_LOG, str(log)), concurrency=1, batch=True)
-    messages = [stored(seq=i, subject=f"m{i}") for i in range(4)]
-    outcomes = wake_all(relay, settings, messages)
-    assert all(o is not None and o.ok for o in outcomes), outcomes
-    runs = [json.loads(line) for line in log.read_text().splitlines()]
+def test_batch_runs_each_command_once_for_a_coalesced_wake(relay: HookRelay, tmp_path: Path) -> None:
+    """With ``batch = true`` the plugin asks for coalesced wakes; a wake's messages (``message``
+    and ``decision.batch``, as the core hands them over) run each distinct command once."""
+    normal_log, high_log = tmp_path / "normal.jsonl", tmp_path / "high.jsonl"
+    settings = settings_with(relay, normal=py(BATCH_LOG, str(normal_log)), high=py(BATCH_LOG, str(high_log)),
+                             batch=True)
+    messages = [stored(seq=i, subject=f"m{i}", priority="high" if i == 2 else "normal") for i in range(4)]
+    assert all(relay.wake_coalesce(m, settings) for m in messages)
+    decision = WakeDecision(True, "test", batch=tuple(messages[1:]))
+    outcome = asyncio.run(relay.wake(messages[0], decision, context_for(relay, settings)))
+    assert outcome is not None and outcome.ok, outcome
     ids = [m.id for m in messages]
-    # the first got the free slot at once; the three that waited for it ran together, oldest first
-    assert [r["stdin_ids"] for r in runs] == [ids[:1], ids[1:]]
-    assert [(r["batch"], r["ids"], r["first"]) for r in runs] == [("1", ids[0], ids[0]), ("3", ",".join(ids[1:]), ids[1])]
+    normal = [json.loads(line) for line in normal_log.read_text().splitlines()]
+    high = [json.loads(line) for line in high_log.read_text().splitlines()]
+    normal_ids = [ids[0], ids[1], ids[3]]
+    assert [r["stdin_ids"] for r in normal] == [normal_ids]  # one run, oldest first
+    assert [(r["batch"], r["ids"], r["first"]) for r in normal] == [("3", ",".join(normal_ids), ids[0])]
+    assert [(r["batch"], r["stdin_ids"]) for r in high] == [("1", [ids[2]])]
+    assert ids[0] in outcome.detail and ids[2] in outcome.detail  # each run's detail names its messages
+
+
+def test_without_batch_each_message_is_its_own_wake(relay: HookRelay, tmp_path: Path) -> None:
+    settings = settings_with(relay, normal=py("pass"))
+    assert relay.wake_coalesce(stored(), settings) is False
+    assert relay.wake_coalesce(stored(priority="high"), settings) is False  # no command: no opinion
+    out = tmp_path / "runs"
+    code = "import os, sys; open(sys.argv[1], 'a').write(os.environ['SWARMBUS_ID'] + '\\n')"
+    settings = settings_with(relay, normal=py(code, str(out)))
+    messages = [stored(seq=i) for i in range(3)]
+    decision = WakeDecision(True, "test", batch=tuple(messages[1:]))  # a batch all the same: once per message
+    outcome = asyncio.run(relay.wake(messages[0], decision, context_for(relay, settings)))
+    assert outcome is not None and outcome.ok, outcome
+    assert sorted(out.read_text().split()) == sorted(m.id for m in messages)
 
 
 def test_without_batch_a_command_runs_once_per_message(relay: HookRelay, tmp_path: Path) -> None:

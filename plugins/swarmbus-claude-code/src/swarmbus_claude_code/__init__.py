@@ -7,7 +7,10 @@ Hooks:
   server, install the hook the wake mode needs and check ``claude --version``
   (:mod:`swarmbus_claude_code.install`);
 - ``swarmbus_wake``: for agents with ``host_type = "cc"``; in ``resume`` mode a headless
-  ``claude -p --resume`` per wake, one at a time, coalescing (:mod:`swarmbus_claude_code.waker`);
+  ``claude -p --resume`` per wake for the message and its ``decision.batch``
+  (:mod:`swarmbus_claude_code.waker`);
+- ``swarmbus_wake_coalesce``: True in ``resume`` mode, so the core runs one wake (one
+  ``claude``) at a time per agent and coalesces the messages that wait into the next;
   in ``rewake`` and ``context`` modes the hook in Claude Code delivers the message;
 - ``swarmbus_doctor_checks``: claude, MCP, skill, hook, last wake (:mod:`swarmbus_claude_code.doctor`);
 - ``swarmbus_commands``: ``swarmbus cc-context``, the UserPromptSubmit hook
@@ -30,6 +33,7 @@ from swarmbus import (
     InitStep,
     Settings,
     StoredMessage,
+    WakeDecision,
     WakeOutcome,
     hookimpl,
 )
@@ -61,18 +65,23 @@ def swarmbus_host_types(register: Callable[[HostType], None]) -> None:
 
 
 @hookimpl
-def swarmbus_wake(message: StoredMessage, context: HandlerContext) -> Awaitable[WakeOutcome] | WakeOutcome | None:
+def swarmbus_wake_coalesce(settings: Settings) -> bool | None:
+    if settings.host_type != NAME:
+        return None
+    return config(settings).wake_mode == "resume"
+
+
+@hookimpl
+def swarmbus_wake(message: StoredMessage, decision: WakeDecision,
+                  context: HandlerContext) -> Awaitable[WakeOutcome] | WakeOutcome | None:
     if context.settings.host_type != NAME:
         return None
     cfg = config(context.settings)
     if cfg.wake_mode != "resume":
         return WakeOutcome(True, HOOK_DELIVERY[cfg.wake_mode])
-    from swarmbus_claude_code.waker import waker_for
+    from swarmbus_claude_code.waker import wake_once
 
-    async def wake() -> WakeOutcome:
-        return await waker_for(context).submit(message, context)
-
-    return wake()
+    return wake_once([message, *decision.batch], context)
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""Headless wakes: ``claude -p --resume <session>`` per wake, one at a time per agent.
+"""Headless wakes: ``claude -p --resume <session>`` per wake, for every message of the wake.
 
 - The prompt (``swarmbus.render_wake_prompt``: every peer field fenced and framed as
   untrusted data) goes to ``claude -p`` on stdin: no shell, no argv length limit, and text
@@ -11,23 +11,20 @@
 - The session id from ``--output-format json`` is kept in
   ``<state>/agents/<id>/claude-session.json`` and resumed next time; when Claude no longer has
   that session the wake is retried once without ``--resume`` and the new id is kept.
-- One wake at a time per agent: messages that arrive while a wake runs are queued and the
-  next wake covers all of them (one prompt listing each). Each message's awaitable resolves
-  with the outcome of the wake that covered it.
+- One wake at a time per agent is the core's: the plugin answers ``swarmbus_wake_coalesce``
+  with True, so the daemon runs one wake at a time and hands the messages that arrived while
+  one ran to the next in ``decision.batch``; :func:`wake_once` lists them all in one prompt.
 - Each wake is logged (exit status, duration, session id, the last lines of output) and
   recorded in ``<state>/agents/<id>/claude-last-wake.json`` for ``swarmbus doctor``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import json
 import os
 import re
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,66 +214,3 @@ def _record(context: HandlerContext, state: Path, outcome: WakeOutcome, ids: lis
         context.logger.debug("cc wake output (last lines):\n%s", tail)
     with contextlib.suppress(OSError):
         _write_json(state / LAST_WAKE_FILE, {**fields, "finished_at": time.time(), "output_tail": tail})
-
-
-# -- one wake at a time per agent, coalescing ----------------------------------------------------
-class AgentWaker:
-    """Serialises the wakes of one agent and coalesces messages that wait."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[StoredMessage, asyncio.Future[WakeOutcome]]] = []
-        self.runner: asyncio.Task[None] | None = None
-        self.wakes = 0
-
-    async def submit(self, message: StoredMessage, context: HandlerContext) -> WakeOutcome:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[WakeOutcome] = loop.create_future()
-        self.pending.append((message, future))
-        if self.runner is None or self.runner.done():
-            self.runner = loop.create_task(self._drain(context), name=f"cc-wake-{context.agent_id}")
-        return await future  # cancelling this cancels the future: the message leaves its batch
-
-    async def _drain(self, context: HandlerContext) -> None:
-        while self.pending:
-            batch = [(m, f) for m, f in self.pending if not f.done()]
-            self.pending = []
-            if not batch:
-                continue
-            batch.sort(key=lambda item: item[0].seq)
-            self.wakes += 1
-            wake: asyncio.Task[WakeOutcome] = asyncio.get_running_loop().create_task(
-                wake_once([m for m, _ in batch], context))
-            for _, f in batch:
-                f.add_done_callback(functools.partial(_cancel_if_abandoned, batch, wake))
-            try:
-                outcome = await wake
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # the runner itself is being cancelled (the loop is shutting down)
-                outcome = WakeOutcome(False, "wake cancelled")
-            except Exception as exc:  # a bug or an OS error: fail these messages, keep serving
-                context.logger.exception("cc wake failed for %s", context.agent_id)
-                outcome = WakeOutcome(False, f"wake failed: {type(exc).__name__}: {exc}")
-            for _, f in batch:
-                if not f.done():
-                    f.set_result(outcome)
-
-
-def _cancel_if_abandoned(batch: list[tuple[StoredMessage, asyncio.Future[WakeOutcome]]],
-                         wake: asyncio.Task[WakeOutcome], _: asyncio.Future[WakeOutcome]) -> None:
-    if all(f.cancelled() for _, f in batch):
-        wake.cancel()  # nobody waits for this wake any more (timeouts, shutdown): kill claude
-
-
-_WAKERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AgentWaker]] = weakref.WeakKeyDictionary()
-
-
-def waker_for(context: HandlerContext) -> AgentWaker:
-    """The waker of this agent in the running event loop."""
-    loop = asyncio.get_running_loop()
-    key = str(agent_dir(context.settings, context.agent_id))
-    per_loop = _WAKERS.setdefault(loop, {})
-    if key not in per_loop:
-        per_loop[key] = AgentWaker()
-    return per_loop[key]

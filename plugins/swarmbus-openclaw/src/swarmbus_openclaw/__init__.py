@@ -1,13 +1,15 @@
 """swarmbus-openclaw: swarmbus host plugin for OpenClaw (host type ``openclaw``).
 
 When a message should wake the agent, the daemon starts an OpenClaw agent turn through the
-gateway's WebSocket protocol (v4): ``agent`` with the framed wake prompt, the swarmbus message
-id as ``idempotencyKey`` and a dedicated session key. Falls back to ``openclaw agent`` when the
+gateway's WebSocket protocol (v4): one ``agent`` run per wake with the framed wake prompt (every
+message of a coalesced wake in it), an ``idempotencyKey`` derived from the message ids and a
+dedicated session key. Falls back to ``openclaw agent`` when the
 gateway does not answer. ``swarmbus init --host-type openclaw`` installs the ``swarmbus``
 skill and checks the gateway; ``swarmbus doctor`` checks reachability, auth, protocol and
 scopes.
 
 Hooks: ``swarmbus_settings_sections`` (``[plugins.openclaw]``), ``swarmbus_wake``,
+``swarmbus_wake_coalesce`` (True: one wake at a time, the messages that wait in the next one),
 ``swarmbus_host_types``, ``swarmbus_doctor_checks``. Only the public ``swarmbus`` API is used.
 """
 
@@ -31,6 +33,11 @@ __all__ = ["HOST_TYPE", "NAME", "OpenClawSettings", "__version__", "config"]
 @hookimpl
 def swarmbus_settings_sections(register: Callable[[str, type[BaseModel]], None]) -> None:
     register(NAME, OpenClawSettings)
+
+
+@hookimpl
+def swarmbus_wake_coalesce(settings: Settings) -> bool | None:
+    return True if settings.host_type == HOST_TYPE else None
 
 
 @hookimpl

@@ -1,9 +1,17 @@
-"""``swarmbus_wake`` for host type ``openclaw``: one ``agent`` run per woken message.
+"""``swarmbus_wake`` for host type ``openclaw``: one ``agent`` run per wake.
 
-The prompt is :func:`swarmbus.render_wake_prompt` (peer content framed as untrusted data); the
-swarmbus message id is the run's ``idempotencyKey``, so a retry, a daemon restart that
-dispatches the message again, or the CLI fallback after a dropped connection never starts a
-second run for the same message: the gateway answers a repeated key with the first run.
+The plugin takes coalesced wakes (``swarmbus_wake_coalesce``): the core runs one wake at a time
+and hands the messages that arrived meanwhile to the next in ``decision.batch``; the run's prompt
+is :func:`swarmbus.render_wake_prompt` of all of them, oldest first (peer content framed as
+untrusted data).
+
+The run's ``idempotencyKey`` (:func:`idempotency_key`) is the message id for a wake of one
+message, else a hash of the batch's sorted ids. A retry, a daemon restart that dispatches the
+same messages again in the same wake, or the CLI fallback after a dropped connection never
+starts a second run for them: the gateway answers a repeated key with the first run. After a
+restart the messages may be batched differently (the batch is whatever waited at that moment);
+then the key differs and they are delivered again, rather than a message being lost behind a
+key whose run never listed it: wakes are at-least-once.
 
 One connection per wake. Wakes are rare next to the handshake's cost (a few ms on loopback),
 a fresh connection never goes stale across gateway restarts, and nothing has to answer the
@@ -13,8 +21,10 @@ connections can be open at once.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +76,26 @@ def connect_options(cfg: OpenClawSettings, target: Target, *, agent_id: str | No
     )
 
 
-def agent_params(cfg: OpenClawSettings, message: StoredMessage, prompt: str) -> dict[str, Any]:
+def idempotency_key(messages: Sequence[StoredMessage]) -> str:
+    """The message id for one message; for several ``swarmbus-batch-`` and the first 32 hex
+    digits of the SHA-256 of their sorted ids (one per line): the same set of messages always
+    gets the same key, whatever their order."""
+    if len(messages) == 1:
+        return messages[0].id
+    digest = hashlib.sha256("\n".join(sorted(m.id for m in messages)).encode("utf-8")).hexdigest()
+    return f"swarmbus-batch-{digest[:32]}"
+
+
+def agent_params(cfg: OpenClawSettings, messages: Sequence[StoredMessage], prompt: str) -> dict[str, Any]:
+    """The ``agent`` request's params for a wake of ``messages`` (oldest first, at least one)."""
+    more = f" (+{len(messages) - 1} more)" if len(messages) > 1 else ""
     return {
         "message": prompt,
-        "idempotencyKey": message.id,
+        "idempotencyKey": idempotency_key(messages),
         "agentId": cfg.agent_id,
         "sessionKey": cfg.session_key,
         "deliver": False,
-        "label": run_label(message.subject),
+        "label": run_label(messages[0].subject + more),
         "timeout": max(1, int(cfg.timeout_s)),
     }
 
@@ -115,12 +137,14 @@ async def wake_openclaw(message: StoredMessage, decision: WakeDecision, context:
         options = connect_options(cfg, target, agent_id=context.agent_id, state_dir=settings.state_dir)
     except ConfigProblem as exc:
         return WakeOutcome(False, f"openclaw: {exc}")
-    prompt = render_wake_prompt([message], context.agent_id, instructions=cfg.extra_instructions)
-    params = agent_params(cfg, message, prompt)
+    messages = [message, *decision.batch]
+    ids = ", ".join(m.id for m in messages)
+    prompt = render_wake_prompt(messages, context.agent_id, instructions=cfg.extra_instructions)
+    params = agent_params(cfg, messages, prompt)
 
     def on_retry(attempt: int, exc: GatewayError, delay: float) -> None:
-        log.warning("openclaw: attempt %d for message %s: %s; retrying in %.2fs (same idempotencyKey)",
-                    attempt, message.id, exc.describe(), delay)
+        log.warning("openclaw: attempt %d for message(s) %s: %s; retrying in %.2fs (same idempotencyKey)",
+                    attempt, ids, exc.describe(), delay)
 
     try:
         run, hello = await run_agent(options, params, wait_final=cfg.wait_for_final, timeout=cfg.timeout_s,
@@ -129,15 +153,16 @@ async def wake_openclaw(message: StoredMessage, decision: WakeDecision, context:
         if not cfg.use_cli_fallback:
             return WakeOutcome(False, f"{exc.message}; start the gateway (openclaw gateway run) or enable "
                                       "use_cli_fallback")
-        log.warning("openclaw: %s; falling back to the openclaw CLI for message %s", exc.message, message.id)
+        log.warning("openclaw: %s; falling back to the openclaw CLI for message(s) %s", exc.message, ids)
         result = await run_cli(cfg, target, prompt)
-        log.info("openclaw: CLI fallback for message %s: %s", message.id, result.detail,
-                 extra={"message_id": message.id, "run_id": result.run_id, "exit_code": result.exit_code})
+        log.info("openclaw: CLI fallback for message(s) %s: %s", ids, result.detail,
+                 extra={"message_id": message.id, "message_ids": [m.id for m in messages], "run_id": result.run_id,
+                        "exit_code": result.exit_code})
         return WakeOutcome(result.ok, f"{exc.message}; {result.detail}", exit_code=result.exit_code)
     except GatewayError as exc:
         return WakeOutcome(False, explain(exc, target))
     detail = describe_run(run, cfg)
-    log.info("openclaw: message %s -> %s (gateway %s, protocol %d)", message.id, detail, hello.server_version,
-             hello.protocol, extra={"message_id": message.id, "run_id": run.run_id, "run_status": run.status,
-                                    "reason": decision.reason})
+    log.info("openclaw: message(s) %s -> %s (gateway %s, protocol %d)", ids, detail, hello.server_version,
+             hello.protocol, extra={"message_id": message.id, "message_ids": [m.id for m in messages],
+                                    "run_id": run.run_id, "run_status": run.status, "reason": decision.reason})
     return WakeOutcome(run.ok, detail)

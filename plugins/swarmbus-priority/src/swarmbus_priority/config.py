@@ -93,9 +93,10 @@ class PrioritySettings(BaseModel):
     """The most commands of one priority running at once: a number for each priority, or a
     table (``{ high = 4, low = 1 }``; a priority left out gets 8)."""
     batch: bool = False
-    """False: a command runs once per message. True: messages that wait for a busy priority's
-    slot are handed to the next run of the same command together (stdin: one JSON envelope per
-    line; ``SWARMBUS_BATCH`` = how many)."""
+    """False: a command runs once per message. True: the plugin asks the core for coalesced
+    wakes (one wake at a time per agent, the messages that arrive meanwhile in the next one) and
+    each distinct command runs once for its messages of a wake (stdin: one JSON envelope per line;
+    ``SWARMBUS_BATCH`` = how many)."""
 
     @field_validator("high", "normal", "low", mode="before")
     @classmethod
