@@ -107,6 +107,33 @@ def test_presence_recognises_receipt_capable_and_predecessor_peers() -> None:
     assert peers.capability("bad") == "never seen"
 
 
+def test_stored_receipts_go_only_to_senders_that_read_them(tmp_path: Path) -> None:
+    """A plain publisher or the predecessor gets no receipt (a burst must not make thousands of
+    publishes nobody reads); a receipt-capable sender gets one at QoS 0; asking for any receipt
+    in the envelope gets one too."""
+    from swarmbus.api import StoredMessage
+    from swarmbus.daemon.receipts import Ladder
+    from swarmbus.plugins import HookRelay, get_plugin_manager
+    from swarmbus.receipts import with_request
+
+    published: list[tuple[str, int]] = []
+
+    class Link:
+        def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None:
+            published.append((topic, qos))
+
+    store = Store(tmp_path / "store.sqlite3")
+    ladder = Ladder(store, "bob", Link(), HookRelay(get_plugin_manager()),  # type: ignore[arg-type]
+                    sender_wants=lambda sender: sender == "alice")
+    asking = with_request(new_envelope("plainpub", "bob", "s", "b"), ["surfaced"])
+    messages = [StoredMessage(i, env, "agents/bob/inbox", 1.0) for i, env in enumerate(
+        [new_envelope("alice", "bob", "s", "b"), new_envelope("plainpub", "bob", "s", "b"), asking], 1)]
+    ladder.stored(messages)
+    ladder.duplicates([messages[1].envelope])
+    assert published == [("agents/alice/receipts", 0), ("agents/plainpub/receipts", 0)]
+    store.close()
+
+
 # -- between daemons ---------------------------------------------------------------------------------
 
 

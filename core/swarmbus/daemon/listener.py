@@ -119,7 +119,8 @@ class Daemon:
             reconnect_max=settings.daemon.reconnect_max,
             logger=logging.getLogger("swarmbus.transport"),
         )
-        self.ladder = Ladder(store, agent_id, self.link, self.relay)
+        self.ladder = Ladder(store, agent_id, self.link, self.relay,
+                             sender_wants=lambda sender: self.peers.capability(sender) == "receipts")
         self.receiver = Receiver(store, agent_id, self.link, on_stored=self._on_stored,
                                  on_recorded=lambda seqs: self.dispatcher.recorded(seqs),
                                  on_duplicates=self.ladder.duplicates)
