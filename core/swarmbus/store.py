@@ -712,18 +712,7 @@ class Store:
         sent = [(now, message_id) for message_id in published]
 
         def write(db: sqlite3.Connection) -> None:
-            if rows:
-                db.executemany(
-                    "INSERT INTO deliveries (seq, handler, status, attempts, detail, updated_at)"
-                    " VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(seq, handler) DO UPDATE SET"
-                    " status = excluded.status, detail = excluded.detail, updated_at = excluded.updated_at,"
-                    " attempts = deliveries.attempts + 1",
-                    rows,
-                )
-                for status in ("failed", "timeout"):
-                    count = sum(1 for r in rows if r[2] == status)
-                    if count:
-                        self._bump(db, f"handler_{status}", count)
+            self._upsert_deliveries(db, rows)
             if done:
                 db.executemany("UPDATE dispatches SET done_at = ? WHERE seq = ?", done)
             if sent:
