@@ -50,7 +50,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from swarmbus.control import daemon_status
 from swarmbus.dev_broker import BrokerConfig, RunningBroker, find_mosquitto, free_port, start_broker
@@ -63,6 +63,7 @@ __all__ = [
     "NO_BUS_SYSTEMCTL",
     "AgentPaths",
     "BrokerConfig",
+    "DaemonBus",
     "InitHome",
     "RunningBroker",
     "StepResult",
@@ -211,6 +212,67 @@ def stop_daemon(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeou
             kill_process_group(proc.pid)
             proc.wait(10)
     return int(proc.returncode)
+
+
+class DaemonBus:
+    """One agent's daemons on a private broker, for a plugin's daemon tests.
+
+    :meth:`open` starts a mosquitto on a free port and builds :func:`isolated_env` under
+    ``root`` (config file ``root/config.toml``, written with ``config_text``); :meth:`close`
+    stops every daemon started here, then the broker. Raises RuntimeError (from
+    :func:`start_broker`) when mosquitto cannot start.
+    """
+
+    def __init__(self, root: Path, env: dict[str, str], agent_id: str, broker: RunningBroker | None = None) -> None:
+        self.root, self.env, self.agent_id, self.broker = root, env, agent_id, broker
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @classmethod
+    def open(cls, root: Path, agent_id: str, *, plugins: str, config_text: str = "",
+             overrides: Mapping[str, str] | None = None) -> Self:
+        """``overrides``: environment variables set last (e.g. ``SWARMBUS_WAKE_POLICY``)."""
+        broker = start_broker(BrokerConfig(state_dir=root / "broker", port=free_port()))
+        env = isolated_env(root, broker.url, plugins=plugins, reconnect=(0.1, 0.5))
+        env.update(overrides or {})
+        bus = cls(root, env, agent_id, broker)
+        bus.config(config_text or f"# {plugins} test\n")
+        return bus
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "daemon.log"
+
+    def config(self, text: str) -> None:
+        """Write the config file the daemons and CLI calls read."""
+        Path(self.env["SWARMBUS_CONFIG"]).write_text(text)
+
+    def cli(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
+        """``swarmbus ARGS`` in this environment (``extra``: more variables)."""
+        return run_cli({**self.env, **extra}, *args, timeout=timeout)
+
+    def start_daemon(self, *flags: str, **extra: str) -> subprocess.Popen[bytes]:
+        """Start the agent's daemon (``flags`` after ``start``) and wait until it is connected
+        (30 s); its output goes to :attr:`log_path`."""
+        env = {**self.env, **extra}
+        proc = start_daemon(env, self.agent_id, *flags, log_path=self.log_path)
+        self.procs.append(proc)
+        wait_daemon_connected(env, self.agent_id, proc, 30, log_path=self.log_path)
+        return proc
+
+    def log(self) -> str:
+        """What the daemons wrote so far ("" before the first start)."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        """Stop every daemon started here (SIGTERM, then SIGKILL)."""
+        for proc in self.procs:
+            stop_daemon(proc)
+
+    def close(self) -> None:
+        """:meth:`stop`, then the broker."""
+        self.stop()
+        if self.broker is not None:
+            self.broker.stop()
 
 
 def finished_delivery(env: Mapping[str, str], agent_id: str, handler: str = "wake") -> dict[str, Any] | None:
@@ -478,6 +540,25 @@ class InitHome:
             return None
         self.pids.add(pid)
         return pid
+
+    def init(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        """``swarmbus init`` for this home's host type: defined by each plugin's subclass."""
+        raise NotImplementedError
+
+    def init_detached(self, user_config: str) -> tuple[subprocess.CompletedProcess[str], int]:
+        """Write ``user_config`` as the config file, run :meth:`init` on this machine without a
+        user bus, and check what every host type shares: exit 0, and a live detached daemon that
+        init reported. Returns (the init run, the daemon's pid); AssertionError otherwise."""
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(user_config)
+        proc = self.init()
+        text = describe_run(proc)
+        assert proc.returncode == 0, text
+        pid = self.detached_pid()
+        assert pid and pid_alive(pid), text + self.detached_log()
+        assert f"{self.agent_id} is set up: its daemon runs detached (pid {pid}" in proc.stdout, text
+        assert "Failed to connect to bus: No medium found" in proc.stdout, text
+        return proc, pid
 
     def detached_log(self) -> str:
         path = self.agent_dir / "daemon.log"

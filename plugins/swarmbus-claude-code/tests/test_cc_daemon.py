@@ -13,66 +13,34 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from swarmbus import testing
-from swarmbus.testing import BrokerConfig, find_mosquitto, free_port, start_broker, wait_for
+from swarmbus.testing import find_mosquitto, wait_for
 from swarmbus_claude_code.install import hook_command
 
 AGENT = "coder"
 
 
-@dataclass
-class Bus:
-    root: Path
-    env: dict[str, str]
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def config(self, text: str) -> None:
-        Path(self.env["SWARMBUS_CONFIG"]).write_text(text)
-
-    def cli(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
-        return testing.run_cli({**self.env, **extra}, *args, timeout=timeout)
-
+class Bus(testing.DaemonBus):
     def send(self, body: str, subject: str = "task") -> None:
         proc = self.cli("send", "--agent-id", "planner", "--to", AGENT, "--subject", subject, "--body", body)
         assert proc.returncode == 0, proc.stderr
-
-    def start_daemon(self) -> subprocess.Popen[bytes]:
-        log_path = self.root / "daemon.log"
-        proc = testing.start_daemon(self.env, AGENT, log_path=log_path)
-        self.procs.append(proc)
-        testing.wait_daemon_connected(self.env, AGENT, proc, 30, log_path=log_path)
-        return proc
-
-    def log(self) -> str:
-        path = self.root / "daemon.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            testing.stop_daemon(proc)
 
 
 @pytest.fixture
 def bus(tmp_path_factory: pytest.TempPathFactory, fake_claude: Any, home: Path) -> Iterator[Bus]:
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed (apt-get install mosquitto): the daemon tests need it")
-    root = Path(tmp_path_factory.mktemp("ccbus"))
-    broker = start_broker(BrokerConfig(state_dir=root / "broker", port=free_port()))
-    env = testing.isolated_env(root, broker.url, plugins="cc", reconnect=(0.1, 0.5), SWARMBUS_HOST_TYPE="cc",
-                               SWARMBUS_WAKE_POLICY="all")
-    b = Bus(root, env)
-    b.config("# cc test\n")
+    b = Bus.open(Path(tmp_path_factory.mktemp("ccbus")), AGENT, plugins="cc",
+                 overrides={"SWARMBUS_HOST_TYPE": "cc", "SWARMBUS_WAKE_POLICY": "all"})
     try:
         yield b
     finally:
-        b.stop()
-        broker.stop()
+        b.close()
 
 
 def test_message_wakes_claude_and_the_session_is_resumed(bus: Bus, fake_claude: Any) -> None:

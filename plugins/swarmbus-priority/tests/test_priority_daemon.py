@@ -13,42 +13,22 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from swarmbus import testing
-from swarmbus.testing import BrokerConfig, find_mosquitto, free_port, start_broker, wait_for
+from swarmbus.testing import find_mosquitto, wait_for
 
 AGENT = "coder"
 
 
-@dataclass
-class Bus:
-    root: Path
-    env: dict[str, str]
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def config(self, text: str) -> None:
-        Path(self.env["SWARMBUS_CONFIG"]).write_text(text)
-
-    def cli(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
-        return testing.run_cli({**self.env, **extra}, *args, timeout=timeout)
-
+class Bus(testing.DaemonBus):
     def send(self, subject: str, body: str = "the body") -> str:
         proc = self.cli("send", "--agent-id", "planner", "--to", AGENT, "--subject", subject, "--body", body, "--json")
         assert proc.returncode == 0, proc.stderr
         return str(json.loads(proc.stdout)["id"])
-
-    def start_daemon(self, *flags: str, **extra: str) -> subprocess.Popen[bytes]:
-        log_path = self.root / "daemon.log"
-        env = {**self.env, **extra}
-        proc = testing.start_daemon(env, AGENT, *flags, log_path=log_path)
-        self.procs.append(proc)
-        testing.wait_daemon_connected(env, AGENT, proc, 30, log_path=log_path)
-        return proc
 
     def wake_delivery(self, message_id: str) -> dict[str, Any] | None:
         """The finished ``wake`` delivery of ``message_id`` in ``swarmbus inbox --json``, or None."""
@@ -66,17 +46,12 @@ class Bus:
 def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed (apt-get install mosquitto): the daemon tests need it")
-    root = Path(tmp_path_factory.mktemp("prio"))
-    broker = start_broker(BrokerConfig(state_dir=root / "broker", port=free_port()))
-    env = testing.isolated_env(root, broker.url, plugins="priority", reconnect=(0.1, 0.5), SWARMBUS_WAKE_POLICY="all")
-    b = Bus(root, env)
-    b.config("# priority test\n")
+    b = Bus.open(Path(tmp_path_factory.mktemp("prio")), AGENT, plugins="priority",
+                 overrides={"SWARMBUS_WAKE_POLICY": "all"})
     try:
         yield b
     finally:
-        for proc in b.procs:
-            testing.stop_daemon(proc)
-        broker.stop()
+        b.close()
 
 
 def _toml_list(argv: list[str]) -> str:
