@@ -154,7 +154,8 @@ def keeper_argv(argv: Sequence[str], files: KeptFiles, name: str, policy: Policy
             "--window", f"{policy.window:g}", "--", *argv]
 
 
-def _gone(pids: Sequence[int], timeout: float) -> bool:
+def wait_gone(pids: Sequence[int], timeout: float) -> bool:
+    """Whether every pid in ``pids`` is gone (dead or a reaped zombie) within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while any(pid_alive(p) for p in pids):
         if time.monotonic() > deadline:
@@ -240,13 +241,13 @@ def stop_keeper(keeper: int, *, timeout: float, child: int | None = None) -> boo
     except PermissionError:
         raise SwarmbusError(f"not allowed to signal pid {keeper} (another user's process)") from None
     pids = [keeper, *([child] if child else [])]
-    if _gone(pids, timeout):
+    if wait_gone(pids, timeout):
         return False
     _kill_session(keeper)
     if child and pid_alive(child):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(child, signal.SIGKILL)
-    if not _gone(pids, 5.0):
+    if not wait_gone(pids, 5.0):
         raise SwarmbusError(f"keeper pid {keeper} (or its program) is still alive after SIGKILL")
     return True
 

@@ -225,15 +225,6 @@ class Stopped:
     note: str | None = None
 
 
-def _gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def _in_session_of(pid: int, leader: int) -> bool:
     try:
         return os.getsid(pid) == leader
@@ -283,14 +274,14 @@ def stop(paths: AgentPaths, *, timeout: float = STOP_TIMEOUT) -> Stopped:
     except PermissionError:
         raise SwarmbusError(f"not allowed to signal pid {pid} (another user's process)") from None
     killed = False
-    if not _gone(pid, timeout):
+    if not kept.wait_gone([pid], timeout):
         killed = True
         with contextlib.suppress(ProcessLookupError):
             if os.getpgid(pid) == pid:  # a daemon leading its own session: its wake children go too
                 os.killpg(pid, signal.SIGKILL)
             else:
                 os.kill(pid, signal.SIGKILL)
-        if not _gone(pid, 5.0):
+        if not kept.wait_gone([pid], 5.0):
             raise SwarmbusError(f"pid {pid} is still alive after SIGKILL")
     remove_pid_file(paths, pid)
     return Stopped(pid, killed=killed, keeper=keeper.pid if keeper else None)

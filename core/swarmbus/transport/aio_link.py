@@ -25,7 +25,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from .link import MqttLink, backoff_delay
+from .link import MqttLink
 
 _DRAIN_PACKETS = 256
 
@@ -72,12 +72,8 @@ class AsyncMqttLink(MqttLink):
             try:
                 await asyncio.to_thread(self._connect_once)
             except (OSError, ssl.SSLError, ValueError, mqtt.WebsocketConnectionError) as exc:
-                self._connect_failed(exc)
                 failures += 1
-                delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
-                self.log.log(self.retry_log_level, "cannot connect to %s (%s); retrying in %.1fs",
-                             self.broker.url, self.last_error, delay)
-                await self._pause(delay)
+                await self._pause(self._connect_failed(exc, failures))
                 continue
             self.generation += 1
             started = time.monotonic()

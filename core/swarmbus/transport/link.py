@@ -411,12 +411,8 @@ class MqttLink:
             try:
                 self._connect_once()
             except (OSError, ssl.SSLError, ValueError, mqtt.WebsocketConnectionError) as exc:
-                self._connect_failed(exc)
                 failures += 1
-                delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
-                self.log.log(self.retry_log_level, "cannot connect to %s (%s); retrying in %.1fs",
-                             self.broker.url, self.last_error, delay)
-                self._idle(delay)
+                self._idle(self._connect_failed(exc, failures))
                 continue
             self.generation += 1
             started = time.monotonic()
@@ -434,14 +430,19 @@ class MqttLink:
                 break
             self._idle(wait)
 
-    def _connect_failed(self, exc: BaseException) -> None:
-        """A connection attempt raised ``exc`` (both drivers): remember why; a refused TCP
-        connection or a certificate that does not verify ends :meth:`wait_connected` at once."""
+    def _connect_failed(self, exc: BaseException, failures: int) -> float:
+        """Connection attempt number ``failures`` in a row raised ``exc`` (both drivers): remember
+        why (a refused TCP connection or a certificate that does not verify ends
+        :meth:`wait_connected` at once), log it, and return the seconds to wait before the next."""
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.connect_failures += 1
         self._tcp_refused = isinstance(exc, ConnectionRefusedError)
         if self._tcp_refused or isinstance(exc, ssl.SSLCertVerificationError):
             self._refused.set()
+        delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
+        self.log.log(self.retry_log_level, "cannot connect to %s (%s); retrying in %.1fs",
+                     self.broker.url, self.last_error, delay)
+        return delay
 
     def _connection_ended(self, started: float, failures: int) -> tuple[int, float | None]:
         """After a connection ended (both drivers): commit what arrived on it (it is not
