@@ -53,11 +53,12 @@ def test_two_daemons_exchange_directed_and_broadcast(swarm: SwarmEnv) -> None:
         assert "line one\nline two" in text
         assert directed_id not in alice_store.message_ids()
 
-        # the wire format is the predecessor's: these keys, in this order, with json.dumps spacing
+        # the wire format is the predecessor's: these keys, in this order, with json.dumps spacing;
+        # then the request for a `stored` receipt (an extra field the predecessor ignores)
         msg = wait_for(lambda: sniffer.received("agents/bob/inbox"), 5, what="the raw copy of the message")[0]
         raw = bytes(msg.payload)
         decoded = json.loads(raw)
-        assert list(decoded) == list(WIRE_KEYS)
+        assert list(decoded) == [*WIRE_KEYS, "receipts"] and decoded["receipts"] == ["stored"]
         assert raw.startswith(b'{"id": "') and b'"from": "alice", "to": "bob"' in raw
         assert decoded["body"] == "line one\nline two"
         assert decoded["priority"] == "normal" and decoded["reply_to"] is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -186,6 +187,10 @@ def test_held_messages_are_woken_after_a_daemon_restart(swarm: SwarmEnv, tmp_pat
         for mid in ids[1:]:
             pub.publish("agents/dana/inbox", encode(wire("dana", body=f"body of {mid}", id=mid)))
         wait_for(lambda: len(store.holds()) == 2, 15, what="two messages held by the rate limit")
+        status = swarm.cli("status", "--agent-id", "dana", check=True).stdout
+        assert "held:       2 messages held from waking" in status and "overall rate limit" in status, status
+        assert json.loads(swarm.cli("status", "--agent-id", "dana", "--json", check=True).stdout)[
+            "status"]["holds"]["count"] == 2
         assert dana.stop() == 0
         assert sorted(p.name for p in woken.iterdir()) == ["first"]
         held = store.holds()
@@ -203,8 +208,52 @@ def test_held_messages_are_woken_after_a_daemon_restart(swarm: SwarmEnv, tmp_pat
         for mid in ("second", "third"):
             [d] = [d for d in store.deliveries(seq_of(store, mid)) if d.handler == "wake"]
             assert d.status == "ok" and d.detail.startswith("woken after hold (with 1 other(s))"), d
+            # the released wake is the delivery ladder's `wake` step too (`swarmbus trace`)
+            wait_for(lambda mid=mid: store.has_step(mid, ["wake"]), 10, what=f"the wake step of {mid}")  # type: ignore[misc]
+            [step] = [s for s in store.ladder(mid) if s.step == "wake"]
+            assert step.by == "dana" and step.detail.startswith("ok: woken after hold"), step
         data = json.loads(swarm.cli("inbox", "--agent-id", "dana", "--json", check=True).stdout)
         assert all(m["hold"] is None for m in data["messages"])
+
+
+# an agent that answers every message: its wake command replies to the sender through its own
+# daemon (argv: the swarmbus environment as a JSON file, then this agent's id)
+ANSWER = ("import json,os,subprocess,sys; env=json.load(open(sys.argv[1])); sys.stdin.read();"
+          " subprocess.run([sys.executable, '-m', 'swarmbus', 'send', '--agent-id', sys.argv[2], '--to',"
+          " os.environ['SWARMBUS_FROM'], '--subject', 're', '--body', 'and another thing'], env=env, check=True,"
+          " stdout=subprocess.DEVNULL)")
+
+
+def test_loop_guard_stops_two_agents_answering_each_other(swarm: SwarmEnv, tmp_path: Path) -> None:
+    """Two real daemons whose wakes answer every message: the exchange runs until the loop guard
+    holds one side's messages, the operator is told, and the exchange stops."""
+    (swarm.root / "config.toml").write_text('[wake]\npolicy = "all"\n\n'
+                                            '[wake.loop_guard]\nmax_messages = 4\nwindow = "10m"\nhumans = ["ops"]\n')
+    env_file = tmp_path / "env.json"
+    env_file.write_text(json.dumps({**os.environ, **swarm.env}))
+    for agent in ("alice", "bob"):
+        swarm.start_daemon(agent, "--invoke", py_command(ANSWER, str(env_file), agent))
+    with raw_client(swarm.broker.port, "agents/ops/inbox") as ops, \
+            Store(swarm.store_path("alice")) as alice, Store(swarm.store_path("bob")) as bob:
+        swarm.cli("send", "--agent-id", "alice", "--to", "bob", "--subject", "start", "--body", "let us talk",
+                  check=True)
+        wait_for(lambda: any(h.rule == "loop_guard" for h in alice.holds() + bob.holds()), 60,
+                 what="the loop guard to hold one side of the exchange")
+        [hold] = [h for h in alice.holds() + bob.holds() if h.rule == "loop_guard"]
+        assert "loop guard: 5 messages with" in hold.reason and "no human in between" in hold.reason, hold
+        told = wait_for(lambda: ops.received("agents/ops/inbox"), 15, what="the operator to be told")
+        assert "swarmbus loop guard" in json.loads(told[0].payload)["body"]
+        # the exchange stops there: every message but the held one was woken and answered (the
+        # first came from the CLI), so the stores hold exactly one message more than there were wakes
+        def woken(store: Store) -> int:
+            return sum(1 for mid in store.message_ids() if store.has_step(mid, ["wake"]))
+
+        def settled() -> bool:
+            total = len(alice.message_ids()) + len(bob.message_ids())
+            return total == woken(alice) + woken(bob) + 1
+        wait_for(settled, 30, what="every answer of the exchange stored")
+        assert len(alice.message_ids()) + len(bob.message_ids()) == 5  # the guard trips at the 5th
+        assert len(alice.holds()) + len(bob.holds()) == 1
 
 
 # -- doctor and policy explain ------------------------------------------------------------------

@@ -60,8 +60,9 @@ def test_receipt_round_trip_and_request_field() -> None:
     envelope = new_envelope("alice", "bob", "s", "b")
     assert requested_steps(envelope) == frozenset()
     asked = with_request(envelope, ["replied", "surfaced", "stored", "bogus"])
-    assert asked.extra["receipts"] == ["surfaced", "replied"] and asked.id == envelope.id
-    assert requested_steps(asked) == {"surfaced", "replied"}
+    assert asked.extra["receipts"] == ["stored", "surfaced", "replied"] and asked.id == envelope.id
+    assert requested_steps(asked) == {"stored", "surfaced", "replied"}
+    assert with_request(asked, ["stored"]) is asked
     assert requested_steps(new_envelope("a", "b", "s", "b").__class__.from_dict(
         {**envelope.to_dict(), "receipts": "surfaced"})) == frozenset()
 
@@ -94,27 +95,60 @@ def test_parse_receipt_total_on_random_bytes() -> None:
 
 
 def test_presence_recognises_receipt_capable_and_predecessor_peers() -> None:
-    peers = Peers("alice")
+    subscribed: list[str] = []
+    sentinels: list[bytes] = []
+    peers = Peers("alice", subscribe=lambda subs: subscribed.extend(s.topic for s in subs),
+                  send_sentinel=lambda payload: bool(sentinels.append(payload)))
+    peers.on_connected()
+    assert peers.capability("bob") == "unknown"  # not watched
+    for agent in ("bob", "old", "new", "bad", "bob", "alice", "broadcast"):
+        peers.watch(agent)
+    assert subscribed == ["agents/bob/presence", "agents/old/presence", "agents/new/presence",
+                          "agents/bad/presence"]  # once each; never our own id or broadcast
+    assert peers.capability("bob") == "unknown"  # watched, but the broker has not answered yet
+    peers.on_synced()  # the connection's first sentinel proves nothing about later watches
     assert peers.capability("bob") == "unknown"
-    peers.on_synced()
-    assert peers.capability("bob") == "never seen"
     # the predecessor's record: {"agent", "status"} only
     peers.on_message("agents/old/presence", json.dumps({"agent": "old", "status": "online"}).encode())
     peers.on_message("agents/new/presence", presence_payload("new", "online", receipts=1))
     peers.on_message("agents/bad/presence", b"\xff garbage")
+    peers.on_message("agents/stranger/presence", presence_payload("stranger", "online", receipts=1))
+    for payload in sentinels:
+        assert peers.on_sentinel(payload)
+    assert not peers.on_sentinel(b"sync")
     assert peers.capability("old") == "no receipts"
     assert peers.capability("new") == "receipts"
     assert peers.capability("bad") == "never seen"
+    assert peers.capability("bob") == "never seen"
+    assert peers.record("stranger") is None  # not watched: not kept
 
 
-def test_stored_receipts_go_only_to_senders_that_read_them(tmp_path: Path) -> None:
-    """A plain publisher or the predecessor gets no receipt (a burst must not make thousands of
-    publishes nobody reads); a receipt-capable sender gets one at QoS 0; asking for any receipt
-    in the envelope gets one too."""
+def test_presence_watch_made_before_the_connect_is_synced_by_its_first_sentinel() -> None:
+    online: list[str] = []
+    peers = Peers("alice", on_online=online.append)
+    peers.watch("bob")  # e.g. a redelivery left from before a restart
+    peers.on_connected()
+    peers.on_message("agents/bob/presence", presence_payload("bob", "offline", receipts=1))
+    peers.on_synced()
+    assert peers.capability("bob") == "receipts" and online == []
+    peers.on_message("agents/bob/presence", presence_payload("bob", "online", receipts=1))
+    assert online == ["bob"]
+    peers.on_connected()  # a reconnect: a sentinel from before it proves nothing now
+    peers.watch("carol")
+    assert peers.on_sentinel(b"peers 2") and peers.capability("carol") == "unknown"
+    peers.on_synced()  # published before carol's subscription: covers bob, not carol
+    assert peers.capability("carol") == "unknown"
+    assert peers.on_sentinel(b"peers 2") and peers.capability("carol") == "never seen"
+
+
+def test_stored_receipts_go_only_to_envelopes_that_ask(tmp_path: Path) -> None:
+    """A plain publisher, the predecessor or a `send --direct` asks for no receipt and gets none
+    (a burst must not make thousands of publishes nobody reads); an envelope that asks for any
+    step gets ``stored`` at QoS 0, and again for a duplicate."""
     from swarmbus.api import StoredMessage
     from swarmbus.daemon.receipts import Ladder
     from swarmbus.plugins import HookRelay, get_plugin_manager
-    from swarmbus.receipts import with_request
+    from swarmbus.receipts import STORED, requested_steps, with_request
 
     published: list[tuple[str, int]] = []
 
@@ -123,14 +157,15 @@ def test_stored_receipts_go_only_to_senders_that_read_them(tmp_path: Path) -> No
             published.append((topic, qos))
 
     store = Store(tmp_path / "store.sqlite3")
-    ladder = Ladder(store, "bob", Link(), HookRelay(get_plugin_manager()),  # type: ignore[arg-type]
-                    sender_wants=lambda sender: sender == "alice")
+    ladder = Ladder(store, "bob", Link(), HookRelay(get_plugin_manager()))  # type: ignore[arg-type]
     asking = with_request(new_envelope("plainpub", "bob", "s", "b"), ["surfaced"])
+    daemon_send = with_request(new_envelope("alice", "bob", "s", "b"), [STORED])
+    assert requested_steps(asking) == {"stored", "surfaced"} and requested_steps(daemon_send) == {"stored"}
     messages = [StoredMessage(i, env, "agents/bob/inbox", 1.0) for i, env in enumerate(
-        [new_envelope("alice", "bob", "s", "b"), new_envelope("plainpub", "bob", "s", "b"), asking], 1)]
+        [daemon_send, new_envelope("plainpub", "bob", "s", "b"), asking], 1)]
     ladder.stored(messages)
-    ladder.duplicates([messages[1].envelope])
-    assert published == [("agents/alice/receipts", 0), ("agents/plainpub/receipts", 0)]
+    ladder.duplicates([messages[1].envelope, messages[0].envelope])
+    assert published == [("agents/alice/receipts", 0), ("agents/plainpub/receipts", 0), ("agents/alice/receipts", 0)]
     store.close()
 
 
@@ -253,7 +288,7 @@ def test_later_steps_surfaced_acknowledged_replied(swarm: SwarmEnv) -> None:
     assert asked.returncode == 1  # nobody reads bob's inbox in this test
     wire_id = json.loads(asked.stdout)["id"]
     with Store(swarm.store_path("bob")) as bob:
-        assert bob.message_by_id(wire_id).envelope.extra["receipts"] == ["surfaced"]  # type: ignore[union-attr]
+        assert bob.message_by_id(wire_id).envelope.extra["receipts"] == ["stored", "surfaced"]  # type: ignore[union-attr]
 
 
 # -- the predecessor in a mixed fleet -------------------------------------------------------------------
@@ -296,7 +331,10 @@ def test_predecessor_receiver_gets_exactly_one_copy(swarm: SwarmEnv, tmp_path: P
             message_id = json.loads(done.stdout)["id"]
             assert "never been seen" not in done.stderr
             with Store(swarm.store_path("alice")) as alice:
-                assert alice.redelivery(message_id) is None  # recognised from presence: no receipts, no retries
+                # the first send to `old` watches its presence: recognised (no receipts), so no retries
+                wait_for(lambda: getattr(alice.redelivery(message_id), "ended", None) == "no receipts", 10,
+                         what="alice to see the predecessor sends no receipts")
+                assert alice.redelivery(message_id).attempts == 0  # type: ignore[union-attr]
             wait_for(lambda: "to the old one" in (inbox.read_text() if inbox.exists() else ""), 20,
                      what="the predecessor to archive the message")
             # a barrier: once a later message is in, every copy of the first would have been too

@@ -194,6 +194,10 @@ class WakeOutcome:
 SendFunc = Callable[..., Awaitable[str]]
 
 
+MarkStepFunc = Callable[..., int]
+"""``(message_ids: Iterable[str], step: str, detail: str = "") -> int`` (see ``HandlerContext.mark_step``)."""
+
+
 @dataclass(frozen=True)
 class HandlerContext:
     """What a handler gets besides the message.
@@ -210,6 +214,12 @@ class HandlerContext:
     hooks: Any
     attention: Any = None
     """The daemon's wake bookkeeping (holds, wake history; internal), None outside a daemon."""
+    mark_step: MarkStepFunc | None = None
+    """``mark_step(message_ids, step, detail="") -> int``: record a later step of the delivery
+    ladder for stored messages by id: ``surfaced`` (a host showed them to the model, e.g. a
+    gateway accepted the run) or ``acknowledged``. Each step is recorded once per message (and
+    its receipt sent when the sender asked); returns how many were new. Raises ValueError for
+    another step. None outside a daemon."""
 
 
 HandleFunc = Callable[[StoredMessage, HandlerContext], Awaitable[str | None]]

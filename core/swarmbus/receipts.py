@@ -2,19 +2,21 @@
 
 A message moves through recorded **steps** (the ladder). The sender records ``published`` (the
 broker's PUBACK) itself; the receiver records the others and tells the sender about them with a
-**receipt** on the sender's receipts topic ``agents/<sender>/receipts`` (QoS 1, not retained; the
-predecessor swarmbus-py 0.2.0 never subscribes to it):
+**receipt** on the sender's receipts topic ``agents/<sender>/receipts`` (QoS 0, not retained; the
+predecessor swarmbus-py 0.2.0 never subscribes to it), for the steps the envelope asks for:
 
 | step | when (on the receiving daemon) | receipt sent |
 |---|---|---|
-| ``stored`` | the message was committed to its store (also again for a duplicate) | always |
+| ``stored`` | the message was committed to its store (also again for a duplicate) | when asked |
 | ``wake`` | the ``wake`` handler finished (its outcome: woken, held, not woken and why) | when asked |
 | ``surfaced`` | a host showed it to the model (``read_inbox``, ``swarmbus read``/``wait``, a gateway) | when asked |
 | ``acknowledged`` | a consumer acknowledged it (``read_inbox`` ``ack_ids``) | when asked |
 | ``replied`` | the receiver sent a message with ``in_reply_to`` naming it | when asked |
 
-"When asked": the envelope lists the later steps it wants receipts for in the extra field
-``"receipts": ["surfaced", "replied"]`` (an unknown field to the predecessor, which drops it).
+"When asked": the envelope lists the steps it wants receipts for in the extra field
+``"receipts": ["stored", "surfaced", "replied"]`` (an unknown field to the predecessor, which
+drops it). Asking for any step implies ``stored``. A daemon's sends to one agent ask for
+``stored`` (it ends their redelivery); a plain publisher's ask for nothing and get nothing.
 
 A receipt is a JSON object of at most :data:`MAX_RECEIPT_BYTES` bytes::
 
@@ -159,8 +161,8 @@ def _parse(payload: bytes) -> Receipt:
 
 
 def requested_steps(envelope: Envelope) -> frozenset[str]:
-    """The later steps ``envelope`` asks receipts for (its ``receipts`` extra field); anything
-    unknown in it is ignored. ``stored`` is always sent and need not be asked for."""
+    """The steps ``envelope`` asks receipts for (its ``receipts`` extra field); anything unknown
+    in it is ignored. Empty: it asks for none (not even ``stored``)."""
     asked = envelope.extra.get(REQUEST_FIELD)
     if not isinstance(asked, list):
         return frozenset()
@@ -168,10 +170,11 @@ def requested_steps(envelope: Envelope) -> frozenset[str]:
 
 
 def with_request(envelope: Envelope, steps: list[str]) -> Envelope:
-    """``envelope`` asking for receipts for ``steps`` too (merged with what it asks already)."""
-    wanted = sorted(requested_steps(envelope) | {s for s in steps if s in RECEIPT_STEPS and s != STORED},
-                    key=RECEIPT_STEPS.index)
-    if not wanted:
+    """``envelope`` asking for receipts for ``steps`` too (merged with what it asks already;
+    ``stored`` is always among them)."""
+    asked = requested_steps(envelope)
+    wanted = sorted(asked | {STORED} | {s for s in steps if s in RECEIPT_STEPS}, key=RECEIPT_STEPS.index)
+    if set(wanted) == asked:
         return envelope
     data = envelope.to_dict()
     data[REQUEST_FIELD] = wanted

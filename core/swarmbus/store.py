@@ -937,6 +937,10 @@ class Store:
         rows = self._query("SELECT MIN(next_at) FROM redeliveries WHERE ended_at IS NULL")
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
+    def redelivery_recipients(self) -> list[str]:
+        """The recipients of unended redeliveries (their presence is watched after a restart)."""
+        return [str(r[0]) for r in self._query("SELECT DISTINCT recipient FROM redeliveries WHERE ended_at IS NULL")]
+
     def redeliveries_pending(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM redeliveries WHERE ended_at IS NULL")[0][0])
 

@@ -22,8 +22,6 @@ QOS = 1
 BROADCAST_TOPIC = "agents/broadcast"
 PRESENCE_FILTER = "agents/+/presence/#"
 """Every presence record and heartbeat (``#`` also matches the parent level)."""
-PEER_PRESENCE_FILTER = "agents/+/presence"
-"""Every agent's presence record, without heartbeats (the daemon's view of its peers)."""
 
 
 def inbox_topic(agent_id: str) -> str:

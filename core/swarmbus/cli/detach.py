@@ -276,7 +276,24 @@ def run_status(args: argparse.Namespace) -> int:
         link = "connected" if status.get("connected") else f"not connected ({status.get('last_error') or 'connecting'})"
         print(f"  broker:     {status.get('broker')}, {link}")
         print(f"  version:    {status.get('version')}")
+        holds = status.get("holds") or {}
+        if holds.get("count"):
+            count = holds["count"]
+            print(f"  held:       {count} message{'s' if count != 1 else ''} held from waking; the next wakes at "
+                  f"{_clock(holds.get('next_until'))} ({holds.get('next_reason')}); swarmbus inbox shows each")
+        if status.get("redeliveries_pending"):
+            print(f"  sending:    {status['redeliveries_pending']} sent message(s) not yet confirmed stored by "
+                  "their recipient (redelivered until then; swarmbus trace ID)")
     return 0
+
+
+def _clock(ts: object) -> str:
+    """``ts`` (Unix s) as local ``HH:MM``, with the date when it is not today."""
+    if not isinstance(ts, int | float):
+        return "?"
+    when = time.localtime(ts)
+    same_day = time.strftime("%Y-%m-%d", when) == time.strftime("%Y-%m-%d")
+    return time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", when)
 
 
 def _keeper_info(pid: int | None, state: dict[str, Any] | None) -> dict[str, Any] | None:

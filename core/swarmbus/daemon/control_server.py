@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("swarmbus.daemon")
 _CONSUMER_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 _MAX_REQUEST = 1 << 20  # a send carries at most a 64 KiB body, JSON-escaped
+PRESENCE_WAIT = 0.5
+"""Seconds a send's answer waits at most to learn whether its recipient was ever seen."""
 
 
 def peer_uid(sock: socket.socket) -> int | None:
@@ -169,7 +171,8 @@ class ControlServer:
                     "kind": "failure", "status": status}
         answer: dict[str, Any] = {"ok": True, "id": envelope.id, "to": envelope.to, "status": status}
         if self.peers is not None and envelope.to != BROADCAST:
-            answer["recipient"] = self.peers.capability(envelope.to)
+            # the first send to an agent waits for its presence watch (one broker round trip)
+            answer["recipient"] = await self.peers.known(envelope.to, PRESENCE_WAIT if status == "published" else 0)
         return answer
 
     async def _step(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from swarmbus._version import __version__
@@ -38,7 +39,7 @@ from swarmbus.envelope import Envelope, new_envelope
 from swarmbus.ownership import Ownership
 from swarmbus.paths import AgentPaths
 from swarmbus.plugins import HookRelay, PluginManager
-from swarmbus.receipts import REPLIED, WAKE
+from swarmbus.receipts import ACKNOWLEDGED, REPLIED, SURFACED, WAKE
 from swarmbus.settings import Settings
 from swarmbus.store import Store
 from swarmbus.supervise import current_supervisor
@@ -106,8 +107,7 @@ class Daemon:
             manual_ack=True,
             will=self.presence.will(),
             subscriptions=[*(Subscription(t, QOS, no_local=n) for t, n in receive_filters(agent_id)),
-                           *self.presence.subscriptions(), Subscription(receipts_topic(agent_id), QOS),
-                           *Peers.subscriptions()],
+                           *self.presence.subscriptions(), Subscription(receipts_topic(agent_id), QOS)],
             on_message=self._on_message,
             on_connected=self._on_connected,
             on_taken_over=lambda: self._on_conflict(
@@ -119,15 +119,17 @@ class Daemon:
             reconnect_max=settings.daemon.reconnect_max,
             logger=logging.getLogger("swarmbus.transport"),
         )
-        self.ladder = Ladder(store, agent_id, self.link, self.relay,
-                             sender_wants=lambda sender: self.peers.capability(sender) == "receipts")
+        self.ladder = Ladder(store, agent_id, self.link, self.relay)
         self.receiver = Receiver(store, agent_id, self.link, on_stored=self._on_stored,
                                  on_recorded=lambda seqs: self.dispatcher.recorded(seqs),
                                  on_duplicates=self.ladder.duplicates)
         self.link.on_cycle = self.receiver.cycle
         self.presence.link = self.link
         self.outbox = Outbox(store, self.receiver, self.link)
-        self.peers = Peers(agent_id, on_online=lambda peer: self.redeliverer.recipient_online(peer))
+        self.peers = Peers(agent_id, subscribe=self.link.subscribe, send_sentinel=self._send_sentinel,
+                           on_online=lambda peer: self.redeliverer.recipient_online(peer))
+        for recipient in store.redelivery_recipients():  # still redelivered to after a restart
+            self.peers.watch(recipient)
         self.redeliverer = Redeliverer(store, self.link, self.peers, settings.daemon, self.outbox.republish,
                                        self.ladder.gave_up)
         self.outbox.plan = self.redeliverer.plan
@@ -137,9 +139,10 @@ class Daemon:
         handlers = self.relay.handlers(settings)
         self.attention = Attention(store, self.relay, settings)
         self.outbox.on_spooled = self.attention.note_sent
+        self.attention.on_released = self._released_woken
         context = HandlerContext(
             agent_id=agent_id, settings=settings, logger=logging.getLogger(f"swarmbus.handler.{agent_id}"),
-            send=self._send_from_handler, hooks=self.relay, attention=self.attention,
+            send=self._send_from_handler, hooks=self.relay, attention=self.attention, mark_step=self._mark_step,
         )
         self.dispatcher = Dispatcher(store, self.relay, handlers, context, self._record_outcomes,
                                      backlog=settings.daemon.backlog)
@@ -195,6 +198,14 @@ class Daemon:
         self._loop.call_soon_threadsafe(stop)
 
     # -- link callbacks --------------------------------------------------------------------------
+    def _send_sentinel(self, payload: bytes) -> bool:
+        """Publish a presence watch's sentinel on our sync topic, when connected (else the next
+        connection's first sentinel covers the watch)."""
+        if not self.link.connected:
+            return False
+        self.link.publish(self.presence.sync_topic, payload, qos=QOS)
+        return True
+
     def _on_connected(self, session_present: bool) -> None:
         self.peers.on_connected()
         self.presence.on_connected()
@@ -202,10 +213,13 @@ class Daemon:
 
     def _on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         if self.presence.handles(topic):
+            if topic == self.presence.sync_topic and self.peers.on_sentinel(payload):
+                self.link.ack(mid, qos)  # a presence watch's sentinel: its retained record came before it
+                return
             self.presence.on_message(topic, payload)
             self.link.ack(mid, qos)
             if topic == self.presence.sync_topic and not self.peers.synced:
-                self.peers.on_synced()  # every retained presence record came before the sentinel
+                self.peers.on_synced()  # every watched presence record came before the sentinel
                 self.redeliverer.scheduled()
             return
         if self.ladder.handles(topic):
@@ -241,6 +255,17 @@ class Daemon:
                 if message is not None:
                     self.ladder.local_step(message, WAKE, f"{status}: {detail}")
 
+    def _released_woken(self, released: list[tuple[StoredMessage, str, str]]) -> None:
+        """Held messages woken when their hold ended: the ladder's ``wake`` step for each."""
+        for message, status, detail in released:
+            self.ladder.local_step(message, WAKE, f"{status}: {detail}")
+
+    def _mark_step(self, message_ids: Iterable[str], step: str, detail: str = "") -> int:
+        """``HandlerContext.mark_step``: a host plugin recording ``surfaced``/``acknowledged``."""
+        if step not in (SURFACED, ACKNOWLEDGED):
+            raise ValueError(f"mark_step records {SURFACED} or {ACKNOWLEDGED}, not {step!r}")
+        return self.ladder.local_steps(message_ids, step, detail)
+
     async def _send_from_handler(self, to: str, subject: str, body: str, **fields: Any) -> str:
         envelope = new_envelope(self.agent_id, to, subject, body, **fields)
         await self.outbox.send(envelope, wait=0)
@@ -260,6 +285,13 @@ class Daemon:
                 self.attention.tick()
             except Exception:
                 log.exception("checking held messages failed; trying again at the next heartbeat")
+
+    def _holds_summary(self) -> dict[str, Any]:
+        """``{"count", "next_until" (Unix s) | None, "next_rule", "next_reason"}`` of held wakes."""
+        holds = self.dispatcher.reader.holds()
+        first = holds[0] if holds else None
+        return {"count": len(holds), "next_until": first.until if first else None,
+                "next_rule": first.rule if first else None, "next_reason": first.reason if first else None}
 
     def status(self) -> dict[str, Any]:
         link, receiver, store = self.link, self.receiver, self.dispatcher.reader
@@ -295,6 +327,7 @@ class Daemon:
             "counters": store.counters(),
             "outbox_pending": len(store.outbox_pending()),
             "redeliveries_pending": store.redeliveries_pending(),
+            "holds": self._holds_summary(),
             "receipts_rejected": self.ladder.rejected,
             "store": str(self.paths.store),
             "conflict": self.stop_reason,

@@ -15,7 +15,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from swarmbus.envelope import Envelope
+from swarmbus.envelope import BROADCAST, Envelope
+from swarmbus.receipts import STORED, with_request
 from swarmbus.store import Store
 from swarmbus.topics import topic_for_recipient
 from swarmbus.transport.link import MqttLink, PublishTicket
@@ -79,9 +80,13 @@ class Outbox:
         """
         if deadline is not None and time.time() > deadline:
             return "expired"
+        redeliver = self.plan(envelope) if self.plan is not None else None
+        if redeliver is not None or envelope.to == BROADCAST:
+            # a directed send is redelivered until its `stored` receipt; a broadcast's receipts
+            # tell `swarmbus trace` who stored it
+            envelope = with_request(envelope, [STORED])
         payload = envelope.to_wire()
         topic = topic_for_recipient(envelope.to)
-        redeliver = self.plan(envelope) if self.plan is not None else None
         if not self.store.outbox_add(envelope.id, topic, payload, redeliver):
             return "duplicate"
         if self.on_spooled is not None:

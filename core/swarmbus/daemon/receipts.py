@@ -1,9 +1,9 @@
 """The delivery ladder on the daemon: recording steps, sending receipts, taking them in.
 
-Receiving side: every newly stored message gets a ``stored`` receipt on its sender's receipts
-topic (QoS 0; a duplicate gets it again: the sender republishes until one arrives) when the
-sender's presence announces receipts or the envelope asks for some: a plain MQTT publisher or
-the predecessor gets none, and a sender not seen yet gets one with its first republish; the later steps
+Receiving side: every newly stored message whose envelope asks for receipts (a daemon's sends
+ask for ``stored``) gets a ``stored`` receipt on its sender's receipts topic (QoS 0; a duplicate
+gets it again: the sender republishes until one arrives); a plain MQTT publisher, the
+predecessor or a ``send --direct`` asks for none and gets none. The later steps
 (``wake``, ``surfaced``, ``acknowledged``, ``replied``) are recorded in the ``ladder`` table and
 sent only when the envelope asks for them (:func:`swarmbus.receipts.requested_steps`). The
 ``stored`` step of a received message is its ``messages.received_at``: nothing more is written
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from swarmbus.api import DeliveryEvent, StoredMessage
 from swarmbus.envelope import BROADCAST, Envelope
@@ -51,14 +51,11 @@ REJECT_LOG_EVERY = 60.0
 class Ladder:
     """See the module docstring. Use from the daemon's event loop.
 
-    :param sender_wants: ``(agent_id) -> bool``: whether that sender reads ``stored`` receipts
-        (its presence announces the capability). A ``stored`` receipt goes only to those, or to
-        an envelope that asks for receipts; the default sends none unasked.
+    A receipt goes only to an envelope that asks for it (its ``receipts`` field,
+    :func:`swarmbus.receipts.requested_steps`); a daemon's sends ask for ``stored``.
     """
 
-    def __init__(self, store: Store, agent_id: str, link: MqttLink, relay: HookRelay,
-                 sender_wants: Callable[[str], bool] = lambda agent: False) -> None:
-        self.sender_wants = sender_wants
+    def __init__(self, store: Store, agent_id: str, link: MqttLink, relay: HookRelay) -> None:
         self.store = store
         self.agent_id = agent_id
         self.link = link
@@ -135,8 +132,8 @@ class Ladder:
     def _send_receipt(self, envelope: Envelope, step: str, at: float, detail: str = "") -> None:
         if envelope.from_agent == self.agent_id:
             return
-        if step == STORED and not (self.sender_wants(envelope.from_agent) or requested_steps(envelope)):
-            return  # nobody would read it: a plain publisher, the predecessor, or a sender not seen yet
+        if step == STORED and not requested_steps(envelope):
+            return  # nobody would read it: a plain publisher, the predecessor, a `send --direct`
         payload = Receipt(envelope.id, step, self.agent_id, at, detail).to_wire()
         try:
             # QoS 0: a lost receipt heals itself (the sender republishes; the duplicate gets one

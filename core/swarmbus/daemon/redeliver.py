@@ -65,8 +65,12 @@ class Redeliverer:
 
     def plan(self, envelope: Envelope) -> tuple[str, float, float] | None:
         """The redelivery row for a new send ``(recipient, first_at, give_up_at)``, or None for a
-        broadcast or a recipient whose presence shows it sends no receipts."""
-        if envelope.to == BROADCAST or self.peers.capability(envelope.to) == "no receipts":
+        broadcast or a recipient whose presence shows it sends no receipts. Watches the
+        recipient's presence from now on."""
+        if envelope.to == BROADCAST:
+            return None
+        self.peers.watch(envelope.to)
+        if self.peers.capability(envelope.to) == "no receipts":
             return None
         now = time.time()
         return envelope.to, now + self.minimum, now + self.give_up

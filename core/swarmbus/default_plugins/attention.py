@@ -81,6 +81,9 @@ class Attention:
         self._loop_told: dict[str, float] = {}
         self.coalescer = Coalescer(self._run_wake, debounce=settings.wake.debounce)
         self._alone = asyncio.Semaphore(settings.daemon.handler_concurrency)
+        self.on_released: Callable[[list[tuple[StoredMessage, str, str]]], object] | None = None
+        """Called with ``(message, status, detail)`` of released holds once their wake is recorded
+        (the delivery ladder's ``wake`` step)."""
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, context: HandlerContext) -> None:
@@ -238,7 +241,10 @@ class Attention:
                 self.store.drop_holds([t.message.seq for t in held], [
                     (t.message.seq, "ok", f"not woken: no waker is configured ({t.reason})") for t in held])
             return wake
-        self.woken(messages, outcome, started, [(t.message.seq, *released_delivery(wake)) for t in held])
+        released = [(t.message, *released_delivery(wake)) for t in held]
+        self.woken(messages, outcome, started, [(m.seq, status, detail) for m, status, detail in released])
+        if released and self.on_released is not None:
+            self.on_released(released)
         return wake
 
     def _tell_humans(self, peer: str, verdict: Verdict) -> None:

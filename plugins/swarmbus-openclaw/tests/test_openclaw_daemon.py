@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -54,6 +55,12 @@ def test_message_sent_to_the_agent_reaches_the_gateway(root: Path, broker: objec
         delivery = wait_for(lambda: testing.finished_delivery(env, "oc"), 20, "the wake outcome in the inbox")
         assert delivery["status"] == "ok", delivery
         assert f"openclaw run {params['idempotencyKey']} accepted" in str(delivery.get("detail")), delivery
+        # the gateway's `accepted` is the delivery ladder's `surfaced` step (HandlerContext.mark_step)
+        trace = testing.run_cli(env, "trace", "--agent-id", "oc", params["idempotencyKey"], "--json")
+        assert trace.returncode == 0, trace.stderr
+        surfaced = [s for s in json.loads(trace.stdout)["steps"] if s["step"] == "surfaced"]
+        assert len(surfaced) == 1 and surfaced[0]["by"] == "oc", trace.stdout
+        assert "openclaw gateway accepted run" in surfaced[0]["detail"]
     finally:
         testing.stop_daemon(daemon)
     assert TOKEN not in (root / "daemon.log").read_text()

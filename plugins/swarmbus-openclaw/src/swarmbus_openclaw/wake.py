@@ -162,6 +162,8 @@ async def wake_openclaw(message: StoredMessage, decision: WakeDecision, context:
     except GatewayError as exc:
         return WakeOutcome(False, explain(exc, target))
     detail = describe_run(run, cfg)
+    if context.mark_step is not None:  # the gateway accepted the run: the prompt reached the agent
+        context.mark_step([m.id for m in messages], "surfaced", f"openclaw gateway accepted run {run.run_id}")
     log.info("openclaw: message(s) %s -> %s (gateway %s, protocol %d)", ids, detail, hello.server_version,
              hello.protocol, extra={"message_id": message.id, "message_ids": [m.id for m in messages],
                                     "run_id": run.run_id, "run_status": run.status, "reason": decision.reason})
