@@ -68,12 +68,14 @@ def connect_protocol_level(packet: bytes) -> int:
 class Mqtt311Proxy:
     """Listen on 127.0.0.1:<free port>, forward to ``upstream`` (host, port), refuse MQTT 5.
 
-    Counters: ``refused_v5`` (MQTT 5 CONNECTs answered with reason 132) and ``forwarded``
+    With ``silent`` an MQTT 5 CONNECT gets no answer at all: the connection is closed (RabbitMQ
+    3.10's MQTT plugin). Counters: ``refused_v5`` (MQTT 5 CONNECTs refused) and ``forwarded``
     (connections whose CONNECT was passed on), with the protocol levels seen in ``levels``.
     """
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, *, silent: bool = False) -> None:
         self.upstream = (upstream_host, upstream_port)
+        self.silent = silent  # close an MQTT 5 CONNECT without any CONNACK, as RabbitMQ 3.10 does
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -171,8 +173,9 @@ class Mqtt311Proxy:
         with self._lock:
             self.levels.append(level)
         if level == 5:
-            with contextlib.suppress(OSError):
-                client.sendall(REFUSE_V5_CONNACK)
+            if not self.silent:
+                with contextlib.suppress(OSError):
+                    client.sendall(REFUSE_V5_CONNACK)
             with self._lock:
                 self.refused_v5 += 1
             self._close(client)

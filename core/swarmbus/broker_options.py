@@ -9,7 +9,9 @@ This is the one definition of a valid ``[broker]`` section. Two callers use it:
 Both report problems the same way: ``invalid configuration: broker.<key>: <what is wrong>
 (from <source>)``, one clause per problem, through :meth:`BrokerProblems.describe`.
 
-The rules: ``host`` a host name or address (default ``localhost``); ``port`` 1-65535 or unset,
+The rules: ``host`` a host name or address (default ``localhost``); ``hosts`` a list of
+``host[:port]`` to try in order instead (the nodes of a cluster; a string of them separated by
+commas, from ``SWARMBUS_BROKER_HOSTS``); ``port`` 1-65535 or unset,
 when it defaults by transport and TLS (1883 tcp, 8883 tcp+TLS, 80 websockets, 443 websockets+TLS);
 ``transport`` ``tcp`` or ``websockets`` (``ws_path`` default ``/mqtt``); ``tls`` a boolean, forced
 on by ``ca_certs`` or ``certfile``; ``certfile`` and ``keyfile`` together or neither (mTLS);
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 BROKER_DEFAULTS: dict[str, Any] = {
     "host": "localhost",
     "port": None,
+    "hosts": (),
     "transport": "tcp",
     "ws_path": "/mqtt",
     "tls": False,
@@ -117,6 +120,45 @@ def _port(value: Any) -> int | None:
     return None if value is None else _whole(value, 1, 65535, "a port number from 1 to 65535")
 
 
+def split_endpoint(text: str) -> tuple[str, int | None]:
+    """``"host"``, ``"host:1883"``, ``"[::1]:1883"`` or ``"::1"`` -> ``(host, port or None)``.
+
+    :raises ValueError: no host, or a port that is not 1-65535.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise ValueError(f"{text!r} is not [ADDRESS]:PORT")
+        port_text = rest[1:] if rest.startswith(":") else None
+        if rest and port_text is None:
+            raise ValueError(f"{text!r} is not [ADDRESS]:PORT")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, None  # a bare name, or an IPv6 address without a port
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"{text!r} has no host")
+    if port_text is None:
+        return host, None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r} has no port from 1 to 65535")
+    return host, int(port_text)
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    """A list of ``host[:port]`` (or one string of them separated by commas or spaces)."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise _Bad(f"must be a list of HOST[:PORT], not {value!r}")
+    for item in items:
+        try:
+            split_endpoint(item)
+        except ValueError as exc:
+            raise _Bad(f"must be a list of HOST[:PORT]: {exc}") from None
+    return tuple(item.strip() for item in items)
+
+
 def _choice(choices: tuple[str, ...]) -> Any:
     def check(value: Any) -> str:
         text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -188,6 +230,7 @@ def _connect_timeout(value: Any) -> float:
 _CHECKS: dict[str, Any] = {
     "host": _host,
     "port": _port,
+    "hosts": _hosts,
     "transport": _choice(TRANSPORTS),
     "ws_path": _text,
     "tls": _bool,
@@ -251,6 +294,23 @@ def effective_port(port: int | None, transport: str, tls: bool) -> int:
     return 8883 if tls else 1883
 
 
+def broker_endpoints(host: str, port: int | None, hosts: tuple[str, ...], transport: str,
+                     tls: bool) -> list[tuple[str, int]]:
+    """Where to connect, in the order to try: ``hosts`` (each ``host[:port]``, the port
+    defaulting to ``port`` or the transport's default) when given, else ``[(host, port)]``.
+    Duplicates are dropped."""
+    default = effective_port(port, transport, tls)
+    if not hosts:
+        return [(host, default)]
+    out: list[tuple[str, int]] = []
+    for item in hosts:
+        name, given = split_endpoint(item)
+        endpoint = (name, given or default)
+        if endpoint not in out:
+            out.append(endpoint)
+    return out
+
+
 def broker_url(host: str, port: int, transport: str, tls: bool, ws_path: str) -> str:
     """``mqtt://host:1883``, ``mqtts://``, ``ws://host:80/mqtt`` or ``wss://`` (no credentials)."""
     scheme = {("tcp", False): "mqtt", ("tcp", True): "mqtts",
@@ -280,6 +340,7 @@ class BrokerOptions:
 
     host: str
     port: int | None
+    hosts: tuple[str, ...]
     transport: str
     ws_path: str
     tls: bool
@@ -314,8 +375,17 @@ class BrokerOptions:
 
     @property
     def url(self) -> str:
-        """Where we connect, as a URL without credentials (for messages)."""
-        return broker_url(self.host, self.effective_port, self.transport, self.tls, self.ws_path)
+        """Where we connect, as a URL without credentials (for messages): the first endpoint."""
+        host, port = self.endpoints[0]
+        return broker_url(host, port, self.transport, self.tls, self.ws_path)
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        """``[(host, port), ...]`` in the order to try (:func:`broker_endpoints`)."""
+        return broker_endpoints(self.host, self.port, self.hosts, self.transport, self.tls)
+
+    def url_of(self, endpoint: tuple[str, int]) -> str:
+        return broker_url(endpoint[0], endpoint[1], self.transport, self.tls, self.ws_path)
 
     def resolved_password(self) -> str | None:
         """The password, read from ``password_file`` when that is set (trailing newline

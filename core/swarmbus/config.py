@@ -44,6 +44,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("broker.url", ("SWARMBUS_BROKER_URL",)),
     FieldSpec("broker.host", ("SWARMBUS_BROKER_HOST", "MQTT_BROKER")),
     FieldSpec("broker.port", ("SWARMBUS_BROKER_PORT", "MQTT_PORT"), kind="int"),
+    FieldSpec("broker.hosts", ("SWARMBUS_BROKER_HOSTS",)),
     FieldSpec("broker.transport", ("SWARMBUS_BROKER_TRANSPORT",)),
     FieldSpec("broker.ws_path", ("SWARMBUS_BROKER_WS_PATH",)),
     FieldSpec("broker.tls", ("SWARMBUS_BROKER_TLS", "MQTT_TLS"), kind="bool"),

@@ -39,6 +39,7 @@ from swarmbus.topics import (
     topic_for_recipient,
 )
 from swarmbus.transport.link import MqttLink, Subscription, one_shot_client_id
+from swarmbus.transport.negotiated import ProtocolMemory
 
 
 def send_direct(settings: Settings, envelope: Envelope, *, timeout: float = 10.0) -> None:
@@ -51,7 +52,7 @@ def send_direct(settings: Settings, envelope: Envelope, *, timeout: float = 10.0
     from swarmbus.transport.publish import publish_once
 
     publish_once(settings.broker, topic_for_recipient(envelope.to), envelope.to_wire(),
-                 agent_id=envelope.from_agent, timeout=timeout)
+                 agent_id=envelope.from_agent, timeout=timeout, memory=ProtocolMemory.in_state_dir(settings.state_dir))
 
 
 class _Sentinel:
@@ -110,6 +111,7 @@ def receive_once(
             on_connected=on_connected,
             reconnect_min=0.2,
             reconnect_max=2.0,
+            protocol_memory=ProtocolMemory.in_state_dir(settings.state_dir),
         )
         link.retry_log_level = logging.DEBUG
         link.start()
@@ -162,6 +164,7 @@ def scan_presence(settings: Settings, *, timeout: float = 5.0, agent_id: str | N
         on_connected=on_connected,
         reconnect_min=0.2,
         reconnect_max=1.0,
+        protocol_memory=ProtocolMemory.in_state_dir(settings.state_dir),
     )
     link.retry_log_level = logging.DEBUG
     link.start()

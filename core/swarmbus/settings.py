@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from swarmbus.broker_options import (
     BROKER_DEFAULTS,
     BrokerProblems,
+    broker_endpoints,
     broker_url,
     check_broker,
     effective_port,
@@ -42,6 +43,8 @@ class BrokerSettings(_Model):
 
     host: str = BROKER_DEFAULTS["host"]
     port: int | None = None
+    hosts: tuple[str, ...] = ()
+    """``host[:port]`` of each node to try, in order (a cluster); empty: ``host`` and ``port``."""
     transport: Literal["tcp", "websockets"] = "tcp"
     ws_path: str = BROKER_DEFAULTS["ws_path"]
     tls: bool = False
@@ -69,7 +72,17 @@ class BrokerSettings(_Model):
 
     @property
     def url(self) -> str:
-        return broker_url(self.host, self.effective_port, self.transport, self.tls, self.ws_path)
+        """The first endpoint's URL, without credentials."""
+        host, port = self.endpoints[0]
+        return broker_url(host, port, self.transport, self.tls, self.ws_path)
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        """``[(host, port), ...]`` in the order to try (:func:`~swarmbus.broker_options.broker_endpoints`)."""
+        return broker_endpoints(self.host, self.port, self.hosts, self.transport, self.tls)
+
+    def url_of(self, endpoint: tuple[str, int]) -> str:
+        return broker_url(endpoint[0], endpoint[1], self.transport, self.tls, self.ws_path)
 
     def resolved_password(self) -> str | None:
         """The password, read from ``password_file`` when that is set (trailing newline

@@ -51,6 +51,18 @@ def cli_layer(args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
         value = getattr(args, dest, None)
         if value is not None:
             out[key] = (value, flag)
+    brokers = getattr(args, "brokers", None) or []
+    if len(brokers) > 1:  # --broker repeated: the nodes of a cluster, in order
+        from swarmbus.config import expand_broker_url
+
+        nodes = []
+        for url in brokers:
+            parts = expand_broker_url(str(url))
+            port = parts.get("broker.port")
+            host = str(parts["broker.host"])
+            host = f"[{host}]" if ":" in host else host
+            nodes.append(f"{host}:{port}" if port else host)
+        out["broker.hosts"] = (nodes, "--broker")
     return out
 
 

@@ -83,9 +83,11 @@ def _failing(label: str, message: str) -> Verify:
 def _broker_reachable(settings: Settings) -> str:
     from swarmbus.errors import BrokerUnreachable
     from swarmbus.transport.link import MqttLink, one_shot_client_id
+    from swarmbus.transport.negotiated import ProtocolMemory
 
     link = MqttLink(settings.broker, client_id=one_shot_client_id(settings.broker.client_id_prefix, None, "init"),
-                    reconnect_min=0.2, reconnect_max=1.0)
+                    reconnect_min=0.2, reconnect_max=1.0,
+                    protocol_memory=ProtocolMemory.in_state_dir(settings.state_dir))
     import logging
 
     link.retry_log_level = logging.DEBUG

@@ -91,9 +91,21 @@ def _agent(p: argparse.ArgumentParser, *, required_hint: str = "") -> None:
     p.add_argument("--agent-id", metavar="ID", help="this agent's id: 1-64 of a-z 0-9 _ - (env SWARMBUS_AGENT_ID)" + required_hint)
 
 
+class _BrokerAction(argparse.Action):
+    """``--broker`` given again adds a node: ``args.brokers`` keeps them all, ``args.broker`` the first."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        brokers = [*(getattr(namespace, "brokers", None) or []), values]
+        namespace.brokers = brokers
+        namespace.broker = brokers[0]
+
+
 def _broker(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("broker (env SWARMBUS_BROKER_* or MQTT_*)")
-    g.add_argument("--broker", metavar="URL", help="mqtt://, mqtts://, ws://, wss:// URL, or HOST[:PORT] (default localhost:1883)")
+    g.add_argument("--broker", metavar="URL", action=_BrokerAction,
+                   help="mqtt://, mqtts://, ws://, wss:// URL, or HOST[:PORT] (default localhost:1883); repeat it "
+                        "for the nodes of a cluster, tried in order (env SWARMBUS_BROKER_HOSTS=a:1883,b:1883)")
     g.add_argument("--port", type=int, help="broker port")
     g.add_argument("--username", help="broker user name")
     g.add_argument("--password", help="broker password (prefer --password-file: arguments are visible in ps)")

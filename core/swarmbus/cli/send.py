@@ -168,11 +168,12 @@ def _direct(raw: RawConfig, envelope: Envelope, *, timeout: float) -> None:
     without building the pydantic settings."""
     from swarmbus.broker_options import broker_options
     from swarmbus.topics import topic_for_recipient
+    from swarmbus.transport.negotiated import ProtocolMemory
     from swarmbus.transport.publish import publish_once
     from swarmbus.transport.reach import enable_notices
 
     enable_notices()  # a person waits: say what a slow connect waits for
     broker = broker_options(raw)
     publish_once(broker, topic_for_recipient(envelope.to), envelope.to_wire(), agent_id=envelope.from_agent,
-                 timeout=timeout)
+                 timeout=timeout, memory=ProtocolMemory.in_state_dir(raw.get("state_dir")))
 

@@ -46,6 +46,7 @@ from swarmbus.supervise import current_supervisor
 from swarmbus.topics import QOS, receipts_topic, receive_filters
 from swarmbus.transport.aio_link import AsyncMqttLink
 from swarmbus.transport.link import Subscription
+from swarmbus.transport.negotiated import ProtocolMemory
 
 from .control_server import ControlServer, NewMessages
 from .dispatch import Dispatcher
@@ -118,6 +119,7 @@ class Daemon:
             reconnect_min=settings.daemon.reconnect_min,
             reconnect_max=settings.daemon.reconnect_max,
             logger=logging.getLogger("swarmbus.transport"),
+            protocol_memory=ProtocolMemory.in_state_dir(settings.state_dir),
         )
         self.ladder = Ladder(store, agent_id, self.link, self.relay)
         self.receiver = Receiver(store, agent_id, self.link, on_stored=self._on_stored,
@@ -126,6 +128,7 @@ class Daemon:
         self.link.on_cycle = self.receiver.cycle
         self.presence.link = self.link
         self.outbox = Outbox(store, self.receiver, self.link)
+        self.link.on_reset = self.outbox.forget_inflight
         self.peers = Peers(agent_id, subscribe=self.link.subscribe, send_sentinel=self._send_sentinel,
                            on_online=lambda peer: self.redeliverer.recipient_online(peer))
         for recipient in store.redelivery_recipients():  # still redelivered to after a restart
@@ -303,7 +306,8 @@ class Daemon:
             "version": __version__,
             "started_at": self.started_at,
             "supervisor": self.supervisor,
-            "broker": self.settings.broker.url,
+            "broker": link.url,
+            "brokers": [self.settings.broker.url_of(e) for e in link.endpoints],
             "client_id": link.client_id,
             "connected": link.connected,
             "announced": self.presence.announced_at is not None,

@@ -65,6 +65,11 @@ class Outbox:
         self._publish(entry.message_id, entry.topic, entry.payload)
         return True
 
+    def forget_inflight(self) -> None:
+        """The link dropped what it had queued (a new client): the next connect publishes every
+        spooled send again."""
+        self._inflight.clear()
+
     def publish_pending(self) -> None:
         """(Re)publish every spooled send paho does not already hold (on connect)."""
         for message_id, topic, payload in self.store.outbox_pending():

@@ -69,6 +69,7 @@ class AsyncMqttLink(MqttLink):
             if self._no_reconnect.is_set():
                 break
             self._fallback = False
+            self._use_remembered_protocol()
             try:
                 await asyncio.to_thread(self._connect_once)
             except (OSError, ssl.SSLError, ValueError, mqtt.WebsocketConnectionError) as exc:

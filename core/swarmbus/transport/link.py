@@ -12,7 +12,12 @@ paho-mqtt 2.x traps recorded in ``../shared/reference/mqtt-brokers-and-clients.m
 - MQTT 5 sessions that must survive a disconnect connect with ``clean_start=False`` *and*
   a Session Expiry Interval (without it the broker discards the session at every disconnect);
 - MQTT 5 is tried first and 3.1.1 is used when the broker refuses 5 (CONNACK "Unsupported
-  protocol version", reason 132, or a 3.1.1-style return code 1);
+  protocol version", reason 132, or a 3.1.1-style return code 1) or twice in a row closes the
+  connection without any CONNACK (RabbitMQ 3.10's MQTT plugin); the outcome is remembered per
+  broker URL (:mod:`~swarmbus.transport.negotiated`) so later processes go straight to 3.1.1;
+- a broker may have several nodes (``broker.hosts``): a failed attempt, or a connection that
+  drops, moves to the next node at once; only after every node failed does the backoff apply
+  (the persistent session resumes on whichever node answers, when the cluster replicates it);
 - :meth:`MqttLink.wait_connected` (one-shot commands) gives up at once on a refused TCP
   connection (nothing listens there) and otherwise says once on stderr what it waits for
   (:mod:`~swarmbus.transport.reach`); the link itself keeps retrying until stopped.
@@ -40,6 +45,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from swarmbus.errors import BrokerUnreachable, TimeoutExpired
+from swarmbus.transport.negotiated import ProtocolMemory
 from swarmbus.transport.publish import one_shot_client_id
 from swarmbus.transport.reach import WaitNotice, refused
 
@@ -177,8 +183,15 @@ class MqttLink:
         reconnect_min: float = 0.5,
         reconnect_max: float = 5.0,
         logger: logging.Logger | None = None,
+        protocol_memory: ProtocolMemory | None = None,
     ) -> None:
         self.broker = broker
+        self.endpoints = broker.endpoints
+        """``[(host, port), ...]``: the broker's nodes, tried in order (``broker.hosts``)."""
+        self._endpoint = 0  # the node in use, or tried next
+        self._round: list[bool] = []  # this round of failed attempts: was each TCP connection refused?
+        self._connack = False  # a CONNACK (any) came on the current connection
+        self.protocol_memory = protocol_memory
         self.client_id = client_id
         self.persistent = persistent
         self.session_expiry = session_expiry
@@ -200,6 +213,13 @@ class MqttLink:
         self.reconnect_max = reconnect_max
         self.log = logger or log
         self.protocol = V311 if broker.protocol == V311 else V5
+        if broker.protocol == "auto" and protocol_memory is not None and protocol_memory.get(self.url) == V311:
+            self.protocol = V311  # this broker closed or refused MQTT 5 before: straight to 3.1.1
+        self._negotiated = False  # this link fell back to 3.1.1 (remembered once that connects)
+        self._silent_v5 = 0  # MQTT 5 connections in a row closed without any CONNACK
+        self.on_reset: Callable[[], None] | None = None
+        """Called after the paho client was replaced (MQTT 3.1.1 fallback): publishes queued
+        before are dropped with it and must be made again (the daemon's outbox does)."""
         self._password = broker.resolved_password()
         self._lock = threading.Lock()
         self._tickets: dict[int, PublishTicket] = {}
@@ -289,6 +309,7 @@ class MqttLink:
         self.wake()
 
     def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._connack = True
         if reason.is_failure:
             value = int(reason.value) if hasattr(reason, "value") else int(reason)
             if self.protocol == V5 and value in (_UNSUPPORTED_PROTOCOL, 1) and self.broker.protocol == "auto":
@@ -310,12 +331,15 @@ class MqttLink:
             self._track_subscribe(client.subscribe(subs), [topic for topic, _ in subs])
         self.connect_count += 1
         self.connect_failures = 0
+        self._round = []
+        if self._negotiated and self.protocol_memory is not None:
+            self.protocol_memory.remember(self.url, V311)  # later processes skip the refused MQTT 5 attempt
         self.connected_since = time.time()
         self.last_error = None
         self._connected.set()
         self.log.info(
             "connected to %s as %s (MQTT %s, session present: %s)",
-            self.broker.url, self.client_id, self.protocol, self.session_present,
+            self.url, self.client_id, self.protocol, self.session_present,
         )
         if self.on_connected:
             self.on_connected(self.session_present)
@@ -332,7 +356,7 @@ class MqttLink:
         self._connected.clear()
         self.connected_since = None
         if was and not self._no_reconnect.is_set():
-            self.log.warning("disconnected from %s: %s", self.broker.url, reason)
+            self.log.warning("disconnected from %s: %s", self.url, reason)
             if self.on_disconnected:
                 self.on_disconnected(str(reason))
 
@@ -383,9 +407,16 @@ class MqttLink:
         self._thread = threading.Thread(target=self._run, name=f"swarmbus-mqtt-{self.client_id}", daemon=True)
         self._thread.start()
 
+    @property
+    def url(self) -> str:
+        """The URL of the node in use (or tried next), without credentials."""
+        return self.broker.url_of(self.endpoints[self._endpoint])
+
     def _connect_once(self) -> None:
         b = self.broker
+        host, port = self.endpoints[self._endpoint]
         client = self._client
+        self._connack = False
         if self.protocol == V5:
             props = None
             if (self.persistent and self.session_expiry) or self.receive_maximum:
@@ -394,12 +425,9 @@ class MqttLink:
                     props.SessionExpiryInterval = self.session_expiry
                 if self.receive_maximum:
                     props.ReceiveMaximum = self.receive_maximum
-            client.connect(
-                b.host, b.effective_port, b.keepalive,
-                clean_start=not self.persistent, properties=props,
-            )
+            client.connect(host, port, b.keepalive, clean_start=not self.persistent, properties=props)
         else:
-            client.connect(b.host, b.effective_port, b.keepalive)
+            client.connect(host, port, b.keepalive)
 
     def _run(self) -> None:
         failures = 0
@@ -408,6 +436,7 @@ class MqttLink:
                 self._no_reconnect.set()
                 break
             self._fallback = False
+            self._use_remembered_protocol()
             try:
                 self._connect_once()
             except (OSError, ssl.SSLError, ValueError, mqtt.WebsocketConnectionError) as exc:
@@ -434,15 +463,29 @@ class MqttLink:
         """Connection attempt number ``failures`` in a row raised ``exc`` (both drivers): remember
         why (a refused TCP connection or a certificate that does not verify ends
         :meth:`wait_connected` at once), log it, and return the seconds to wait before the next."""
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        url = self.url
+        self.last_error = f"{type(exc).__name__}: {exc}" + (f" ({url})" if len(self.endpoints) > 1 else "")
         self.connect_failures += 1
         self._tcp_refused = isinstance(exc, ConnectionRefusedError)
-        if self._tcp_refused or isinstance(exc, ssl.SSLCertVerificationError):
-            self._refused.set()
-        delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
-        self.log.log(self.retry_log_level, "cannot connect to %s (%s); retrying in %.1fs",
-                     self.broker.url, self.last_error, delay)
+        delay, all_refused = self._next_node(failures, refused=self._tcp_refused)
+        if all_refused or isinstance(exc, ssl.SSLCertVerificationError):
+            self._refused.set()  # nothing listens on any node (or the certificate does not verify)
+        self.log.log(self.retry_log_level, "cannot connect to %s (%s); %s in %.1fs", url, self.last_error,
+                     f"trying {self.url}" if self.url != url else "retrying", delay)
         return delay
+
+    def _next_node(self, failures: int, *, refused: bool = False) -> tuple[float, bool]:
+        """An attempt on the current node failed: move to the next node. Returns ``(seconds to
+        wait, every node refused the TCP connection)``: no wait before the next node of this
+        round; the backoff (by rounds) once every node failed."""
+        self._round.append(refused)
+        self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+        if len(self._round) < len(self.endpoints):
+            return 0.0, False
+        all_refused = all(self._round)
+        self._round = []
+        rounds = -(-failures // len(self.endpoints))
+        return backoff_delay(max(1, rounds), self.reconnect_min, self.reconnect_max), all_refused
 
     def _connection_ended(self, started: float, failures: int) -> tuple[int, float | None]:
         """After a connection ended (both drivers): commit what arrived on it (it is not
@@ -452,16 +495,53 @@ class MqttLink:
         self._cycle()
         if self._no_reconnect.is_set():
             return failures, None
-        if self._fallback:
-            self.log.info("broker does not speak MQTT 5; using MQTT 3.1.1")
+        silent = not self._connack and self.protocol == V5 and self.broker.protocol == "auto"
+        self._silent_v5 = self._silent_v5 + 1 if silent else 0
+        if silent and self._silent_v5 == 1:
+            return failures, 0.0  # once more at once: a broker shutting down closes without a CONNACK too
+        if self._fallback or self._silent_v5 >= 2:
+            why = ("refused MQTT 5" if self._fallback else
+                   "closed the connection without answering an MQTT 5 CONNECT")
+            self.log.warning("broker %s %s; using MQTT 3.1.1", self.url, why)
             self.protocol = V311
-            self._client = self._new_client()
+            self._negotiated = True
+            self._silent_v5 = 0
+            self._replace_client()
             return failures, 0.0
-        failures = 1 if time.monotonic() - started > 30 else failures + 1
+        url = self.url
+        lasted = time.monotonic() - started > 30
+        failures = 1 if lasted else failures + 1
         self.connect_failures = failures
-        delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
-        self.log.info("reconnecting to %s in %.1fs", self.broker.url, delay)
+        if len(self.endpoints) > 1:  # the node went away: the next one at once, then by rounds
+            if lasted:
+                self._round = []
+            delay, _ = self._next_node(failures)
+        else:
+            delay = backoff_delay(failures, self.reconnect_min, self.reconnect_max)
+        self.log.info("reconnecting to %s in %.1fs", self.url if self.url != url else url, delay)
         return failures, delay
+
+    def _use_remembered_protocol(self) -> None:
+        """Before an attempt: if another process learned since this link was made that the node
+        speaks only 3.1.1 (the daemon's presence probe, a one-shot), go straight to it."""
+        if (self.protocol == V5 and self.broker.protocol == "auto" and self.protocol_memory is not None
+                and self.protocol_memory.get(self.url) == V311):
+            self.protocol = V311
+            self._replace_client()
+
+    def _replace_client(self) -> None:
+        """A new paho client (another MQTT version): what the old one had queued is gone, so its
+        tickets never complete; :attr:`on_reset` lets the owner publish its spool again."""
+        self._client = self._new_client()
+        with self._lock:
+            self._tickets.clear()
+            self._early_acks.clear()
+        if self.on_reset is not None:
+            try:
+                self.on_reset()
+            except Exception:
+                self.callback_errors += 1
+                self.log.exception("error in the link's reset callback")
 
     def _call_before_connect(self) -> bool:
         try:
@@ -567,10 +647,15 @@ class MqttLink:
             notice.poll()
         notice.cancel()
         if not self._connected.is_set():
+            if self._tcp_refused and len(self.endpoints) == 1:
+                raise refused(self.broker.url, *self.endpoints[0])
             if self._tcp_refused:
-                raise refused(self.broker.url, self.broker.host, self.broker.effective_port)
+                nodes = ", ".join(self.broker.url_of(e) for e in self.endpoints)
+                raise BrokerUnreachable(f"broker unreachable: nothing is listening on any of {nodes} (connection "
+                                        "refused)", hint="start the broker, or check broker.hosts with "
+                                        "`swarmbus config show`")
             raise BrokerUnreachable(
-                f"broker unreachable ({self.broker.url}): {self.last_error or f'no CONNACK within {timeout:.0f}s'}",
+                f"broker unreachable ({self.url}): {self.last_error or f'no CONNACK within {timeout:.0f}s'}",
                 hint="is the broker running? check `swarmbus config show` and `swarmbus doctor`",
             )
 
@@ -592,7 +677,7 @@ class MqttLink:
         """Publish at QoS 1 and wait for the PUBACK. Raises TimeoutExpired."""
         ticket = self.publish(topic, payload, retain=retain)
         if not ticket.wait(timeout):
-            raise TimeoutExpired(f"no PUBACK from {self.broker.url} within {timeout:.0f}s")
+            raise TimeoutExpired(f"no PUBACK from {self.url} within {timeout:.0f}s")
 
     def subscribe(self, subs: Iterable[Subscription]) -> None:
         """Add subscriptions now (if connected) and after every reconnect."""

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any, Protocol
 
+    from swarmbus.transport.negotiated import ProtocolMemory
+
     class BrokerLike(Protocol):
         """The broker attributes :func:`publish_once` reads (read-only)."""
 
@@ -82,6 +84,11 @@ if TYPE_CHECKING:
 
         @property
         def effective_port(self) -> int: ...
+
+        @property
+        def endpoints(self) -> list[tuple[str, int]]: ...
+
+        def url_of(self, endpoint: tuple[str, int]) -> str: ...
 
         @property
         def url(self) -> str: ...
@@ -139,6 +146,7 @@ class _State:
     def __init__(self) -> None:
         self.connack: Any = None
         self.acked: set[int] = set()
+        self.silent = False  # an MQTT 5 connection closed without any CONNACK
 
     def on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         raw = getattr(sock, "_socket", sock)  # the websocket wrapper keeps the TCP socket here
@@ -197,20 +205,27 @@ def _cert_rejected(exc: BaseException) -> bool:
     return isinstance(exc, ssl.SSLCertVerificationError)
 
 
-def _connect(mqtt: Any, broker: BrokerLike, client: Any, state: _State, protocol: str, deadline: float) -> None:
-    """Open the connection and wait for a successful CONNACK (raises otherwise)."""
+class _Refused(Exception):
+    """Nothing listens on this node (TCP connection refused)."""
+
+
+def _connect(mqtt: Any, broker: BrokerLike, endpoint: tuple[str, int], client: Any, state: _State, protocol: str,
+             deadline: float) -> None:
+    """Open the connection to ``endpoint`` and wait for a successful CONNACK (raises otherwise)."""
+    host, port = endpoint
+    url = broker.url_of(endpoint)
     client.connect_timeout = max(0.05, deadline - time.monotonic())
     try:
         if protocol == V5:
-            client.connect(broker.host, broker.effective_port, broker.keepalive, clean_start=True)
+            client.connect(host, port, broker.keepalive, clean_start=True)
         else:
-            client.connect(broker.host, broker.effective_port, broker.keepalive)
+            client.connect(host, port, broker.keepalive)
     except (OSError, ValueError, mqtt.WebsocketConnectionError) as exc:
         if isinstance(exc, ConnectionRefusedError):
-            raise refused(broker.url, broker.host, broker.effective_port) from None
+            raise _Refused from None
         reason = f"{type(exc).__name__}: {exc}"
         if broker.tls and _cert_rejected(exc):
-            raise BrokerUnreachable(f"broker unreachable ({broker.url}): {reason}", hint=_HINT) from None
+            raise BrokerUnreachable(f"broker unreachable ({url}): {reason}", hint=_HINT) from None
         raise _Retry(reason) from None
     while state.connack is None:
         remaining = deadline - time.monotonic()
@@ -218,45 +233,75 @@ def _connect(mqtt: Any, broker: BrokerLike, client: Any, state: _State, protocol
             raise _Retry(f"no CONNACK within {broker.connect_timeout:.0f}s")
         rc = client.loop(timeout=min(remaining, 1.0))
         if rc != mqtt.MQTT_ERR_SUCCESS and state.connack is None:
+            if protocol == V5 and broker.protocol == "auto":
+                state.silent = True
             raise _Retry(f"the broker closed the connection before its CONNACK ({mqtt.error_string(rc)})")
     reason = state.connack
     if reason.is_failure:
         value = int(reason.value) if hasattr(reason, "value") else int(reason)
         if protocol == V5 and value in (_UNSUPPORTED_PROTOCOL, 1) and broker.protocol == "auto":
             raise _Fallback
-        raise BrokerUnreachable(f"broker unreachable ({broker.url}): connection refused: {reason}", hint=_HINT)
+        raise BrokerUnreachable(f"broker unreachable ({url}): connection refused: {reason}", hint=_HINT)
 
 
 def _connect_retrying(mqtt: Any, broker: BrokerLike, client_id: str, protocol: str, password: str | None,
-                      deadline: float) -> tuple[Any, _State, str]:
-    """Connect (falling back to 3.1.1, retrying what may pass) until ``deadline``; return the
-    connected client, its state and the MQTT version used."""
+                      deadline: float, memory: ProtocolMemory | None = None) -> tuple[Any, _State, str]:
+    """Connect (to each node in turn, falling back to 3.1.1, retrying what may pass) until
+    ``deadline``; return the connected client, its state and the MQTT version used."""
+    endpoints = broker.endpoints
     delay = 0.1
+    index = 0
+    refused_round: list[bool] = []
+    silent = 0
+    negotiated = False
+    last = "no attempt"
     while True:
+        endpoint = endpoints[index]
         state = _State()
         client = _client(mqtt, broker, client_id, protocol, password, state)
         try:
-            _connect(mqtt, broker, client, state, protocol, deadline)
+            _connect(mqtt, broker, endpoint, client, state, protocol, deadline)
         except _Fallback:
             _close(client)
-            protocol = V311
+            protocol, negotiated = V311, True
             continue
-        except _Retry as exc:
+        except (_Retry, _Refused) as exc:
             _close(client)
+            silent = silent + 1 if state.silent else 0
+            if silent >= 2:  # twice closed without a CONNACK to MQTT 5 (RabbitMQ 3.10): use 3.1.1
+                protocol, negotiated, silent = V311, True, 0
+                continue
+            if silent == 1:
+                continue  # once more at once: a broker shutting down closes without a CONNACK too
+            refused_round.append(isinstance(exc, _Refused))
+            last = str(exc) if isinstance(exc, _Retry) else "connection refused"
+            index = (index + 1) % len(endpoints)
+            if len(refused_round) < len(endpoints):
+                continue  # the next node at once
+            if all(refused_round):
+                if len(endpoints) == 1:
+                    raise refused(broker.url, *endpoints[0]) from None
+                nodes = ", ".join(broker.url_of(e) for e in endpoints)
+                raise BrokerUnreachable(f"broker unreachable: nothing is listening on any of {nodes} "
+                                        "(connection refused)", hint=_HINT) from None
+            refused_round = []
             pause = min(delay, deadline - time.monotonic())
             if pause <= 0:
-                raise BrokerUnreachable(f"broker unreachable ({broker.url}): {exc}", hint=_HINT) from None
-            time.sleep(pause)  # backoff before the next attempt, not synchronisation
+                where = broker.url if len(endpoints) == 1 else ", ".join(broker.url_of(e) for e in endpoints)
+                raise BrokerUnreachable(f"broker unreachable ({where}): {last}", hint=_HINT) from None
+            time.sleep(pause)  # backoff before the next round, not synchronisation
             delay = min(delay * 2, 1.0)
             continue
         except BaseException:
             _close(client)
             raise
+        if negotiated and memory is not None:
+            memory.remember(broker.url_of(endpoint), V311)
         return client, state, protocol
 
 
 def publish_once(broker: BrokerLike, topic: str, payload: bytes, *, agent_id: str | None,
-                 timeout: float = 10.0, retain: bool = False) -> str:
+                 timeout: float = 10.0, retain: bool = False, memory: ProtocolMemory | None = None) -> str:
     """Connect to ``broker``, publish ``payload`` on ``topic`` at QoS 1, wait for the PUBACK,
     disconnect. Runs in the calling thread; returns the MQTT version used (``"5"`` or
     ``"3.1.1"``). The client id is :func:`one_shot_client_id` for ``agent_id``, role ``send``.
@@ -275,11 +320,14 @@ def publish_once(broker: BrokerLike, topic: str, payload: bytes, *, agent_id: st
     password = broker.resolved_password()
     client_id = one_shot_client_id(broker.client_id_prefix, agent_id, "send")
     protocol = V311 if broker.protocol == V311 else V5
+    if broker.protocol == "auto" and memory is not None and memory.get(broker.url) == V311:
+        protocol = V311  # this broker refused or ignored MQTT 5 before (swarmbus.transport.negotiated)
     deadline = time.monotonic() + broker.connect_timeout
-    notice = WaitNotice(broker.host, broker.effective_port, broker.connect_timeout)
+    host, port = broker.endpoints[0]
+    notice = WaitNotice(host, port, broker.connect_timeout)
     notice.arm()  # a connect may block (DNS, an unanswered SYN): the notice comes from a timer
     try:
-        client, state, protocol = _connect_retrying(mqtt, broker, client_id, protocol, password, deadline)
+        client, state, protocol = _connect_retrying(mqtt, broker, client_id, protocol, password, deadline, memory)
     finally:
         notice.cancel()
     try:
