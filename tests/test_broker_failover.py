@@ -124,3 +124,18 @@ def test_mqtt5_closed_without_connack_falls_back_and_is_remembered(swarm: SwarmE
     wait_for(lambda: sent["id"] in stored_ids(swarm, "bob"), 15, what="bob to store the direct send")
     assert silent_proxy.levels.count(5) == tried_v5
     assert not silent_proxy.errors
+
+
+def test_list_asks_by_name_for_the_agents_known_here(swarm: SwarmEnv) -> None:
+    """The agents known on this machine (agent dirs, and the peers their stores know) are asked
+    for by exact topic, so a broker that lists no retained records to wildcards still answers."""
+    from swarmbus.oneshot import known_agents
+    from swarmbus.settings import Settings
+
+    swarm.start_daemon("alice")
+    swarm.cli("send", "--agent-id", "zed", "--to", "alice", "--subject", "s", "--body", "b", "--direct", check=True)
+    wait_for(lambda: len(stored_ids(swarm, "alice")) == 1, 15, what="alice to store zed's message")
+    settings = Settings.model_validate({"state_dir": str(swarm.state_dir)})
+    assert {"alice", "zed"} <= set(known_agents(settings))
+    listed = json.loads(swarm.cli("list", "--json", check=True).stdout)
+    assert [a["agent"] for a in listed] == ["alice"] and listed[0]["status"] == "online"

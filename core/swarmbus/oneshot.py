@@ -17,6 +17,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 
 from swarmbus.envelope import Envelope
 from swarmbus.errors import TimeoutExpired
@@ -34,6 +35,7 @@ from swarmbus.store import Store
 from swarmbus.topics import (
     PRESENCE_FILTER,
     QOS,
+    heartbeat_topic,
     presence_topic,
     receive_filters,
     topic_for_recipient,
@@ -127,9 +129,12 @@ def receive_once(
     return count
 
 
-def scan_presence(settings: Settings, *, timeout: float = 5.0, agent_id: str | None = None) -> list[Presence]:
+def scan_presence(settings: Settings, *, timeout: float = 5.0, agent_id: str | None = None,
+                  known: Iterable[str] = ()) -> list[Presence]:
     """Every retained presence record on the broker (or only ``agent_id``'s), sorted by agent
-    id, each with the last heartbeat of its instance.
+    id, each with the last heartbeat of its instance. The ``known`` agent ids are also asked
+    for by exact topic: a broker that delivers no retained messages to wildcard subscriptions
+    (RabbitMQ before 3.13) still answers for them.
 
     :raises BrokerUnreachable: the broker cannot be reached.
     :raises TimeoutExpired: the retained set did not arrive within ``timeout`` seconds.
@@ -156,10 +161,12 @@ def scan_presence(settings: Settings, *, timeout: float = 5.0, agent_id: str | N
         link.publish(sentinel.topic, b"sync", qos=1)
 
     topic_filter = PRESENCE_FILTER if agent_id is None else presence_topic(agent_id) + "/#"
+    exact = [] if agent_id is not None else [
+        Subscription(t, 1) for a in dict.fromkeys(known) for t in (presence_topic(a), heartbeat_topic(a))]
     link = MqttLink(
         broker,
         client_id=one_shot_client_id(broker.client_id_prefix, agent_id or settings.agent_id, "list"),
-        subscriptions=[Subscription(topic_filter, 1), Subscription(sentinel.topic, 1)],
+        subscriptions=[Subscription(topic_filter, 1), *exact, Subscription(sentinel.topic, 1)],
         on_message=on_message,
         on_connected=on_connected,
         reconnect_min=0.2,
@@ -175,6 +182,30 @@ def scan_presence(settings: Settings, *, timeout: float = 5.0, agent_id: str | N
     finally:
         link.stop(timeout=2.0)
     return merge_heartbeats(found, beats)
+
+
+def known_agents(settings: Settings, limit: int = 1000) -> list[str]:
+    """Agent ids known on this machine: every agent dir under the state dir, and the peers each
+    agent's store has heard from or sent to (see :meth:`Store.known_peers`)."""
+    from swarmbus.envelope import AGENT_ID_RE
+    from swarmbus.paths import default_state_dir
+
+    root = (settings.state_dir or default_state_dir()) / "agents"
+    found: dict[str, None] = {}
+    try:
+        dirs = sorted(p for p in root.iterdir() if p.is_dir() and AGENT_ID_RE.match(p.name))
+    except OSError:
+        return []
+    for directory in dirs[:limit]:
+        found[directory.name] = None
+        store_path = directory / "store.sqlite3"
+        if store_path.exists() and len(found) < limit:
+            try:
+                with Store(store_path) as store:
+                    found.update(dict.fromkeys(store.known_peers(limit)))
+            except Exception as exc:  # a store we cannot read only means fewer names to ask for
+                logging.getLogger("swarmbus.cli").debug("list: cannot read %s: %s", store_path, exc)
+    return [a for a in found if AGENT_ID_RE.match(a)][:limit]
 
 
 def stale(record: Presence, now: float | None = None) -> bool:

@@ -937,6 +937,12 @@ class Store:
         rows = self._query("SELECT MIN(next_at) FROM redeliveries WHERE ended_at IS NULL")
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
+    def known_peers(self, limit: int = 1000) -> list[str]:
+        """Agent ids this store has heard from or sent to (senders of stored messages, recipients
+        of redeliveries), at most ``limit``: who ``swarmbus list`` asks for by exact topic."""
+        rows = self._query("SELECT from_agent FROM messages UNION SELECT recipient FROM redeliveries LIMIT ?", (limit,))
+        return [str(r[0]) for r in rows]
+
     def redelivery_recipients(self) -> list[str]:
         """The recipients of unended redeliveries (their presence is watched after a restart)."""
         return [str(r[0]) for r in self._query("SELECT DISTINCT recipient FROM redeliveries WHERE ended_at IS NULL")]

@@ -253,6 +253,9 @@ def _agent_broker(p: argparse.ArgumentParser) -> None:
 
 def _list(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="include offline agents")
+    p.add_argument("--timeout", type=float, metavar="S", default=None,
+                   help="keep asking a broker that does not answer the scan (a cluster electing a leader) "
+                        "for up to S seconds (default 30); an unreachable broker fails at once")
     _agent(p)
     _json(p)
     _broker(p)
@@ -415,7 +418,10 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
     "list": (
         "list agents and their presence",
         "List agents from their retained presence records: online, offline, or stale\n"
-        "(online but no heartbeat for three intervals), with when each was last seen.",
+        "(online but no heartbeat for three intervals: a crashed agent whose Last Will was lost\n"
+        "with a broker node shows stale, never online), with when each was last seen. Agents known\n"
+        "on this machine (its agent dirs and the peers their stores know) are also asked for by\n"
+        "name, for brokers that list no retained records to wildcards (RabbitMQ before 3.13).",
         _list,
     ),
     "inbox": ("show the stored messages, their handler outcomes, and the quarantine", None, _inbox),

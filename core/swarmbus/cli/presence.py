@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from swarmbus.cli.common import load_settings_for, print_json
 from swarmbus.envelope import parse_timestamp
-from swarmbus.oneshot import scan_presence, stale
+from swarmbus.errors import TimeoutExpired
+from swarmbus.oneshot import known_agents, scan_presence, stale
+from swarmbus.presence_records import Presence
+from swarmbus.settings import Settings
+
+PATIENCE = 30.0
+"""Seconds ``list`` keeps asking a broker that does not answer the scan (an election)."""
 
 
 def _age(ts: str | None, now: float) -> str:
@@ -23,10 +30,27 @@ def _age(ts: str | None, now: float) -> str:
     return f"last seen {seconds:.0f}s ago"
 
 
+def _scan(settings: Settings, known: list[str], patience: float) -> list[Presence]:
+    """Scan, retrying a scan that gets no answer (a cluster electing a leader answers nothing for
+    seconds) until ``patience`` seconds passed; an unreachable broker fails at once."""
+    deadline = time.monotonic() + patience
+    told = False
+    while True:
+        try:
+            return scan_presence(settings, known=known, timeout=min(5.0, max(1.0, deadline - time.monotonic())))
+        except TimeoutExpired as exc:
+            if time.monotonic() >= deadline:
+                raise TimeoutExpired(f"{exc}; the broker kept not answering for {patience:.0f}s") from None
+            if not told:
+                print(f"swarmbus: {exc}; asking again (up to {patience:.0f}s)", file=sys.stderr)
+                told = True
+
+
 def run(args: argparse.Namespace) -> int:
     settings = load_settings_for(args)
+    known = known_agents(settings)
+    records = _scan(settings, known, float(getattr(args, "timeout", None) or PATIENCE))
     now = time.time()
-    records = scan_presence(settings)
     rows = []
     for r in records:
         state = "stale" if stale(r, now) else r.status
@@ -42,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not rows:
         print("no agents online" if not args.all else "no agents known to the broker")
+        if not records and known:
+            print(f"  (none of the {len(known)} agent(s) known on this machine has a presence record either; "
+                  "a broker that keeps no retained messages, or delivers none to wildcard subscriptions "
+                  "(RabbitMQ before 3.13), cannot list the others)")
         return 0
     width = max(len(r.agent) for r, _ in rows)
     for r, state in rows:
