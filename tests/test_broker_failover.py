@@ -139,3 +139,26 @@ def test_list_asks_by_name_for_the_agents_known_here(swarm: SwarmEnv) -> None:
     assert {"alice", "zed"} <= set(known_agents(settings))
     listed = json.loads(swarm.cli("list", "--json", check=True).stdout)
     assert [a["agent"] for a in listed] == ["alice"] and listed[0]["status"] == "online"
+
+
+def test_retire_removes_a_gone_agents_session_and_presence(swarm: SwarmEnv) -> None:
+    from peers import raw_client
+
+    bob = swarm.start_daemon("bob")
+    refused = swarm.cli("retire", "bob")
+    assert refused.returncode == 1 and "stop it first" in refused.stderr  # alive here: refused
+    bob.kill9()  # crashed: its session (subscriptions, queue) and retained record stay behind
+    sent = send_json(swarm, "--agent-id", "carol", "--to", "bob", "--subject", "s", "--body", "queued", "--direct")
+    done = swarm.cli("retire", "bob", "--force", check=True)  # its retained record still says online
+    assert "ended bob's broker session" in done.stdout and "cleared bob's retained presence" in done.stdout
+    listed = json.loads(swarm.cli("list", "--all", "--json", check=True).stdout)
+    assert "bob" not in [a["agent"] for a in listed]
+    with raw_client(swarm.broker.port, "agents/bob/presence") as sniffer:  # type: ignore[attr-defined]
+        swarm.cli("send", "--agent-id", "carol", "--to", "zed", "--subject", "barrier", "--body", "b", "--direct",
+                  check=True)
+        assert sniffer.received("agents/bob/presence") == []  # no retained record left
+    # the session is gone: a daemon started as bob again finds nothing queued from before
+    swarm.start_daemon("bob")
+    swarm.cli("send", "--agent-id", "carol", "--to", "bob", "--subject", "s", "--body", "after", "--direct", check=True)
+    wait_for(lambda: len(stored_ids(swarm, "bob")) >= 1, 15, what="bob to store the new message")
+    assert sent["id"] not in stored_ids(swarm, "bob")

@@ -223,3 +223,30 @@ def stale(record: Presence, now: float | None = None) -> bool:
     return age > 3 * record.heartbeat_s
 
 
+def retire_agent(settings: Settings, agent_id: str) -> list[str]:
+    """Remove what a retired agent left on the broker: its persistent session (a connection with
+    its client id and a clean start ends it; MQTT 5 with a session expiry of 0, 3.1.1 with a
+    clean session) and its retained presence record and heartbeat (cleared with empty retained
+    publishes). Returns what was done, one line each. The caller makes sure the agent's daemon
+    does not run: connecting with its client id takes its session over.
+
+    :raises BrokerUnreachable: the broker cannot be reached.
+    :raises TimeoutExpired: a publish was not acknowledged in time.
+    """
+    broker = settings.broker
+    link = MqttLink(broker, client_id=f"{broker.client_id_prefix}-{agent_id}", persistent=False,
+                    reconnect_min=0.2, reconnect_max=1.0,
+                    protocol_memory=ProtocolMemory.in_state_dir(settings.state_dir))
+    link.retry_log_level = logging.DEBUG
+    link.start()
+    done = []
+    try:
+        link.wait_connected(broker.connect_timeout)
+        done.append(f"ended {agent_id}'s broker session (client id {link.client_id}) on {link.url}")
+        for topic in (presence_topic(agent_id), heartbeat_topic(agent_id)):
+            link.publish_and_wait(topic, b"", retain=True, timeout=broker.connect_timeout)
+        done.append(f"cleared {agent_id}'s retained presence and heartbeat")
+    finally:
+        link.stop(timeout=2.0)
+    return done
+

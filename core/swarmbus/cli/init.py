@@ -386,6 +386,19 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _retire_on_broker(settings: Settings, agent_id: str) -> None:
+    """After uninit: end the agent's broker session and clear its retained presence (best effort:
+    the broker may be gone, e.g. the one init started and uninit just stopped)."""
+    from swarmbus.oneshot import retire_agent
+
+    try:
+        for line in retire_agent(settings, agent_id):
+            print(f"  {line}")
+    except SwarmbusError as exc:
+        print(f"  the broker may still hold {agent_id}'s session and presence ({exc}); when it runs: "
+              f"swarmbus retire {agent_id}")
+
+
 def _uninit(args: argparse.Namespace) -> int:
     if not args.agent_id:
         raise UsageError("swarmbus uninit needs --agent-id ID")
@@ -412,6 +425,7 @@ def _uninit(args: argparse.Namespace) -> int:
     if not failed:
         path.unlink()
         print(f"{agent_id}: what init wrote has been removed")
+        _retire_on_broker(settings, agent_id)
         return 0
     # keep what could not be undone, so that a second uninit retries it
     data = json.loads(path.read_text())

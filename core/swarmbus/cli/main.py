@@ -144,6 +144,15 @@ def _wait_value(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"use a number of seconds or one of {', '.join(WAIT_STEPS)}") from None
 
 
+def _retire(p: argparse.ArgumentParser) -> None:
+    p.add_argument("retired", metavar="AGENT_ID", help="the agent id that is gone")
+    p.add_argument("--force", action="store_true",
+                   help="even when its presence says it is online (its daemon would be disconnected and stop)")
+    _json(p)
+    _broker(p)
+    _common(p)
+
+
 def _trace(p: argparse.ArgumentParser) -> None:
     p.add_argument("message_id", metavar="MSG_ID", help="the message's id")
     _agent(p)
@@ -425,6 +434,17 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         _list,
     ),
     "inbox": ("show the stored messages, their handler outcomes, and the quarantine", None, _inbox),
+    "retire": (
+        "remove a retired agent's broker session and retained presence",
+        "Remove what an agent that is gone left on the broker: its persistent session (queued\n"
+        "messages, subscriptions: a queue or consumer on NATS and RabbitMQ, where MQTT 3.1.1\n"
+        "sessions never expire) and its retained presence record and heartbeat, so `list` stops\n"
+        "showing it. Refused while its daemon runs here, or while its presence says it is online\n"
+        "elsewhere (unless --force). `swarmbus uninit` does this for the agent it removes.\n\n"
+        "  swarmbus retire old-worker-7\n\n"
+        "Exit codes: 0 done, 1 refused (the agent is alive), 2 usage error or broker unreachable.",
+        _retire,
+    ),
     "trace": (
         "show a message's delivery ladder: published, stored, woken, surfaced, acknowledged, replied",
         "Show the delivery ladder of a message this agent sent or received, from its store (no daemon\n"
@@ -567,7 +587,7 @@ def run(argv: Sequence[str]) -> int:
         "inbox": "reading", "list": "presence", "config": "admin", "plugins": "admin",
         "doctor": "doctor", "broker": "admin", "init": "init", "uninit": "init", "wait": "reading",
         "mcp-server": "mcpserver", "completion": "completion", "stop": "detach", "status": "detach",
-        "policy": "policy", "trace": "trace",
+        "policy": "policy", "trace": "trace", "retire": "presence",
     }[args.command]
     handler = __import__(f"swarmbus.cli.{module}", fromlist=["run"])  # importlib would cost an import
     return int(handler.run(args))

@@ -7,9 +7,11 @@ import sys
 import time
 
 from swarmbus.cli.common import load_settings_for, print_json
-from swarmbus.envelope import parse_timestamp
+from swarmbus.control import daemon_status
+from swarmbus.envelope import parse_timestamp, validate_agent_id
 from swarmbus.errors import TimeoutExpired
-from swarmbus.oneshot import known_agents, scan_presence, stale
+from swarmbus.oneshot import known_agents, retire_agent, scan_presence, stale
+from swarmbus.paths import AgentPaths
 from swarmbus.presence_records import Presence
 from swarmbus.settings import Settings
 
@@ -46,7 +48,31 @@ def _scan(settings: Settings, known: list[str], patience: float) -> list[Presenc
                 told = True
 
 
+def run_retire(args: argparse.Namespace) -> int:
+    """``swarmbus retire AGENT_ID``: 0 done, 1 refused (alive)."""
+    agent_id = validate_agent_id(args.retired)
+    settings = load_settings_for(args)
+    if daemon_status(AgentPaths.for_agent(agent_id, settings.state_dir).socket, timeout=1.0) is not None:
+        print(f"{agent_id}'s daemon runs on this machine: stop it first (swarmbus stop --agent-id {agent_id})",
+              file=sys.stderr)
+        return 1
+    record = next((r for r in scan_presence(settings, agent_id=agent_id) if r.agent == agent_id), None)
+    if record is not None and record.online and not stale(record) and not args.force:
+        print(f"{agent_id} is online ({_age(record.last_seen, time.time())}, host {record.host}, pid {record.pid}): "
+              "retiring it would disconnect its daemon; stop it first, or give --force", file=sys.stderr)
+        return 1
+    done = retire_agent(settings, agent_id)
+    if args.json:
+        print_json({"agent": agent_id, "done": done})
+    else:
+        for line in done:
+            print(line)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.command == "retire":
+        return run_retire(args)
     settings = load_settings_for(args)
     known = known_agents(settings)
     records = _scan(settings, known, float(getattr(args, "timeout", None) or PATIENCE))
