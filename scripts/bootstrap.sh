@@ -27,6 +27,40 @@ if ! command -v openssl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; t
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssl >/dev/null
 fi
 
+# The engine tests (tox env `engines`, tests_engines/) run swarmbus on NATS and RabbitMQ too. As
+# root with apt-get (a CI container), install the missing servers from Debian without starting
+# their services (a policy-rc.d that refuses, and RUNLEVEL=1); otherwise say how, and go on: those
+# tests then skip, saying why. SWARMBUS_NO_ENGINES=1 skips this. (SWARMBUS_ENGINE_PATH, where to
+# look for the servers, and SWARMBUS_POLICY_RC_D are for bootstrap's own tests.)
+engine_path="${SWARMBUS_ENGINE_PATH:-$PATH:/usr/sbin:/usr/local/sbin:/usr/lib/rabbitmq/bin}"
+engines=()
+PATH="$engine_path" command -v nats-server >/dev/null 2>&1 || engines+=(nats-server)
+PATH="$engine_path" command -v rabbitmq-server >/dev/null 2>&1 || engines+=(rabbitmq-server)
+if [ "${#engines[@]}" -gt 0 ] && [ -z "${SWARMBUS_NO_ENGINES:-}" ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing ${engines[*]} for the engine tests (apt-get --no-install-recommends; their services are not started)"
+    policy_rc_d="${SWARMBUS_POLICY_RC_D:-/usr/sbin/policy-rc.d}"
+    made_policy=""
+    if [ ! -e "$policy_rc_d" ]; then
+      printf '#!/bin/sh\n# written by swarmbus scripts/bootstrap.sh while it installs packages: start no service\nexit 101\n' \
+        > "$policy_rc_d" && chmod 755 "$policy_rc_d" && made_policy=1
+      trap '[ -n "$made_policy" ] && rm -f "$policy_rc_d"' EXIT
+    fi
+    if apt-get update -qq && DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
+        apt-get install -y -qq --no-install-recommends "${engines[@]}" >/dev/null; then
+      say "installed ${engines[*]}"
+    else
+      say "could not install ${engines[*]} (see above): the engine tests will skip"
+    fi
+    if [ -n "$made_policy" ]; then
+      rm -f "$policy_rc_d"
+      made_policy=""
+    fi
+  else
+    say "${engines[*]} not installed: the engine tests will skip (as root: apt-get install --no-install-recommends ${engines[*]})"
+  fi
+fi
+
 PYTHON="${PYTHON:-python3}"
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "swarmbus needs Python >= 3.11 (found: $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2

@@ -43,6 +43,16 @@ class BrokerUnreachable(SwarmbusError):
     exit_code = EXIT_USAGE
 
 
+class BrokerRefused(BrokerUnreachable):
+    """Nothing listens where the broker should be (every node refused the TCP connection):
+    waiting will not help, so commands fail at once."""
+
+
+class BrokerNotReady(BrokerUnreachable):
+    """The broker accepted the TCP connection and closed it without a CONNACK: a broker starting
+    up, or a cluster electing a leader. Worth asking again for a while."""
+
+
 class TimeoutExpired(SwarmbusError):
     exit_code = EXIT_FAILURE
 

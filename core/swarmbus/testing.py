@@ -124,12 +124,13 @@ def kill_group_of(pid: int, sig: int = signal.SIGKILL) -> None:
 
 
 def keeper_pids(state_dir: Path) -> set[int]:
-    """The live keepers under ``state_dir`` (of agents' detached daemons and of detached brokers),
-    as their ``keeper.lock`` files say."""
+    """The live keepers under ``state_dir`` (of agents' detached daemons and of detached brokers:
+    mosquitto's, and each node of a detached NATS), as their ``keeper.lock`` files say."""
     from swarmbus.ownership import owner_of
 
     found = set()
-    for lock in [*state_dir.glob("agents/*/keeper.lock"), *state_dir.glob("broker/*/keeper.lock")]:
+    for lock in [*state_dir.glob("agents/*/keeper.lock"), *state_dir.glob("broker/*/keeper.lock"),
+                 *state_dir.glob("broker/nats-*/*/keeper.lock")]:
         words = (owner_of(lock) or "").split()
         if words[:2] == ["keeper", "pid"] and words[2:3] and words[2].isdigit() and pid_alive(int(words[2])):
             found.add(int(words[2]))

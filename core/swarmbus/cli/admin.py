@@ -121,6 +121,14 @@ def _broker(args: argparse.Namespace) -> int:  # returns only via print-config o
 
     state = Path(args.state_dir).expanduser() if args.state_dir else (
         Path(os.environ["SWARMBUS_STATE_DIR"]) if os.environ.get("SWARMBUS_STATE_DIR") else default_state_dir())
+    if getattr(args, "engine", "mosquitto") == "nats":
+        from swarmbus.cli.broker_nats import run as run_nats
+
+        return run_nats(args, state)
+    if getattr(args, "nodes", None) is not None:
+        from swarmbus.errors import UsageError
+
+        raise UsageError("--nodes needs --engine nats (mosquitto runs one node)")
     cfg = BrokerConfig(state_dir=state / "broker" / str(args.port), port=args.port, bind=args.bind)
     if args.detach or args.stop or args.status:
         from swarmbus.cli.broker_detach import run_detached

@@ -25,7 +25,7 @@ Every agent runs a listener daemon (`swarmbus start`) that keeps each message in
 store before acknowledging it, and wakes its host agent when policy says so. Other commands
 send, read, and inspect.
 
-  swarmbus broker                       run a local development broker (mosquitto)
+  swarmbus broker                       run a local development broker (mosquitto, or NATS)
   swarmbus start --agent-id coder       run coder's listener daemon
   swarmbus send --agent-id planner --to coder --subject hi --body "got a minute?"
   swarmbus read --agent-id coder        print coder's new messages
@@ -308,6 +308,10 @@ def _doctor(p: argparse.ArgumentParser) -> None:
 
 
 def _broker_command(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=("mosquitto", "nats"), default="mosquitto",
+                   help="mosquitto (default), or nats: nats-server with JetStream and its MQTT 3.1.1 listener")
+    p.add_argument("--nodes", type=int, metavar="N",
+                   help="with --engine nats: a loopback cluster of N nodes, MQTT on --port, --port+1, ... (default 1)")
     p.add_argument("--port", type=int, default=1883, help="listen port (default 1883)")
     p.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     what = p.add_mutually_exclusive_group()
@@ -474,7 +478,7 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         _doctor,
     ),
     "broker": (
-        "run a local mosquitto for development and single-machine use",
+        "run a local mosquitto (or NATS) for development and single-machine use",
         "Run mosquitto in the foreground with a generated config: loopback only,\n"
         "persistence with a 1 s autosave, no per-client queue cap, TCP_NODELAY.\n\n"
         "--detach runs it in the background instead, under a keeper that restarts it if it crashes\n"
@@ -484,6 +488,14 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         "  swarmbus broker --port 1884 --detach\n"
         "  swarmbus broker --port 1884 --status\n"
         "  swarmbus broker --port 1884 --stop\n\n"
+        "--engine nats runs nats-server instead (JetStream keeps the MQTT sessions; MQTT 3.1.1 only,\n"
+        "which swarmbus falls back to by itself), one node or, with --nodes 3, a loopback cluster\n"
+        "whose MQTT streams have 3 replicas, on ports --port, --port+1, ...; the daemon fails over\n"
+        "between the nodes when given all of them (SWARMBUS_BROKER_HOSTS, or [broker] hosts in the config\n"
+        "file; the command prints the line). Files in <state>/broker/nats-PORT/; see docs/brokers.md.\n\n"
+        "  swarmbus broker --engine nats --nodes 3 --port 4301 --detach\n"
+        "  swarmbus broker --engine nats --port 4301 --status\n"
+        "  swarmbus broker --engine nats --port 4301 --stop\n\n"
         "Exit codes: --detach 0 it runs, 1 it could not be started, 2 the port is taken by another\n"
         "program; --stop 0 stopped or none ran, 1 it would not stop; --status 0 runs, 1 does not.",
         _broker_command,

@@ -9,7 +9,7 @@ import time
 from swarmbus.cli.common import load_settings_for, print_json
 from swarmbus.control import daemon_status
 from swarmbus.envelope import parse_timestamp, validate_agent_id
-from swarmbus.errors import TimeoutExpired
+from swarmbus.errors import BrokerNotReady, TimeoutExpired
 from swarmbus.oneshot import known_agents, retire_agent, scan_presence, stale
 from swarmbus.paths import AgentPaths
 from swarmbus.presence_records import Presence
@@ -32,15 +32,20 @@ def _age(ts: str | None, now: float) -> str:
     return f"last seen {seconds:.0f}s ago"
 
 
-def _scan(settings: Settings, known: list[str], patience: float) -> list[Presence]:
-    """Scan, retrying a scan that gets no answer (a cluster electing a leader answers nothing for
-    seconds) until ``patience`` seconds passed; an unreachable broker fails at once."""
+def _scan(settings: Settings, known: list[str], patience: float) -> tuple[list[Presence], float]:
+    """Scan, retrying a scan that gets no answer (a cluster electing a leader holds each CONNECT
+    and closes it without a CONNACK, or answers no scan, for seconds) until ``patience`` seconds
+    passed; a broker that refuses, or holds the connection without answering, fails as any
+    command does (within ``broker.connect_timeout``). Returns the records and
+    when the scan that found them started (Unix s)."""
     deadline = time.monotonic() + patience
     told = False
     while True:
+        started = time.time()
         try:
-            return scan_presence(settings, known=known, timeout=min(5.0, max(1.0, deadline - time.monotonic())))
-        except TimeoutExpired as exc:
+            return scan_presence(settings, known=known,
+                                 timeout=min(5.0, max(1.0, deadline - time.monotonic()))), started
+        except (TimeoutExpired, BrokerNotReady) as exc:  # an election; a silent or refusing broker fails now
             if time.monotonic() >= deadline:
                 raise TimeoutExpired(f"{exc}; the broker kept not answering for {patience:.0f}s") from None
             if not told:
@@ -75,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
         return run_retire(args)
     settings = load_settings_for(args)
     known = known_agents(settings)
-    records = _scan(settings, known, float(getattr(args, "timeout", None) or PATIENCE))
-    now = time.time()
+    # a record's age counts from when the scan that found it started: a slow scan (a cluster
+    # making its subscriptions) must not make a live agent look stale
+    records, now = _scan(settings, known, float(getattr(args, "timeout", None) or PATIENCE))
     rows = []
     for r in records:
         state = "stale" if stale(r, now) else r.status

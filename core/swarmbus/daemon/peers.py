@@ -78,7 +78,9 @@ class Peers:
             return  # not an agent id (broadcast, or junk): nothing to watch
         self._seq += 1
         self._watched[agent] = self._seq
-        self.subscribe([Subscription(presence_topic(agent), 1)])
+        # QoS 0: a retained record comes again on every (re)subscribe, and on NATS a QoS 1
+        # subscription is a replicated JetStream consumer, slow to make and refused with a node down
+        self.subscribe([Subscription(presence_topic(agent), 0)])
         self.send_sentinel(SENTINEL_PREFIX + str(self._seq).encode())
 
     def watched(self) -> list[str]:

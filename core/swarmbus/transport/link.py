@@ -44,7 +44,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from swarmbus.errors import BrokerUnreachable, TimeoutExpired
+from swarmbus.errors import BrokerNotReady, BrokerRefused, BrokerUnreachable, TimeoutExpired
 from swarmbus.transport.negotiated import ProtocolMemory
 from swarmbus.transport.publish import one_shot_client_id
 from swarmbus.transport.reach import WaitNotice, refused
@@ -230,6 +230,7 @@ class MqttLink:
         self._kick = threading.Event()
         self._refused = threading.Event()
         self._tcp_refused = False  # the last attempt's TCP connection was refused: nothing listens
+        self._closed_early = False  # since the last CONNACK, a node closed a connection before its CONNACK
         self._fallback = False
         self.retry_log_level = logging.WARNING
         self._thread: threading.Thread | None = None
@@ -331,6 +332,7 @@ class MqttLink:
             self._track_subscribe(client.subscribe(subs), [topic for topic, _ in subs])
         self.connect_count += 1
         self.connect_failures = 0
+        self._closed_early = False
         self._round = []
         if self._negotiated and self.protocol_memory is not None:
             self.protocol_memory.remember(self.url, V311)  # later processes skip the refused MQTT 5 attempt
@@ -466,8 +468,9 @@ class MqttLink:
         url = self.url
         self.last_error = f"{type(exc).__name__}: {exc}" + (f" ({url})" if len(self.endpoints) > 1 else "")
         self.connect_failures += 1
-        self._tcp_refused = isinstance(exc, ConnectionRefusedError)
-        delay, all_refused = self._next_node(failures, refused=self._tcp_refused)
+        refused_here = isinstance(exc, ConnectionRefusedError)
+        delay, all_refused = self._next_node(failures, refused=refused_here)
+        self._tcp_refused = all_refused or (refused_here and len(self.endpoints) == 1)
         if all_refused or isinstance(exc, ssl.SSLCertVerificationError):
             self._refused.set()  # nothing listens on any node (or the certificate does not verify)
         self.log.log(self.retry_log_level, "cannot connect to %s (%s); %s in %.1fs", url, self.last_error,
@@ -509,6 +512,10 @@ class MqttLink:
             self._replace_client()
             return failures, 0.0
         url = self.url
+        self._tcp_refused = False  # this node accepted the connection
+        if not self._connack:
+            self._closed_early = True
+            self.last_error = f"{url} closed the connection without a CONNACK"
         lasted = time.monotonic() - started > 30
         failures = 1 if lasted else failures + 1
         self.connect_failures = failures
@@ -651,10 +658,11 @@ class MqttLink:
                 raise refused(self.broker.url, *self.endpoints[0])
             if self._tcp_refused:
                 nodes = ", ".join(self.broker.url_of(e) for e in self.endpoints)
-                raise BrokerUnreachable(f"broker unreachable: nothing is listening on any of {nodes} (connection "
+                raise BrokerRefused(f"broker unreachable: nothing is listening on any of {nodes} (connection "
                                         "refused)", hint="start the broker, or check broker.hosts with "
                                         "`swarmbus config show`")
-            raise BrokerUnreachable(
+            error = BrokerNotReady if self._closed_early else BrokerUnreachable
+            raise error(
                 f"broker unreachable ({self.url}): {self.last_error or f'no CONNACK within {timeout:.0f}s'}",
                 hint="is the broker running? check `swarmbus config show` and `swarmbus doctor`",
             )

@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 
-from swarmbus.errors import BrokerUnreachable, ConfigError, TimeoutExpired
+from swarmbus.errors import BrokerRefused, BrokerUnreachable, ConfigError, TimeoutExpired
 from swarmbus.transport import defer_import
 from swarmbus.transport.reach import WaitNotice, refused
 
@@ -282,7 +282,7 @@ def _connect_retrying(mqtt: Any, broker: BrokerLike, client_id: str, protocol: s
                 if len(endpoints) == 1:
                     raise refused(broker.url, *endpoints[0]) from None
                 nodes = ", ".join(broker.url_of(e) for e in endpoints)
-                raise BrokerUnreachable(f"broker unreachable: nothing is listening on any of {nodes} "
+                raise BrokerRefused(f"broker unreachable: nothing is listening on any of {nodes} "
                                         "(connection refused)", hint=_HINT) from None
             refused_round = []
             pause = min(delay, deadline - time.monotonic())

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from swarmbus.errors import BrokerUnreachable
+from swarmbus.errors import BrokerRefused
 
 TYPE_CHECKING = False  # not from typing: see swarmbus.config
 if TYPE_CHECKING:
@@ -44,13 +44,13 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def refused(url: str, host: str, port: int) -> BrokerUnreachable:
+def refused(url: str, host: str, port: int) -> BrokerRefused:
     """The :class:`~swarmbus.errors.BrokerUnreachable` (exit 2) for a refused TCP connection to
     ``host``:``port`` (``url`` is the broker URL without credentials)."""
     where = host_port(host, port)
     local = host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
     start = f"start one there (`swarmbus broker --port {port}`)" if local else f"check that the broker on {host} runs"
-    return BrokerUnreachable(
+    return BrokerRefused(
         f"broker unreachable ({url}): nothing is listening on {where} (connection refused)",
         hint=f"{start}, or point --broker at one that runs; `swarmbus config show` says where the broker "
              "setting comes from",
