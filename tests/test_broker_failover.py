@@ -162,3 +162,18 @@ def test_retire_removes_a_gone_agents_session_and_presence(swarm: SwarmEnv) -> N
     swarm.cli("send", "--agent-id", "carol", "--to", "bob", "--subject", "s", "--body", "after", "--direct", check=True)
     wait_for(lambda: len(stored_ids(swarm, "bob")) >= 1, 15, what="bob to store the new message")
     assert sent["id"] not in stored_ids(swarm, "bob")
+
+
+def test_doctor_reports_each_broker_node(swarm: SwarmEnv) -> None:
+    first: RunningBroker = swarm.broker  # type: ignore[attr-defined]
+    dead = free_port()
+    env = {"SWARMBUS_BROKER_HOSTS": f"127.0.0.1:{first.port},127.0.0.1:{dead}"}
+    proc = swarm.cli("doctor", "--json", env=env)
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    nodes = checks["broker-nodes"]
+    assert nodes["status"] == "warn" and "1 of 2 broker nodes do not answer" in nodes["summary"], nodes
+    assert f"mqtt://127.0.0.1:{first.port} ok" in nodes["summary"]
+    assert f"mqtt://127.0.0.1:{dead} DOWN" in nodes["summary"] and "connection refused" in nodes["summary"]
+    assert checks["broker"]["status"] == "ok"
+    single = {c["name"]: c for c in json.loads(swarm.cli("doctor", "--json").stdout)["checks"]}
+    assert single["broker-nodes"]["status"] == "skip"

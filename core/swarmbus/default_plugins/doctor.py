@@ -45,6 +45,7 @@ def _probe(ctx: DoctorContext) -> dict[str, object]:
         return ctx.cache["probe"]  # type: ignore[no-any-return]
     from swarmbus.errors import BrokerUnreachable
     from swarmbus.transport.link import MqttLink, Subscription, one_shot_client_id
+    from swarmbus.transport.negotiated import ProtocolMemory
 
     b = ctx.settings.broker
     dropped: list[int] = []
@@ -61,7 +62,8 @@ def _probe(ctx: DoctorContext) -> dict[str, object]:
 
     link = MqttLink(b, client_id=one_shot_client_id(b.client_id_prefix, ctx.agent_id, "doctor"),
                     subscriptions=[Subscription(DROPPED_TOPIC, 0), *(Subscription(t, 0) for t in SYS_SIGNS)],
-                    on_message=on_message, reconnect_min=0.2, reconnect_max=1.0)
+                    on_message=on_message, reconnect_min=0.2, reconnect_max=1.0,
+                    protocol_memory=ProtocolMemory.in_state_dir(ctx.settings.state_dir))
     link.retry_log_level = logging.DEBUG
     started = time.monotonic()
     link.start()
@@ -70,7 +72,7 @@ def _probe(ctx: DoctorContext) -> dict[str, object]:
         link.wait_connected(b.connect_timeout)
         elapsed = (time.monotonic() - started) * 1000
         got_sys.wait(SYS_WAIT)
-        result = {"ok": True, "protocol": link.protocol, "ms": elapsed, "dropped": dropped[-1] if dropped else None,
+        result = {"ok": True, "protocol": link.protocol, "url": link.url, "ms": elapsed, "dropped": dropped[-1] if dropped else None,
                   "sys_refused": DROPPED_TOPIC in link.refused_subscriptions, "other_sys": bool(other_sys)}
     except BrokerUnreachable as exc:
         result = {"ok": False, "error": str(exc)}
@@ -90,7 +92,43 @@ def check_broker(ctx: DoctorContext) -> CheckResult:
         )
     auth = "with auth" if b.username else "anonymous"
     tls = "TLS" if b.tls else "plain TCP"
-    return CheckResult("ok", f"broker {b.url} reachable ({tls}, {auth}) in {probe['ms']:.0f} ms")
+    return CheckResult("ok", f"broker {probe.get('url', b.url)} reachable ({tls}, {auth}) in {probe['ms']:.0f} ms")
+
+
+def check_broker_nodes(ctx: DoctorContext) -> CheckResult:
+    """Each node of ``broker.hosts`` on its own: a connection (with the configured TLS and
+    credentials) that gets a CONNACK."""
+    from swarmbus.errors import BrokerUnreachable
+    from swarmbus.transport.link import MqttLink, one_shot_client_id
+    from swarmbus.transport.negotiated import ProtocolMemory
+
+    b = ctx.settings.broker
+    if len(b.endpoints) < 2:
+        return CheckResult("skip", "one broker node configured (broker.hosts lists a cluster's nodes)")
+    lines, down = [], []
+    for host, port in b.endpoints:
+        one = b.model_copy(update={"hosts": (f"[{host}]:{port}" if ":" in host else f"{host}:{port}",)})
+        link = MqttLink(one, client_id=one_shot_client_id(b.client_id_prefix, ctx.agent_id, "doctor"),
+                        reconnect_min=0.2, reconnect_max=1.0,
+                        protocol_memory=ProtocolMemory.in_state_dir(ctx.settings.state_dir))
+        link.retry_log_level = logging.DEBUG
+        started = time.monotonic()
+        link.start()
+        try:
+            link.wait_connected(min(b.connect_timeout, 3.0))
+            lines.append(f"{one.url} ok ({(time.monotonic() - started) * 1000:.0f} ms, MQTT {link.protocol})")
+        except BrokerUnreachable as exc:
+            down.append(one.url)
+            lines.append(f"{one.url} DOWN ({str(exc).split(': ', 1)[-1]})")
+        finally:
+            link.stop(timeout=1.0)
+    summary = "; ".join(lines)
+    if len(down) == len(lines):
+        return CheckResult("fail", f"no broker node answers: {summary}", fix="start the cluster, or fix broker.hosts")
+    if down:
+        return CheckResult("warn", f"{len(down)} of {len(lines)} broker nodes do not answer: {summary}",
+                           fix="the daemon uses the others meanwhile; restart the node(s) that are down")
+    return CheckResult("ok", f"all {len(lines)} broker nodes answer: {summary}")
 
 
 def check_protocol(ctx: DoctorContext) -> CheckResult:
@@ -261,6 +299,7 @@ def check_plugins(ctx: DoctorContext) -> CheckResult:
 CORE_CHECKS = (
     DoctorCheck("config", check_config, 10),
     DoctorCheck("broker", check_broker, 20),
+    DoctorCheck("broker-nodes", check_broker_nodes, 25),
     DoctorCheck("mqtt-version", check_protocol, 30),
     DoctorCheck("broker-drops", check_dropped, 40),
     DoctorCheck("daemon", check_daemon, 50),
