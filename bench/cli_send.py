@@ -15,6 +15,12 @@ warm after two unrecorded warm-up rounds):
 For the three real sends it also records spawn -> received: ours = bench-b's ``received_at`` of
 the new row - the wall clock at spawn; predecessor = when inotify saw pred-b's inbox write -
 the wall clock at spawn. The next command starts only once the message has arrived.
+
+With ``engine="nats-cluster"`` the same rounds run on a private 3-node NATS cluster
+(``harness.NatsCluster``) instead of mosquitto: both daemons get all three nodes through
+``SWARMBUS_BROKER_HOSTS``, ``mosquitto_pub`` (MQTT 3.1.1, its default) publishes to node n1, and
+there is no predecessor (swarmbus-py 0.2.0 speaks MQTT 5 only, which NATS refuses), so the
+commands are ``python``, ``mosquitto_pub``, ``ours_send`` and ``ours_direct``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from harness import (
     PRED_BIN,
     BenchError,
     FileWatch,
+    NatsCluster,
     OurDaemon,
     PredecessorDaemon,
     PresenceWatch,
@@ -44,27 +51,32 @@ from harness import (
 )
 
 COMMANDS = ("python", "mosquitto_pub", "ours_send", "ours_direct", "pred_send")
+NATS_COMMANDS = ("python", "mosquitto_pub", "ours_send", "ours_direct")
 
 
-def run(n: int, *, warmup: int = 2, log: Any = print) -> dict[str, Any]:
+def run(n: int, *, warmup: int = 2, log: Any = print, engine: str = "mosquitto") -> dict[str, Any]:
     mosquitto_pub = shutil.which("mosquitto_pub")
     if mosquitto_pub is None:
         raise BenchError("mosquitto_pub is not installed (Debian/Ubuntu: apt-get install mosquitto-clients)")
-    with Workspace("cli") as ws:
-        broker = ws.broker()
-        presence = PresenceWatch(broker)
+    nats = engine == "nats-cluster"
+    with Workspace("cli-nats" if nats else "cli") as ws:
+        broker = ws.nats_cluster() if nats else ws.broker()
+        presence = None if nats else PresenceWatch(broker)
         pub = Publisher(broker)
         files = FileWatch(ws.dir("pred"))
         try:
             state = ws.dir("state")
             sender = OurDaemon(ws, broker, "bench-a", state)
             receiver = OurDaemon(ws, broker, "bench-b", state)
-            pred = PredecessorDaemon(ws, broker, "pred-b", ws.dir("pred") / "inbox.md")
+            pred = None if presence is None else PredecessorDaemon(ws, broker, "pred-b", ws.dir("pred") / "inbox.md")
             sender.wait_ready()
             receiver.wait_ready()
-            pred.wait_ready(presence)
+            if pred is not None and presence is not None:
+                pred.wait_ready(presence)
             probe(receiver, pub)
-            probe(pred, pub)
+            if pred is not None:
+                probe(pred, pub)
+            commands = COMMANDS if pred is not None else NATS_COMMANDS
             env = our_env(ws, state, broker)
             ours = [OUR_BIN / "swarmbus", "send", "--agent-id", "bench-a", "--to", "bench-b", "--subject", "bench",
                     "--body", "hello"]
@@ -78,10 +90,10 @@ def run(n: int, *, warmup: int = 2, log: Any = print) -> dict[str, Any]:
                                "bench", "--body", "hello", "--broker", broker.host, "--port", str(broker.port)],
                               pred_env()),
             }
-            wall: dict[str, list[float]] = {k: [] for k in COMMANDS}
-            e2e: dict[str, list[float]] = {k: [] for k in ("ours_send", "ours_direct", "pred_send")}
+            wall: dict[str, list[float]] = {k: [] for k in commands}
+            e2e: dict[str, list[float]] = {k: [] for k in ("ours_send", "ours_direct", "pred_send") if k in commands}
             for i in range(warmup + n):
-                for name in rotated(COMMANDS, i):
+                for name in rotated(commands, i):
                     argv, cmd_env = argvs[name]
                     seq, mark = receiver.store.last_seq(), files.mark()
                     t_wall = time.time()
@@ -95,6 +107,7 @@ def run(n: int, *, warmup: int = 2, log: Any = print) -> dict[str, Any]:
                                  interval=0.005, check=receiver.check_alive)
                         arrived = receiver.store.since(seq)[2]
                     elif name == "pred_send":
+                        assert pred is not None
                         arrived = wait_for(lambda m=mark: files.modified_after(m, "inbox.md"), 30,  # type: ignore[misc]
                                            "the predecessor's send to reach pred-b", interval=0.005,
                                            check=pred.check_alive)
@@ -107,8 +120,14 @@ def run(n: int, *, warmup: int = 2, log: Any = print) -> dict[str, Any]:
                         e2e[name].append((arrived - t_wall) * 1000)
             log("  CLI wall p50: " + ", ".join(f"{k} {summary(v)['median']:.1f} ms" for k, v in wall.items())
                 + f" (n={n})")
+            if isinstance(broker, NatsCluster):
+                log("  CLI spawn -> stored p50 on NATS: "
+                    + ", ".join(f"{k} {summary(v)['median']:.1f} ms" for k, v in e2e.items()))
+                return {"wall_ms": wall, "e2e_ms": e2e, "engine": engine, "cluster": broker.describe(),
+                        "links": {d.agent_id: d.link() for d in (sender, receiver)}}
             return {"wall_ms": wall, "e2e_ms": e2e}
         finally:
             pub.close()
-            presence.close()
+            if presence is not None:
+                presence.close()
             files.close()

@@ -15,15 +15,23 @@ Stores and files are polled every 100 ms only to learn when everyone has it. Aft
 broadcast the bench waits until our fleet has dispatched it, then pauses 1 s (pacing) so one
 broadcast's work does not overlap the next. Also recorded: time from spawn to all ready, and
 the fleet's total RSS once settled.
+
+With ``engine="nats-cluster"`` only our fleet runs, the same way, on a private 3-node NATS
+cluster (``harness.NatsCluster``): every daemon gets all three nodes, in the same order, through
+``SWARMBUS_BROKER_HOSTS``, and the bench publishes at MQTT 3.1.1 to node n1. The predecessor
+cannot run there (MQTT 5 only, which NATS refuses). Also recorded: the node and MQTT version each
+daemon reports once ready, and the MQTT streams' leaders.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from harness import (
     BenchError,
+    NatsCluster,
     OurDaemon,
     PredecessorDaemon,
     PresenceWatch,
@@ -39,8 +47,8 @@ PACING = 1.0
 POLL = 0.1
 
 
-def _fleet_ours(ws: Workspace, n: int, broadcasts: int, deadline: float) -> dict[str, Any]:
-    broker = ws.broker("broker-ours")
+def _fleet_ours(ws: Workspace, n: int, broadcasts: int, deadline: float, engine: str = "mosquitto") -> dict[str, Any]:
+    broker = ws.nats_cluster() if engine == "nats-cluster" else ws.broker("broker-ours")
     state = ws.dir("state")
     t_spawn = time.monotonic()
     fleet = [OurDaemon(ws, broker, f"fan-{i:03d}", state) for i in range(n)]
@@ -54,6 +62,7 @@ def _fleet_ours(ws: Workspace, n: int, broadcasts: int, deadline: float) -> dict
 
     wait_for(all_ready, deadline, f"{n} of our daemons to connect ({len(pending)} still not)", interval=0.2)
     ready_s = time.monotonic() - t_spawn
+    links = Counter(d.link() for d in fleet) if isinstance(broker, NatsCluster) else None
     pub = Publisher(broker)
     try:
         def everyone_has_new(bases: list[int]) -> bool:
@@ -75,6 +84,10 @@ def _fleet_ours(ws: Workspace, n: int, broadcasts: int, deadline: float) -> dict
                      interval=POLL)
             last = max(d.store.since(b)[2] or 0.0 for d, b in zip(fleet, bases, strict=True))
             samples.append((last - t_pub) * 1000)
+        if isinstance(broker, NatsCluster) and links is not None:
+            return {"samples_ms": samples, "ready_s": ready_s, "fleet_rss_bytes": rss, "settled": settled,
+                    "engine": engine, "cluster": broker.describe(),
+                    "links": [{"node": node, "protocol": proto, "daemons": k} for (node, proto), k in links.items()]}
         return {"samples_ms": samples, "ready_s": ready_s, "fleet_rss_bytes": rss, "settled": settled}
     finally:
         pub.close()
@@ -135,8 +148,17 @@ def _warm_up(pub: Publisher, arrived: Any, deadline: float, who: str) -> None:
                 raise
 
 
-def run(n: int, broadcasts: int, *, deadline: float = 240.0, log: Any = print) -> dict[str, Any]:
+def run(n: int, broadcasts: int, *, deadline: float = 240.0, log: Any = print,
+        engine: str = "mosquitto") -> dict[str, Any]:
     out = {}
+    if engine == "nats-cluster":  # ours only: the predecessor cannot speak MQTT 3.1.1
+        with Workspace("fanout-ours-nats") as ws:
+            started = time.monotonic()
+            out["ours"] = _fleet_ours(ws, n, broadcasts, deadline, engine)
+            log(f"  fan-out to {n} ours on NATS: p50 {summary(out['ours']['samples_ms'])['median']:.1f} ms, ready in "
+                f"{out['ours']['ready_s']:.1f} s, fleet RSS {out['ours']['fleet_rss_bytes'] / 2**20:.0f} MiB "
+                f"({time.monotonic() - started:.0f} s)")
+        return out
     for kind, fleet in (("ours", _fleet_ours), ("predecessor", _fleet_pred)):
         with Workspace(f"fanout-{kind}") as ws:
             started = time.monotonic()

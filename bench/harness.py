@@ -1,7 +1,8 @@
 """Shared machinery for the benchmark scenarios: processes, brokers, daemons, probes and /proc.
 
 Everything a scenario starts goes through a :class:`Workspace`: a temporary directory, the
-private mosquitto brokers (``swarmbus.dev_broker``, one per measured run, on a free port) and
+private mosquitto brokers (``swarmbus.dev_broker``, one per measured run, on a free port) or
+private 3-node NATS clusters (:class:`NatsCluster`, ``swarmbus.dev_nats``, on free ports) and
 every child process, each in its own process group. ``Workspace.close()`` stops them all and
 removes the directory, on success, on failure and on Ctrl-C.
 
@@ -49,6 +50,7 @@ sys.path.insert(0, str(REPO / "core"))
 
 from swarmbus.control import daemon_status  # noqa: E402
 from swarmbus.dev_broker import BrokerConfig, RunningBroker, free_port, start_broker  # noqa: E402
+from swarmbus.dev_nats import NatsConfig, find_nats_server, start_nats  # noqa: E402
 from swarmbus.envelope import new_envelope  # noqa: E402
 from swarmbus.paths import AgentPaths  # noqa: E402
 
@@ -212,6 +214,46 @@ def settle(pids: Sequence[int], *, window: float = 1.0, quiet_cpu: float = 0.02,
     return False
 
 
+# -- brokers ---------------------------------------------------------------------------------------
+
+
+class NatsCluster:
+    """A private NATS cluster (``swarmbus.dev_nats``: JetStream, an MQTT 3.1.1 listener on every
+    node, the MQTT streams replicated on every node) on free loopback ports, state under
+    ``state_dir``, seen by the bench as one broker: ``host``, ``port`` and ``url`` are node n1's,
+    where the bench's own clients (paho at MQTT 3.1.1, ``mosquitto_pub``) connect; our daemons
+    and CLI get every node, in order, through ``SWARMBUS_BROKER_HOSTS`` (:func:`our_env`)."""
+
+    engine = "nats-cluster"
+
+    def __init__(self, state_dir: Path, nodes: int = 3) -> None:
+        self.nats = start_nats(NatsConfig(state_dir=state_dir, nodes=nodes))
+        first = self.nats.nodes[0]
+        self.host, self.port, self.url = first.host, first.mqtt_port, first.mqtt_url
+        self.hosts_value = self.nats.hosts_value
+
+    def describe(self) -> dict[str, Any]:
+        """Nodes (name -> host:port) and each MQTT stream's leader, as node n1 sees them now."""
+        return {"nodes": {n.name: n.mqtt_host for n in self.nats.nodes},
+                "stream_leaders": self.nats.stream_leaders()}
+
+    def stop(self) -> None:
+        self.nats.stop()
+
+
+Broker = RunningBroker | NatsCluster
+
+
+def nats_server_version() -> str:
+    """``nats-server --version``'s output, or "" when it is not installed."""
+    exe = find_nats_server()
+    if exe is None:
+        return ""
+    with contextlib.suppress(OSError):
+        return subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
+    return ""
+
+
 # -- processes -------------------------------------------------------------------------------------
 
 
@@ -232,7 +274,7 @@ class Workspace:
     def __init__(self, name: str) -> None:
         self.root = Path(tempfile.mkdtemp(prefix=f"swarmbus-bench-{name}-"))
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.brokers: list[RunningBroker] = []
+        self.brokers: list[Broker] = []
         self.config = self.root / "empty-config.toml"
         self.config.write_text("")
 
@@ -245,6 +287,11 @@ class Workspace:
         broker = start_broker(BrokerConfig(state_dir=self.dir(name), port=free_port()))
         self.brokers.append(broker)
         return broker
+
+    def nats_cluster(self, name: str = "nats", nodes: int = 3) -> NatsCluster:
+        cluster = NatsCluster(self.dir(name), nodes)
+        self.brokers.append(cluster)
+        return cluster
 
     def spawn(self, argv: Sequence[str | Path], *, env: dict[str, str], log: Path,
               stdin: int | None = subprocess.DEVNULL, stdout: int | None = None) -> subprocess.Popen[bytes]:
@@ -311,12 +358,16 @@ def _clean_env() -> dict[str, str]:
             if not k.startswith(("SWARMBUS_", "MQTT_", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"))}
 
 
-def our_env(ws: Workspace, state_dir: Path, broker: RunningBroker) -> dict[str, str]:
-    """The environment our daemon and CLI run with: this state dir and broker, no config, only the
-    plugin of the default install that runs ``--invoke`` (swarmbus-priority)."""
+def our_env(ws: Workspace, state_dir: Path, broker: Broker) -> dict[str, str]:
+    """The environment our daemon and CLI run with: this state dir and broker (a NATS cluster:
+    all its nodes, ``SWARMBUS_BROKER_HOSTS``), no config, only the plugin of the default install
+    that runs ``--invoke`` (swarmbus-priority)."""
     env = _clean_env()
     env.update(SWARMBUS_STATE_DIR=str(state_dir), SWARMBUS_CONFIG=str(ws.config),
                SWARMBUS_BROKER_URL=broker.url, SWARMBUS_LOAD_PLUGINS="priority")
+    if isinstance(broker, NatsCluster):  # the nodes, tried in order (docs/configuration.md, "Several brokers")
+        del env["SWARMBUS_BROKER_URL"]
+        env["SWARMBUS_BROKER_HOSTS"] = broker.hosts_value
     if OURS_PYTHONPATH:
         env["PYTHONPATH"] = OURS_PYTHONPATH
     return env
@@ -604,15 +655,20 @@ def _nodelay(client: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class Publisher:
-    """One paho client (MQTT 5, TCP_NODELAY) in the bench process, for paced publishes."""
+def _protocol(mqtt: Any, broker: Broker) -> Any:
+    """MQTT 5, or 3.1.1 on NATS (which refuses 5)."""
+    return mqtt.MQTTv311 if isinstance(broker, NatsCluster) else mqtt.MQTTv5
 
-    def __init__(self, broker: RunningBroker, name: str = "bench-publisher") -> None:
+
+class Publisher:
+    """One paho client (MQTT 5; 3.1.1 on NATS; TCP_NODELAY) in the bench process, for paced publishes."""
+
+    def __init__(self, broker: Broker, name: str = "bench-publisher") -> None:
         mqtt = _paho()
         self._connected = threading.Event()
         self._closed = False
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{os.getpid()}",
-                                  protocol=mqtt.MQTTv5)
+                                  protocol=_protocol(mqtt, broker))
 
         def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
             _nodelay(client)
@@ -644,14 +700,14 @@ class Publisher:
 class PresenceWatch:
     """Collects agent ids whose live (not retained) ``online`` presence arrived."""
 
-    def __init__(self, broker: RunningBroker) -> None:
+    def __init__(self, broker: Broker) -> None:
         mqtt = _paho()
         self.online: set[str] = set()
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._closed = False
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-presence-{os.getpid()}",
-                                  protocol=mqtt.MQTTv5)
+                                  protocol=_protocol(mqtt, broker))
 
         def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
             client.subscribe("agents/+/presence", qos=1)
@@ -710,7 +766,7 @@ class Contender:
 class OurDaemon(Contender):
     label = "ours"
 
-    def __init__(self, ws: Workspace, broker: RunningBroker, agent_id: str, state_dir: Path,
+    def __init__(self, ws: Workspace, broker: Broker, agent_id: str, state_dir: Path,
                  extra: Sequence[str] = ()) -> None:
         self.agent_id, self.state_dir = agent_id, state_dir
         self.paths = AgentPaths.for_agent(agent_id, state_dir)
@@ -727,6 +783,11 @@ class OurDaemon(Contender):
     def wait_ready(self, timeout: float = 60.0) -> None:
         wait_for(self.is_ready, timeout, f"our daemon {self.agent_id} to connect", interval=0.05)
 
+    def link(self) -> tuple[str, str]:
+        """(node in use, MQTT version) from the control socket; ("?", "?") when it does not answer."""
+        status = daemon_status(self.paths.socket, timeout=2.0) or {}
+        return str(status.get("broker", "?")), str(status.get("protocol", "?"))
+
     def received(self) -> int:
         return self.store.last_seq() if self.paths.store.exists() else 0
 
@@ -734,7 +795,7 @@ class OurDaemon(Contender):
 class PredecessorDaemon(Contender):
     label = "predecessor"
 
-    def __init__(self, ws: Workspace, broker: RunningBroker, agent_id: str, inbox: Path,
+    def __init__(self, ws: Workspace, broker: Broker, agent_id: str, inbox: Path,
                  invoke: str | None = None) -> None:
         self.agent_id, self.inbox_path = agent_id, inbox
         self.log = ws.dir("logs") / f"pred-{agent_id}.log"

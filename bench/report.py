@@ -5,6 +5,10 @@ Ratios are ratios of medians (ours / predecessor, ours / floor). A target compar
 with ``factor`` x the median of a reference: the predecessor, the floor, or (for memory after the
 burst) the same daemons' idle RSS before it. :func:`markdown` renders the table printed at the
 end of a run and pasted into docs/benchmarks.md; :func:`to_json` is what bench/results/ keeps.
+
+``--engine nats-cluster``/``both`` add a second table (:func:`nats_rows`, :func:`nats_markdown`):
+ours on a 3-node NATS cluster against ours on mosquitto from the same run (the row's
+``reference``), with the NATS floor where there is one; no predecessor (it cannot speak MQTT 3.1.1).
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ class Row:
     floor: list[float] | None = None
     digits: int = 1
     target: tuple[str, str, float] | None = None  # (reference, "<=" or ">=", factor)
-    reference: list[float] | None = None  # the values for reference "idle"
+    reference: list[float] | None = None  # the values for reference "idle" (or "mosquitto": nats_rows)
     note: str = ""
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def _ref(self, name: str) -> list[float] | None:
-        return {"predecessor": self.predecessor, "floor": self.floor, "idle": self.reference}[name]
+        return {"predecessor": self.predecessor, "floor": self.floor, "idle": self.reference,
+                "mosquitto": self.reference}[name]
 
     def ratio(self, name: str) -> float | None:
         ref = self._ref(name)
@@ -200,3 +205,59 @@ def rows_for(results: dict[str, Any], errors: dict[str, str], profile: dict[str,
     elif "cli" in errors:
         failed("cli", "CLI send", ("predecessor", "<=", 0.5))
     return rows
+
+
+# -- ours on a 3-node NATS cluster against ours on mosquitto (--engine nats-cluster / both) ---------------
+
+
+def nats_rows(results: dict[str, Any], errors: dict[str, str], profile: dict[str, Any],
+              suffix: str = "@nats-cluster") -> list[Row]:
+    """Rows for the NATS runs (results keyed ``cli@nats-cluster``, ``fanout@nats-cluster``): ``ours``
+    is ours on NATS, ``reference`` ours on mosquitto in the same run (when it ran), ``floor`` the
+    NATS floor (``mosquitto_pub -q 1`` to node n1) for the wall-time rows."""
+    rows: list[Row] = []
+    cli, fan = results.get("cli" + suffix), results.get("fanout" + suffix)
+    if cli is not None:
+        w, e = cli["wall_ms"], cli["e2e_ms"]
+        # the reference: ours on mosquitto, when the mosquitto cli scenario ran in the same invocation
+        mw, me = (results["cli"]["wall_ms"], results["cli"]["e2e_ms"]) if "cli" in results else ({}, {})
+        rows.append(Row("nats_cli_send_e2e", "`swarmbus send` via the local daemon, spawn → stored, p50 ms",
+                        e["ours_send"], reference=me.get("ours_send"), note="committed by the receiver"))
+        rows.append(Row("nats_cli_direct_e2e", "`swarmbus send --direct`, spawn → stored, p50 ms",
+                        e["ours_direct"], reference=me.get("ours_direct"), note="committed by the receiver"))
+        rows.append(Row("nats_cli_send", "`swarmbus send` via the local daemon, wall ms", w["ours_send"],
+                        floor=w["mosquitto_pub"], reference=mw.get("ours_send"), note="floor: mosquitto_pub -q 1"))
+        rows.append(Row("nats_cli_send_direct", "`swarmbus send --direct`, wall ms", w["ours_direct"],
+                        floor=w["mosquitto_pub"], reference=mw.get("ours_direct"), note="floor: mosquitto_pub -q 1"))
+        rows.append(Row("nats_cli_mosquitto_pub", "`mosquitto_pub -q 1`, wall ms", w["mosquitto_pub"],
+                        reference=mw.get("mosquitto_pub"), note="the network floor itself; MQTT 3.1.1 on both"))
+    elif "cli" + suffix in errors:
+        rows.append(Row("nats_cli", "CLI send on NATS", [], error=errors["cli" + suffix]))
+    if fan is not None:
+        n, mine = profile["fanout_n"], results.get("fanout", {}).get("ours")
+        rows.append(Row("nats_fanout_p50", f"Broadcast → in all {n} daemons, p50 ms", fan["ours"]["samples_ms"],
+                        reference=mine["samples_ms"] if mine else None, note="last received_at"))
+        rows.append(Row("nats_fanout_ready", f"{n} daemons spawned → all ready, s", [fan["ours"]["ready_s"]],
+                        reference=[mine["ready_s"]] if mine else None, digits=1))
+        rows.append(Row("nats_fanout_rss", f"{n} daemons: total RSS, MiB", [fan["ours"]["fleet_rss_bytes"] / MIB],
+                        reference=[mine["fleet_rss_bytes"] / MIB] if mine else None, digits=0, note="daemons only"))
+    elif "fanout" + suffix in errors:
+        rows.append(Row("nats_fanout", "Broadcast fan-out on NATS", [], error=errors["fanout" + suffix]))
+    for row in rows:
+        row.extra["ratio_mosquitto"] = row.ratio("mosquitto")
+    return rows
+
+
+def nats_markdown(rows: list[Row]) -> str:
+    out = ["| what | ours on 3-node NATS | ours on mosquitto (same run) | floor on NATS | ratio |",
+           "|---|---|---|---|---|"]
+    for row in rows:
+        if row.error:
+            out.append(f"| {row.what} | failed: {row.error.replace('|', '/')} | | | |")
+            continue
+        parts = [f"{label} {r:.2f}x" for name, label in (("mosquitto", "÷mosquitto"), ("floor", "÷floor"))
+                 if (r := row.ratio(name)) is not None]
+        what = row.what + (f" ({row.note})" if row.note else "")
+        out.append(f"| {what} | {_cell(row.ours, row.digits)} | {_cell(row.reference, row.digits)} | "
+                   f"{_cell(row.floor, row.digits)} | {', '.join(parts)} |")
+    return "\n".join(out)

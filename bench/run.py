@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py            # the full run (about 10 minutes on 2 vCPUs)
     .venv/bin/python bench/run.py --quick    # a smoke run with small counts (about 1 minute)
     .venv/bin/python bench/run.py --only cli,latency --ours-rev HEAD
+    .venv/bin/python bench/run.py --only cli,fanout --engine both   # also on a 3-node NATS cluster
 
 Everything runs in one process, side by side, on private mosquitto brokers started with
 swarmbus.dev_broker on free ports (never the machine's own broker); contenders are interleaved
@@ -18,6 +19,13 @@ Scenarios (one module each; see their docstrings for exactly what is measured an
     ingest     ingest.py    burst of 100-byte messages: rate, CPU, RSS after (scenarios 1, 5)
     ingest64k  ingest.py    burst of 64 KiB messages: CPU vs the floor (scenario 2)
     fanout     fanout.py    one broadcast to a fleet of daemons (scenario 6)
+
+--engine nats-cluster runs the cli and fanout scenarios with our daemons on a private 3-node NATS
+cluster instead (swarmbus.dev_nats on free ports, JetStream, MQTT 3.1.1; the daemons get all three
+nodes through SWARMBUS_BROKER_HOSTS); the predecessor cannot speak MQTT 3.1.1, so there it is ours
+only. --engine both runs each chosen scenario on mosquitto (as by default) and then, for cli and
+fanout, on NATS, and compares ours on NATS with ours on mosquitto from the same run. The default,
+--engine mosquitto, is the run described above.
 
 Output: a markdown table on stdout (what, ours, predecessor, floor, ratio, target, met?) and
 the raw samples as JSON in bench/results/<timestamp>.json (git-ignored). Figures are medians
@@ -55,8 +63,12 @@ import report
 import wake
 
 from swarmbus.dev_broker import MosquittoNotFound, find_mosquitto
+from swarmbus.dev_nats import NatsServerNotFound, find_nats_server
 
 SCENARIOS = ("cli", "wake", "latency", "idle", "ingest", "ingest64k", "fanout")
+ENGINES = ("mosquitto", "nats-cluster", "both")
+NATS_SCENARIOS = ("cli", "fanout")  # those that also run on a 3-node NATS cluster
+NATS_KEY = "@nats-cluster"  # a NATS run's results and errors are kept under "<scenario>@nats-cluster"
 PROFILES: dict[str, dict[str, Any]] = {
     "full": {"cli_n": 30, "wake_n": 50, "latency_n": 200, "idle_k": 3, "idle_window": 30.0,
              "ingest_reps": 5, "ingest_count": 20_000, "ingest64k_reps": 5, "ingest64k_count": 2_000,
@@ -71,9 +83,9 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def scenario(name: str, p: dict[str, Any]) -> Any:
+def scenario(name: str, p: dict[str, Any], engine: str = "mosquitto") -> Any:
     if name == "cli":
-        return cli_send.run(p["cli_n"], log=log)
+        return cli_send.run(p["cli_n"], log=log, engine=engine)
     if name == "wake":
         return wake.run(p["wake_n"], log=log)
     if name == "latency":
@@ -85,18 +97,21 @@ def scenario(name: str, p: dict[str, Any]) -> Any:
     if name == "ingest64k":
         return ingest.run(p["ingest64k_reps"], p["ingest64k_count"], 65_536, log=log)
     if name == "fanout":
-        return fanout.run(p["fanout_n"], p["fanout_broadcasts"], log=log)
+        return fanout.run(p["fanout_n"], p["fanout_broadcasts"], log=log, engine=engine)
     raise AssertionError(name)
 
 
-def preflight() -> None:
+def preflight(engine: str = "mosquitto") -> None:
     if not Path("/proc/self/stat").exists():
         raise harness.BenchError("this benchmark reads CPU and memory from /proc: it runs on Linux only")
-    if find_mosquitto() is None:
+    if engine != "nats-cluster" and find_mosquitto() is None:
         raise MosquittoNotFound()
     if shutil.which("mosquitto_pub") is None:
         raise harness.BenchError("mosquitto_pub is not installed (Debian/Ubuntu: apt-get install mosquitto-clients)")
-    harness.ensure_predecessor()
+    if engine != "mosquitto" and find_nats_server() is None:
+        raise NatsServerNotFound()
+    if engine != "nats-cluster":
+        harness.ensure_predecessor()
 
 
 def main() -> int:
@@ -111,11 +126,23 @@ def main() -> int:
                          "stray signal can kill a daemon); every failure is logged and kept in the JSON")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=N",
                     help="override a profile value, e.g. --set fanout_n=50 (see PROFILES in run.py)")
+    ap.add_argument("--engine", choices=ENGINES, default="mosquitto",
+                    help="mosquitto (default); nats-cluster: cli and fanout with our daemons on a private "
+                         "3-node NATS cluster, ours only; both: mosquitto, then cli and fanout on NATS too, "
+                         "compared with ours on mosquitto from the same run")
     opts = ap.parse_args()
-    chosen = [s.strip() for s in opts.only.split(",") if s.strip()] or list(SCENARIOS)
+    nats_only = opts.engine == "nats-cluster"
+    chosen = [s.strip() for s in opts.only.split(",") if s.strip()] or list(NATS_SCENARIOS if nats_only else SCENARIOS)
     unknown = [s for s in chosen if s not in SCENARIOS]
     if unknown:
         ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    if nats_only and any(s not in NATS_SCENARIOS for s in chosen):
+        ap.error(f"--engine nats-cluster runs {','.join(NATS_SCENARIOS)} only; "
+                 f"not {', '.join(s for s in chosen if s not in NATS_SCENARIOS)}")
+    # (scenario, engine) in order: on mosquitto, then (cli, fanout) on NATS right after, so the two compare
+    jobs = [(name, engine) for name in chosen for engine in ("mosquitto", "nats-cluster")
+            if (engine == "mosquitto" and not nats_only)
+            or (engine == "nats-cluster" and opts.engine != "mosquitto" and name in NATS_SCENARIOS)]
     profile = dict(PROFILES["quick" if opts.quick else "full"])
     for item in opts.set:
         key, _, value = item.partition("=")
@@ -133,7 +160,7 @@ def main() -> int:
     export = Path(tempfile.mkdtemp(prefix="swarmbus-bench-ours-"))
     try:
         try:
-            preflight()
+            preflight(opts.engine)
             if opts.ours_rev:
                 ours_source = f"git revision {opts.ours_rev} ({harness.use_ours_revision(opts.ours_rev, export)})"
                 subprocess.run([sys.executable, "-m", "compileall", "-q", str(export / "core")], check=True)
@@ -141,51 +168,67 @@ def main() -> int:
                 info = harness.machine_info()
                 ours_source = f"working tree (HEAD {info['git_head']}" + (
                     ", with uncommitted changes in core/)" if info["worktree_core_modified"] else ")")
-        except (harness.BenchError, MosquittoNotFound) as exc:
+        except (harness.BenchError, MosquittoNotFound, NatsServerNotFound) as exc:
             log(f"bench: error: {exc}")
             return 1
         started = time.time()
         machine = harness.machine_info()
+        if opts.engine != "mosquitto":
+            machine["nats_server"] = harness.nats_server_version()
         log(f"swarmbus bench ({'quick' if opts.quick else 'full'}): ours = {ours_source}; "
-            f"{machine['cpus']} CPUs, Python {machine['python']}, {machine['mosquitto']}")
+            f"{machine['cpus']} CPUs, Python {machine['python']}, {machine['mosquitto']}"
+            + (f", {machine['nats_server']} (3-node cluster)" if "nats_server" in machine else ""))
         results: dict[str, Any] = {}
         errors: dict[str, str] = {}
         timings: dict[str, float] = {}
         failures: list[dict[str, Any]] = []
-        for name in chosen:
+        for name, engine in jobs:
+            key = name if engine == "mosquitto" else name + NATS_KEY
             t = time.monotonic()
-            log(f"[{name}]")
+            log(f"[{name}]" if engine == "mosquitto" else f"[{name} on a 3-node NATS cluster]")
             for attempt in range(1 + opts.retries):
                 try:
-                    results[name] = scenario(name, profile)
-                    errors.pop(name, None)
+                    results[key] = scenario(name, profile, engine)
+                    errors.pop(key, None)
                     break
                 except (KeyboardInterrupt, SystemExit):
-                    log(f"bench: interrupted during {name}; its processes and files are cleaned up, no report")
+                    log(f"bench: interrupted during {key}; its processes and files are cleaned up, no report")
                     raise
                 except Exception as exc:  # one broken scenario must not hide the others' figures
                     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-                    errors[name] = f"{type(exc).__name__}: " + " / ".join(lines[:1] + lines[1:][-1:])[:300]
-                    failures.append({"scenario": name, "attempt": attempt + 1, "error": str(exc)})
+                    errors[key] = f"{type(exc).__name__}: " + " / ".join(lines[:1] + lines[1:][-1:])[:300]
+                    failures.append({"scenario": key, "attempt": attempt + 1, "error": str(exc)})
                     log(f"  FAILED (attempt {attempt + 1}): {exc}")
                     if not isinstance(exc, harness.BenchError):
                         log(traceback.format_exc())
-            timings[name] = time.monotonic() - t
-            log(f"  ({timings[name]:.0f} s)")
+            timings[key] = time.monotonic() - t
+            log(f"  ({timings[key]:.0f} s)")
     finally:
         shutil.rmtree(export, ignore_errors=True)
 
     rows = report.rows_for(results, errors, profile)
     table = report.markdown(rows)
+    nats_rows = report.nats_rows(results, errors, profile) if opts.engine != "mosquitto" else []
     command = shlex.join([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
     machine["loadavg_end"] = os.getloadavg()
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
     header = (f"swarmbus bench, {time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(started))}: `{command}`\n"
-              f"ours: {ours_source}; predecessor: {harness.PRED_REQUIREMENT}; {machine['cpus']} CPUs "
+              f"ours: {ours_source}; " + ("" if nats_only else f"predecessor: {harness.PRED_REQUIREMENT}; ")
+              + f"{machine['cpus']} CPUs "
               f"({machine['cpu_model']}), Python {machine['python']}, paho-mqtt {machine['paho_mqtt']}, "
-              f"{machine['mosquitto']}, load average {machine['loadavg_start'][0]:.2f} at start, "
+              f"{machine['mosquitto']}"
+              + (f", {machine['nats_server']} (3 nodes)" if "nats_server" in machine else "")
+              + f", load average {machine['loadavg_start'][0]:.2f} at start, "
               f"{machine['loadavg_end'][0]:.2f} at end; {time.time() - started:.0f} s in all")
-    print(f"\n{header}\n\n{table}\n")
+    if nats_only:
+        print(f"\n{header}\n")
+    else:
+        print(f"\n{header}\n\n{table}\n")
+    if opts.engine != "mosquitto":
+        print("Ours on a private 3-node NATS cluster (MQTT 3.1.1, JetStream; no predecessor: it cannot speak "
+              "MQTT 3.1.1). Ratio ÷mosquitto: ours on NATS / ours on mosquitto"
+              + (" measured in this run" if not nats_only else "; --engine both measures both") + ".\n\n"
+              + report.nats_markdown(nats_rows) + "\n")
     opts.out.mkdir(parents=True, exist_ok=True)
     path = opts.out / f"{stamp}{'-quick' if opts.quick else ''}.json"
     with contextlib.suppress(ValueError):
@@ -194,6 +237,9 @@ def main() -> int:
                "machine": machine, "profile": profile, "scenarios": chosen, "seconds": timings, "errors": errors,
                "failed_attempts": failures,
                "rows": report.to_json(rows), "raw": results}
+    if opts.engine != "mosquitto":
+        payload["engine"] = opts.engine
+        payload["nats_rows"] = report.to_json(nats_rows)
     path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     log(f"raw results: {path}")
     return 1 if errors else 0
