@@ -502,7 +502,8 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _tails(paths: tuple[Path, ...] | list[Path]) -> str:
+def log_tails(paths: tuple[Path, ...] | list[Path]) -> str:
+    """The last lines of each file, each under a ``--- tail of PATH ---`` heading (for errors)."""
     return "\n".join(f"--- tail of {p} ---\n{_tail(p)}" for p in paths)
 
 
@@ -535,13 +536,13 @@ def wait_until_listening(
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(
                 f"mosquitto exited with code {proc.returncode} before listening on "
-                f"{host}:{port}\n{_tails(log_paths)}"
+                f"{host}:{port}\n{log_tails(log_paths)}"
             )
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise RuntimeError(
                 f"nothing listening on {host}:{port} after {timeout:.1f}s "
-                f"(last error: {last_error})\n{_tails(log_paths)}"
+                f"(last error: {last_error})\n{log_tails(log_paths)}"
             )
         try:
             with socket.create_connection((host, port), timeout=min(1.0, remaining)):
@@ -662,12 +663,12 @@ class RunningBroker:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"mosquitto exited with code {self.proc.returncode} during startup "
-                    f"(port {self.port})\n{_tails(logs)}"
+                    f"(port {self.port})\n{log_tails(logs)}"
                 )
             if time.monotonic() >= deadline:
                 raise RuntimeError(
                     f"mosquitto did not report 'running' in {self.log_path} before the "
-                    f"deadline\n{_tails(logs)}"
+                    f"deadline\n{log_tails(logs)}"
                 )
             time.sleep(0.02)
 

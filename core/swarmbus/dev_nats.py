@@ -61,7 +61,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from swarmbus.dev_broker import free_port
+from swarmbus.dev_broker import free_port, log_tails
 
 __all__ = [
     "NatsConfig",
@@ -389,13 +389,6 @@ def mqtt_answers(host: str, port: int, timeout: float = 5.0) -> bool:
     return False
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_bytes().decode("utf-8", "replace").rstrip("\n")
-    except OSError:
-        return f"(no {path.name})"
-    return "\n".join(text.splitlines()[-lines:]) if text else f"({path.name} is empty)"
-
 
 def _http_json(node: NatsNode, path: str, timeout: float = 2.0) -> dict[str, Any] | None:
     """GET ``path`` on the node's monitoring port, parsed; None when it does not answer JSON
@@ -541,7 +534,7 @@ class RunningNats:
 
     def _logs(self, i: int) -> str:
         node = self.nodes[i]
-        return "\n".join(f"--- tail of {p} ---\n{_tail(p)}" for p in (node.log_path, node.console_log_path))
+        return log_tails((node.log_path, node.console_log_path))
 
     def _fail(self, i: int, message: str) -> RuntimeError:
         return RuntimeError(f"nats node {self.nodes[i].name}: {message}\n{self._logs(i)}")

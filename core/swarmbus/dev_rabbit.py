@@ -56,7 +56,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from swarmbus.dev_broker import answers_mqtt, free_port
+from swarmbus.dev_broker import answers_mqtt, free_port, log_tails
 
 __all__ = [
     "RabbitConfig",
@@ -222,13 +222,6 @@ def find_epmd() -> str | None:
     return None
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_bytes().decode("utf-8", "replace").rstrip("\n")
-    except OSError:
-        return f"(no {path.name})"
-    return "\n".join(text.splitlines()[-lines:]) if text else f"({path.name} is empty)"
-
 
 def _group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes in process group ``pgid``, from /proc; on a system without
@@ -376,7 +369,7 @@ class RunningRabbit:
         while True:
             if self.epmd.poll() is not None:
                 raise RuntimeError(f"epmd exited with code {self.epmd.returncode} (port {self.epmd_port})\n"
-                                   f"--- {self.state_dir / EPMD_LOG_NAME} ---\n{_tail(self.state_dir / EPMD_LOG_NAME)}")
+                                   + log_tails([self.state_dir / EPMD_LOG_NAME]))
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.epmd_port), timeout=0.5):
                 return
             if time.monotonic() > deadline:
@@ -393,7 +386,7 @@ class RunningRabbit:
                 self.epmd.wait()
 
     def _logs(self) -> str:
-        return "\n".join(f"--- tail of {p} ---\n{_tail(p)}" for p in (self.log_path, self.console_log_path))
+        return log_tails((self.log_path, self.console_log_path))
 
     def _spawn(self, timeout: float) -> None:
         try:
