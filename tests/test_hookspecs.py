@@ -538,3 +538,56 @@ def test_hook_swarmbus_commands(caplog: pytest.LogCaptureFixture) -> None:
     args = build_parser(commands).parse_args(["demo-hello", "--shout", "--log-level", "debug"])
     assert args.command == "demo-hello"
     assert commands["demo-hello"].run(args, Settings()) == 7
+
+
+# -- swarmbus_operator_event ------------------------------------------------------------------
+def test_hook_swarmbus_operator_event(caplog: pytest.LogCaptureFixture) -> None:
+    from swarmbus import OPERATOR_EVENT_KINDS, OperatorEvent
+
+    seen: list[tuple[str, str, int]] = []
+
+    class Broken:
+        @hookimpl
+        def swarmbus_operator_event(self, event: OperatorEvent) -> None:
+            raise RuntimeError("pager down")
+
+    class Pager:
+        @hookimpl
+        def swarmbus_operator_event(self, event: OperatorEvent) -> None:
+            seen.append((event.kind, event.agent, event.count))
+
+    relay = fresh(Pager(), Broken())  # Broken is called first: it must not stop Pager
+    event = OperatorEvent("wake_failed", "coder", time.time(), "notify exited 3", peer="planner", count=3)
+    with caplog.at_level(logging.ERROR, logger="swarmbus.plugins"):
+        relay.operator_event(event)  # never raises
+    assert seen == [("wake_failed", "coder", 3)]
+    assert "pager down" in caplog.text and "swarmbus_operator_event" in caplog.text
+    assert {"wake_failed", "loop_guard", "held", "peer_online", "peer_offline"} == set(OPERATOR_EVENT_KINDS)
+    # what the daemon fires, and when: tests/test_operator.py
+
+
+# -- swarmbus_services ------------------------------------------------------------------------
+def test_hook_swarmbus_services() -> None:
+    from swarmbus import Service
+
+    ran: list[str] = []
+
+    async def tick(ctx: HandlerContext) -> None:
+        ran.append(ctx.agent_id)
+
+    class Services:
+        @hookimpl
+        def swarmbus_services(self, register: Any, context: HandlerContext) -> None:
+            register(Service("demo-tick", tick, "records the agent id"))
+
+    relay = fresh(Services())
+    ctx = context(relay, Settings())
+    [service] = relay.services(ctx)
+    assert (service.name, service.description) == ("demo-tick", "records the agent id")
+    asyncio.run(service.run(ctx))
+    assert ran == [AGENT]
+    assert fresh().services(ctx) == []  # the core has none of its own
+
+    with pytest.raises(ValueError, match="'demo-tick' registered twice"):
+        fresh(Services(), Services()).services(ctx)
+    # how the daemon runs them (restarts with backoff, cancels at shutdown): tests/test_operator.py

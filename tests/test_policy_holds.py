@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from attention_support import ME, T0, Clock, arrive, make_attention
 from conftest import SwarmEnv, wait_for
 from peers import encode, py_command, raw_client, seq_of, wire
 from swarmbus import HandlerContext, StoredMessage, WakeDecision, WakeOutcome, hookimpl, new_envelope
@@ -21,17 +22,6 @@ from swarmbus.default_plugins.attention import Attention, handle_wake
 from swarmbus.plugins import HookRelay, get_plugin_manager
 from swarmbus.settings import Settings
 from swarmbus.store import Store
-
-ME = "coder"
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Recorder:
@@ -52,26 +42,10 @@ class Recorder:
 
 def setup(store: Store, clock: Clock, **wake: Any) -> tuple[Attention, HandlerContext, Recorder]:
     recorder = Recorder()
-    pm = get_plugin_manager(entry_points=False, env={})
-    pm.register(recorder)
-    relay = HookRelay(pm)
-    settings = Settings.model_validate({"wake": {"policy": "all", **wake}})
-    attention = Attention(store, relay, settings, now=clock)
-
-    async def send(to: str, subject: str, body: str, **fields: Any) -> str:
-        return "sent"
-
-    context = HandlerContext(ME, settings, logging.getLogger("test"), send, relay, attention=attention)
+    attention, context = make_attention(store, clock, recorder, **wake)
     return attention, context, recorder
 
 
-def arrive(store: Store, n: int, start: int = 0, sender: str = "planner") -> list[StoredMessage]:
-    out = []
-    for i in range(start, start + n):
-        result = store.accept(f"agents/{ME}/inbox", new_envelope(sender, ME, f"s{i}", f"b{i}", id=f"m{i}").to_wire(), ME)
-        assert result.message is not None
-        out.append(result.message)
-    return out
 
 
 def test_held_messages_are_woken_together_when_the_window_opens(tmp_path: Path) -> None:

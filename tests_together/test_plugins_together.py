@@ -17,7 +17,7 @@ import pytest
 import swarmbus
 from swarmbus import testing
 
-PLUGINS = {"example", "priority", "cc", "openclaw"}
+PLUGINS = {"example", "priority", "cc", "openclaw", "telegram"}
 
 
 @pytest.fixture

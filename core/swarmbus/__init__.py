@@ -23,6 +23,9 @@ _EXPORTS: dict[str, str] = {
     "Handler": "swarmbus.api",
     "HandlerContext": "swarmbus.api",
     "DeliveryEvent": "swarmbus.api",
+    "OperatorEvent": "swarmbus.api",
+    "OPERATOR_EVENT_KINDS": "swarmbus.api",
+    "Service": "swarmbus.api",
     "WakeDecision": "swarmbus.api",
     "WakeOutcome": "swarmbus.api",
     "Verdict": "swarmbus.api",
@@ -57,6 +60,7 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from swarmbus.api import (
+        OPERATOR_EVENT_KINDS,
         CheckResult,
         Command,
         DeliveryEvent,
@@ -66,7 +70,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
         HandlerContext,
         HostType,
         InitStep,
+        OperatorEvent,
         PolicyState,
+        Service,
         StoredMessage,
         Verdict,
         WakeDecision,

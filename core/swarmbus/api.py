@@ -220,9 +220,71 @@ class HandlerContext:
     gateway accepted the run) or ``acknowledged``. Each step is recorded once per message (and
     its receipt sent when the sender asked); returns how many were new. Raises ValueError for
     another step. None outside a daemon."""
+    watch_presence: Callable[[Collection[str]], None] | None = None
+    """``watch_presence(agent_ids)``: ask the daemon to follow these agents' retained presence
+    records from now on (idempotent; the daemon's own id and non-agent ids are ignored). Read
+    them with :attr:`presence`; changes are ``peer_online``/``peer_offline`` operator events
+    (``swarmbus_operator_event``). None outside a daemon."""
+    presence: Callable[[str], dict[str, Any] | None] | None = None
+    """``presence(agent_id) -> dict | None``: the last presence record the daemon holds for a
+    watched agent: ``{"agent", "online" (bool), "status", "ts" (ISO 8601 or None), "last_seen"
+    (ISO 8601 or None), "instance", "host", "reason"}``; None when none came (not watched, not
+    seen yet, or the broker has none). None outside a daemon."""
 
 
 HandleFunc = Callable[[StoredMessage, HandlerContext], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class Service:
+    """A long-running task a plugin runs inside the daemon (``swarmbus_services``).
+
+    ``run(context)`` is an ``async`` function taking the daemon's :class:`HandlerContext`; the
+    daemon starts it once its MQTT link is started and cancels it at shutdown (it should clean
+    up on ``asyncio.CancelledError``). If it raises, the error is logged and it is started again
+    after a backoff (1 s, doubling to 60 s; back to 1 s after a run that lasted longer than
+    that); one that returns is finished and not started again. It never takes the daemon down.
+    """
+
+    name: str
+    run: Callable[[HandlerContext], Awaitable[None]]
+    description: str = ""
+
+
+OPERATOR_EVENT_KINDS = ("wake_failed", "loop_guard", "held", "peer_online", "peer_offline")
+"""The kinds of :class:`OperatorEvent` the core fires."""
+
+
+@dataclass(frozen=True)
+class OperatorEvent:
+    """Something a person running the swarm may want to hear about (``swarmbus_operator_event``).
+
+    ``kind`` (one of :data:`OPERATOR_EVENT_KINDS`):
+
+    - ``wake_failed``: a wake of ``agent`` (this daemon's agent) failed; ``count`` is how many
+      wake attempts failed in a row so far (1, 2, 3, ...; a wake that works starts again from
+      0), ``peer`` the sender of the (oldest) message the wake was for, ``detail`` the waker's
+      detail;
+    - ``loop_guard``: the loop guard holds ``peer``'s messages to ``agent`` until ``until``
+      (Unix seconds), once per episode; ``detail`` is the rule's reason;
+    - ``held``: a message from ``peer`` to ``agent`` was put on hold (not again when a hold
+      is renewed): ``rule`` held it until ``until``, ``detail`` says why, ``message_id`` is it;
+    - ``peer_online`` / ``peer_offline``: the retained presence record of a watched agent
+      (``agent``; see ``HandlerContext.watch_presence``) turned online or offline; ``detail`` is
+      the record's reason, when it gives one.
+
+    ``at`` is when it happened (Unix seconds).
+    """
+
+    kind: str
+    agent: str
+    at: float
+    detail: str = ""
+    peer: str | None = None
+    count: int = 0
+    until: float | None = None
+    rule: str = ""
+    message_id: str | None = None
 
 
 @dataclass(frozen=True)

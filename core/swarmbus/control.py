@@ -27,6 +27,12 @@ answers with one JSON object and a newline. Requests (``op``):
 - a ``send`` answer also carries ``recipient``: what presence says of a directed message's
   recipient (``receipts``, ``no receipts``, ``never seen``, ``unknown``).
 
+- ``hold`` with ``duration`` (seconds, or null: until released) and ``reason``: the operator's
+  hold on every wake of the agent (``swarmbus policy hold``); ``release`` ends it and asks the
+  rules again about every message it held (``swarmbus policy release``). Both answer ``{"ok":
+  true, "agent_id", "manual_hold": {"since", "until", "reason"} | null, "held": n}``, ``release``
+  also ``released`` (how many messages the hold held).
+
 - a ``send`` may carry ``deadline`` (Unix seconds): a daemon that takes the request after it
   refuses it without spooling (``{"ok": false, "status": "expired"}``), so a client that gave
   up waiting can say "not sent" and be right (:func:`send_request` sets it).

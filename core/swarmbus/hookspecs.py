@@ -13,8 +13,11 @@ Lifecycle:
 3. Per stored message: ``swarmbus_route`` selects handlers; the built-in ``wake`` handler
    asks ``swarmbus_wake_decision`` and every ``swarmbus_wake_filter`` rule and, on a wake,
    ``swarmbus_wake``.
-4. Per recorded delivery step (both sides): ``swarmbus_delivery_event``.
-5. ``swarmbus doctor``: ``swarmbus_doctor_checks``. ``swarmbus init``: ``swarmbus_host_types``.
+4. Per recorded delivery step (both sides): ``swarmbus_delivery_event``; per operator event
+   (a wake failed, the loop guard tripped, a message held, a watched agent's presence changed):
+   ``swarmbus_operator_event``.
+5. Daemon running (after its MQTT link starts, until shutdown): ``swarmbus_services``.
+6. ``swarmbus doctor``: ``swarmbus_doctor_checks``. ``swarmbus init``: ``swarmbus_host_types``.
 
 ``docs/plugin-hooks.md`` documents each hook; ``tests/test_hookspecs.py`` fails when a hook
 is missing there or has no ``test_hook_<name>`` test.
@@ -37,7 +40,9 @@ if TYPE_CHECKING:
         Handler,
         HandlerContext,
         HostType,
+        OperatorEvent,
         PolicyState,
+        Service,
         StoredMessage,
         Verdict,
         WakeDecision,
@@ -179,6 +184,37 @@ def swarmbus_delivery_event(event: DeliveryEvent) -> None:
     :param event: a :class:`swarmbus.DeliveryEvent` (message id, step, side, by, peer, at, detail).
     :returns: nothing; all implementations are called. An implementation that raises is logged
         and the others still run; delivery never depends on it.
+    """
+
+
+@hookspec
+def swarmbus_operator_event(event: OperatorEvent) -> None:
+    """Hear about what a person running the swarm may care about: a failed wake, the loop
+    guard tripping, a message put on hold, a watched agent going offline or coming back.
+
+    Called by the daemon on its event loop as it happens. Must be quick and must not block:
+    record it, or hand slow work (a notification) to a task or a service.
+
+    :param event: a :class:`swarmbus.OperatorEvent` (kind, agent, at, detail, peer, count,
+        until, rule, message_id).
+    :returns: nothing; all implementations are called. An implementation that raises is logged
+        and the others still run; delivery never depends on it.
+    """
+
+
+@hookspec
+def swarmbus_services(register: Callable[[Service], None], context: HandlerContext) -> None:
+    """Register long-running async services the daemon runs beside message handling.
+
+    Called once when the daemon starts, after the handlers are registered; the services are
+    started once its MQTT link is started and cancelled at shutdown. A service that raises is
+    logged and started again after a backoff (1 s doubling to 60 s); it never stops the daemon.
+
+    :param register: ``register(service)`` with a :class:`swarmbus.Service` (unique ``name``).
+    :param context: the daemon's :class:`swarmbus.HandlerContext` (agent id, settings, logger,
+        send, presence), the one ``service.run`` gets.
+    :returns: nothing; all implementations are called. Registering a name twice is an error
+        (the daemon does not start).
     """
 
 

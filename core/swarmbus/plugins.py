@@ -33,7 +33,9 @@ if TYPE_CHECKING:
         Handler,
         HandlerContext,
         HostType,
+        OperatorEvent,
         PolicyState,
+        Service,
         StoredMessage,
         Verdict,
         WakeDecision,
@@ -57,6 +59,7 @@ DEFAULT_PLUGINS = (
     "swarmbus.default_plugins.rules.rate_limit",
     "swarmbus.default_plugins.rules.budget",
     "swarmbus.default_plugins.rules.loop_guard",
+    "swarmbus.default_plugins.rules.manual",
     "swarmbus.default_plugins.wake",
     "swarmbus.default_plugins.doctor",
 )
@@ -255,6 +258,31 @@ class HookRelay:
             except Exception:
                 log.exception("plugin %s failed in swarmbus_delivery_event (%s of %s); ignored", impl.plugin_name,
                               event.step, event.message_id)
+
+    def operator_event(self, event: OperatorEvent) -> None:
+        """Call every ``swarmbus_operator_event`` implementation; one that raises is logged and
+        the others still run (this never raises)."""
+        hook = self.hook.swarmbus_operator_event
+        for impl in reversed(hook.get_hookimpls()):
+            try:
+                impl.function(*[{"event": event}[name] for name in impl.argnames])
+            except Exception:
+                log.exception("plugin %s failed in swarmbus_operator_event (%s of %s); ignored", impl.plugin_name,
+                              event.kind, event.agent)
+
+    def services(self, context: HandlerContext) -> list[Service]:
+        """Every service registered through ``swarmbus_services``, in registration order.
+
+        :raises ValueError: a service name was registered twice."""
+        found: dict[str, Service] = {}
+
+        def register(service: Service) -> None:
+            if service.name in found:
+                raise ValueError(f"service {service.name!r} registered twice")
+            found[service.name] = service
+
+        self.hook.swarmbus_services(register=register, context=context)
+        return list(found.values())
 
     def doctor_checks(self, settings: Settings) -> list[DoctorCheck]:
         checks: list[DoctorCheck] = []

@@ -192,6 +192,17 @@ class Hold:
 
 
 @dataclass(frozen=True)
+class ManualHold:
+    """An operator's hold on every wake of the agent (``swarmbus policy hold``): since ``since``,
+    until ``until`` (Unix seconds; None: until ``swarmbus policy release``), because ``reason``.
+    Kept in ``meta`` (key ``manual_hold``)."""
+
+    since: float
+    until: float | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class WakeAttempt:
     """One wake (coalesced messages count once): when, whether it worked, what the waker said."""
 
@@ -845,6 +856,32 @@ class Store:
     def hold_of(self, seq: int) -> Hold | None:
         rows = self._query("SELECT * FROM holds WHERE seq = ?", (seq,))
         return Hold(rows[0]["seq"], rows[0]["until"], rows[0]["reason"], rows[0]["rule"], rows[0]["held_at"]) if rows else None
+
+    def manual_hold(self) -> ManualHold | None:
+        """The operator's hold on every wake (:class:`ManualHold`), or None."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'manual_hold'")
+        if not rows:
+            return None
+        try:
+            data = json.loads(rows[0][0])
+            until = data.get("until")
+            return ManualHold(float(data["since"]), None if until is None else float(until), str(data.get("reason", "")))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def set_manual_hold(self, hold: ManualHold | None) -> None:
+        """Record the operator's hold (None: remove it). :raises StoreError: the database failed."""
+        if hold is None:
+            self._write(lambda db: db.execute("DELETE FROM meta WHERE key = 'manual_hold'"))
+            return
+        value = json.dumps({"since": hold.since, "until": hold.until, "reason": hold.reason[:500]})
+        self._write(lambda db: db.execute("INSERT OR REPLACE INTO meta VALUES ('manual_hold', ?)", (value,)))
+
+    def end_holds_of(self, rule: str, now: float) -> int:
+        """Make every hold by ``rule`` due at ``now`` (its rules are asked again at the next
+        release); returns how many. :raises StoreError: the database failed."""
+        return self._write(lambda db: db.execute(
+            "UPDATE holds SET until = ? WHERE rule = ? AND until > ?", (now, rule, now)).rowcount)
 
     def message_by_id(self, message_id: str) -> StoredMessage | None:
         rows = self._query("SELECT * FROM messages WHERE id = ?", (message_id,))

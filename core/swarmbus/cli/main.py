@@ -280,9 +280,14 @@ def _inbox(p: argparse.ArgumentParser) -> None:
 
 
 def _policy(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("explain",), help="explain: the effective wake chain, and a message's verdicts")
+    p.add_argument("action", choices=("explain", "hold", "release"),
+                   help="explain: the effective wake chain, and a message's verdicts; hold: hold every wake of the "
+                        "agent (its daemon keeps it); release: end that hold and wake what it held")
     _agent(p)
     p.add_argument("--message", metavar="MSG_ID", help="a stored message's id (or #SEQ): each rule's verdict for it now")
+    p.add_argument("--for", dest="duration", metavar="DURATION",
+                   help="hold: only this long (90s, 10m, 2h, 1d; default: until `swarmbus policy release`)")
+    p.add_argument("--reason", help="hold: why (shown with each held message)")
     _json(p)
     _common(p)
 
@@ -460,13 +465,18 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         _trace,
     ),
     "policy": (
-        "explain the wake policy: the rule chain, and each rule's verdict for a message",
-        "Print the effective wake chain (the base decision, then every wake rule, with its\n"
+        "explain the wake policy, or hold and release an agent's wakes",
+        "explain: print the effective wake chain (the base decision, then every wake rule, with its\n"
         "configuration) and, with --message, each rule's verdict for that stored message now, the\n"
-        "combined verdict, its stored hold and what was recorded (docs/policies.md).\n\n"
+        "combined verdict, its stored hold and what was recorded (docs/policies.md).\n"
+        "hold: the agent's daemon holds every wake (rule `manual`) until `release`, or for --for;\n"
+        "release: ends it, and the messages it held are asked about again and woken.\n\n"
         "  swarmbus policy explain --agent-id coder\n"
-        "  swarmbus policy explain --agent-id coder --message 5f0c...  --json\n\n"
-        "Exit codes: 0 explained, 1 no such message, 2 usage or configuration error.",
+        "  swarmbus policy explain --agent-id coder --message 5f0c...  --json\n"
+        "  swarmbus policy hold --agent-id coder --for 2h --reason \"deploy freeze\"\n"
+        "  swarmbus policy release --agent-id coder\n\n"
+        "Exit codes: 0 explained, held or released; 1 no such message, or no daemon runs for the\n"
+        "agent here (hold, release); 2 usage or configuration error.",
         _policy,
     ),
     "config": ("show or check the effective configuration", None, _config),

@@ -1,7 +1,9 @@
 """``swarmbus policy explain``: the effective wake chain and, for a stored message, each rule's
-verdict now (see docs/policies.md).
+verdict now; ``swarmbus policy hold`` / ``release``: the operator's hold on every wake of an
+agent, kept by its daemon (see docs/policies.md).
 
-Exit codes: 0 explained; 1 the message is not in the store; 2 usage or configuration error.
+Exit codes: 0 explained, held or released; 1 the message is not in the store, or no daemon runs
+for the agent on this machine (hold, release); 2 usage or configuration error.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def _when(ts: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action in ("hold", "release"):
+        return _hold_or_release(args)
     from swarmbus.plugins import HookRelay, get_plugin_manager
 
     pm = get_plugin_manager()
@@ -77,6 +81,49 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hold_or_release(args: argparse.Namespace) -> int:
+    """Ask the agent's daemon (its control socket) to hold or release its wakes."""
+    from swarmbus.control import DaemonUnavailable, request
+    from swarmbus.settings import parse_duration
+
+    settings = load_settings_for(args)
+    agent_id = settings.require_agent_id()
+    if args.action == "release" and (args.duration is not None or args.reason is not None):
+        raise UsageError("--for and --reason go with `policy hold`, not `policy release`")
+    duration = None
+    if args.duration is not None:
+        try:
+            duration = parse_duration(args.duration)
+        except ValueError as exc:
+            raise UsageError(f"--for: {exc}") from None
+    req: dict[str, Any] = {"op": args.action}
+    if args.action == "hold":
+        req.update(duration=duration, reason=args.reason or "")
+    paths = AgentPaths.for_agent(agent_id, settings.state_dir)
+    try:
+        answer = request(paths.socket, req, timeout=10)
+    except (DaemonUnavailable, TimeoutError) as exc:
+        raise SwarmbusError(f"no daemon of {agent_id} answers on this machine ({exc}): the hold is kept by the "
+                            "agent's daemon", hint=f"start it: swarmbus start --agent-id {agent_id} --detach") from None
+    if not answer.get("ok"):
+        error = SwarmbusError(f"{agent_id}'s daemon refused: {answer.get('error')}")
+        if answer.get("kind") == "usage":
+            error = UsageError(f"{agent_id}'s daemon refused: {answer.get('error')}")
+        raise error
+    if args.json:
+        print_json(answer)
+        return 0
+    hold = answer.get("manual_hold")
+    if args.action == "hold" and hold:
+        until = "until released (swarmbus policy release)" if hold["until"] is None else f"until {_when(hold['until'])}"
+        print(f"{agent_id}: every wake is held {until}" + (f" ({safe_text(hold['reason'])})" if hold["reason"] else ""))
+    else:
+        released = answer.get("released", 0)
+        print(f"{agent_id}: wakes are no longer held; {released} held message{'s' if released != 1 else ''} "
+              "asked about again now (woken unless another rule holds them)")
+    return 0
+
+
 def _explain_message(ref: str, settings: Settings, agent_id: str, relay: Any) -> dict[str, Any]:
     from swarmbus.default_plugins.attention import horizon
     from swarmbus.default_plugins.chain import evaluate
@@ -96,6 +143,7 @@ def _explain_message(ref: str, settings: Settings, agent_id: str, relay: Any) ->
         since = now - history.horizon
         received, sent = store.traffic_since(since) if settings.wake.loop_guard.max_messages else ([], [])
         history.load(store.wakes_since(since), received, sent)
+        history.manual = store.manual_hold()
         hold = store.hold_of(message.seq)
         deliveries = [vars(d) for d in store.deliveries(message.seq)]
     result = evaluate(relay, message, settings, history, now)

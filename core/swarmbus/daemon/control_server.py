@@ -19,7 +19,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,11 +73,15 @@ class ControlServer:
 
     ``ladder`` (the delivery ladder: :class:`~swarmbus.daemon.receipts.Ladder`) and ``peers``
     (other agents' presence) are optional: without them ``step`` and ``mark`` are refused and
-    ``send`` says nothing about the recipient."""
+    ``send`` says nothing about the recipient. ``policy`` answers ``hold`` and ``release`` (the
+    operator's hold on wakes: :func:`swarmbus.default_plugins.manual.control`); without it they
+    are refused."""
 
     def __init__(self, path: Path, *, agent_id: str, store: Store, outbox: Outbox,
                  new_messages: NewMessages, status: Callable[[], dict[str, Any]],
-                 ladder: Ladder | None = None, peers: Peers | None = None) -> None:
+                 ladder: Ladder | None = None, peers: Peers | None = None,
+                 policy: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None) -> None:
+        self.policy = policy
         self.ladder = ladder
         self.peers = peers
         self.path = path
@@ -144,6 +148,10 @@ class ControlServer:
             return await self._step(req)
         if op == "mark":
             return self._mark(req)
+        if op in ("hold", "release"):
+            if self.policy is None:
+                return {"ok": False, "error": "this daemon keeps no wake policy", "kind": "usage"}
+            return await self.policy(req)
         return {"ok": False, "error": f"unknown op {op!r}", "kind": "usage"}
 
     async def _send(self, req: dict[str, Any]) -> dict[str, Any]:

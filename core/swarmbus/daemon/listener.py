@@ -32,8 +32,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from swarmbus._version import __version__
-from swarmbus.api import HandlerContext, StoredMessage
+from swarmbus.api import HandlerContext, OperatorEvent, StoredMessage
 from swarmbus.children import ChildReaper
+from swarmbus.default_plugins import manual
 from swarmbus.default_plugins.attention import Attention
 from swarmbus.envelope import Envelope, new_envelope
 from swarmbus.ownership import Ownership
@@ -56,6 +57,7 @@ from .presence import PresenceKeeper
 from .receipts import Ladder
 from .receiver import Receiver
 from .redeliver import Redeliverer
+from .services import ServiceRunner
 
 log = logging.getLogger("swarmbus.daemon")
 EXIT_CONFLICT = 1
@@ -130,7 +132,8 @@ class Daemon:
         self.outbox = Outbox(store, self.receiver, self.link)
         self.link.on_reset = self.outbox.forget_inflight
         self.peers = Peers(agent_id, subscribe=self.link.subscribe, send_sentinel=self._send_sentinel,
-                           on_online=lambda peer: self.redeliverer.recipient_online(peer))
+                           on_online=lambda peer: self.redeliverer.recipient_online(peer),
+                           on_change=self._peer_presence_changed)
         for recipient in store.redelivery_recipients():  # still redelivered to after a restart
             self.peers.watch(recipient)
         self.redeliverer = Redeliverer(store, self.link, self.peers, settings.daemon, self.outbox.republish,
@@ -146,12 +149,14 @@ class Daemon:
         context = HandlerContext(
             agent_id=agent_id, settings=settings, logger=logging.getLogger(f"swarmbus.handler.{agent_id}"),
             send=self._send_from_handler, hooks=self.relay, attention=self.attention, mark_step=self._mark_step,
+            watch_presence=self._watch_presence, presence=self._presence_of,
         )
         self.dispatcher = Dispatcher(store, self.relay, handlers, context, self._record_outcomes,
                                      backlog=settings.daemon.backlog)
+        self.services = ServiceRunner(self.relay.services(context), context)  # plugins' long-running tasks
         self.control = ControlServer(self.paths.make_socket_path(), agent_id=agent_id, store=store,
                                      outbox=self.outbox, new_messages=self.new_messages, status=self.status,
-                                     ladder=self.ladder, peers=self.peers)
+                                     ladder=self.ladder, peers=self.peers, policy=self._policy_request)
         self.reaper = ChildReaper.install()
         await self.control.start()
         loaded = [name for name, info in self.pm.infos.items() if info.status == "loaded" and not info.builtin]
@@ -167,6 +172,7 @@ class Daemon:
         self.dispatcher.start()  # before the link: what a crash left undispatched is taken in first, in order
         self.attention.start(context)  # held messages: their timer (those already due are woken now)
         self.link.start()
+        self.services.start()
         heartbeat = loop.create_task(self._heartbeat())
         try:
             await self._stop.wait()
@@ -176,6 +182,7 @@ class Daemon:
 
     async def _shutdown(self, heartbeat: asyncio.Task[None]) -> None:
         heartbeat.cancel()
+        await self.services.close()
         self.control.close()
         self.paths.release_socket_path()
         self.attention.close()
@@ -269,6 +276,34 @@ class Daemon:
             raise ValueError(f"mark_step records {SURFACED} or {ACKNOWLEDGED}, not {step!r}")
         return self.ladder.local_steps(message_ids, step, detail)
 
+    def _watch_presence(self, agents: Iterable[str]) -> None:
+        """``HandlerContext.watch_presence``: follow these agents' presence records."""
+        watch = getattr(self.peers, "watch", None)
+        if watch is not None:
+            for agent in agents:
+                watch(agent)
+
+    def _presence_of(self, agent: str) -> dict[str, Any] | None:
+        """``HandlerContext.presence``: the last presence record of a watched agent, or None."""
+        record = self.peers.record(agent)
+        if record is None:
+            return None
+        return {"agent": record.agent, "online": record.online, "status": record.status, "ts": record.ts,
+                "last_seen": record.last_seen, "instance": record.instance, "host": record.host,
+                "reason": record.reason}
+
+    def _peer_presence_changed(self, agent: str, online: bool) -> None:
+        """A watched agent's presence turned online or offline: the ``peer_online`` /
+        ``peer_offline`` operator event (never raises)."""
+        record = self.peers.record(agent)
+        detail = (record.reason or "") if record is not None else ""
+        self.relay.operator_event(OperatorEvent("peer_online" if online else "peer_offline", agent, time.time(),
+                                                detail=detail))
+
+    async def _policy_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The control socket's ``hold``/``release``: the operator's hold on this agent's wakes."""
+        return await manual.control(self.attention, self.agent_id, req)
+
     async def _send_from_handler(self, to: str, subject: str, body: str, **fields: Any) -> str:
         envelope = new_envelope(self.agent_id, to, subject, body, **fields)
         await self.outbox.send(envelope, wait=0)
@@ -332,6 +367,9 @@ class Daemon:
             "outbox_pending": len(store.outbox_pending()),
             "redeliveries_pending": store.redeliveries_pending(),
             "holds": self._holds_summary(),
+            "manual_hold": manual.describe(self.attention.history.manual, time.time()),
+            "unread": max(0, store.last_seq() - store.cursor("default")),
+            "services": self.services.status(),
             "receipts_rejected": self.ladder.rejected,
             "store": str(self.paths.store),
             "conflict": self.stop_reason,

@@ -35,6 +35,7 @@ from swarmbus.store import Store
 from .chain import Evaluation, evaluate
 from .coalesce import Coalescer, Ticket, Wake
 from .history import DAY, WakeHistory
+from .operator import failures_in_a_row, fire
 
 log = logging.getLogger("swarmbus.attention")
 
@@ -79,6 +80,8 @@ class Attention:
         self._timer_at: float | None = None
         self._release_task: asyncio.Task[None] | None = None
         self._loop_told: dict[str, float] = {}
+        self.failed_in_a_row = 0
+        """Wake attempts that failed in a row (the ``count`` of ``wake_failed`` operator events)."""
         self.coalescer = Coalescer(self._run_wake, debounce=settings.wake.debounce)
         self._alone = asyncio.Semaphore(settings.daemon.handler_concurrency)
         self.on_released: Callable[[list[tuple[StoredMessage, str, str]]], object] | None = None
@@ -94,6 +97,8 @@ class Attention:
                           if self.settings.wake.loop_guard.max_messages else ([], []))
         self.history.load(self.store.wakes_since(now - self.history.horizon), received, sent)
         self._noted_upto = self.store.last_seq()
+        self.failed_in_a_row = failures_in_a_row(self.store)
+        self.history.manual = self.store.manual_hold()
         self.tick()
 
     def close(self) -> None:
@@ -121,11 +126,15 @@ class Attention:
         """A message to ``peer`` was spooled (loop-guard traffic)."""
         self.history.note_sent(peer, self.now())
 
-    def hold(self, message: StoredMessage, verdict: Verdict) -> None:
-        """Persist a hold and make sure the timer fires by its end. :raises StoreError."""
+    def hold(self, message: StoredMessage, verdict: Verdict, *, renewed: bool = False) -> None:
+        """Persist a hold and make sure the timer fires by its end (a ``held`` operator event
+        unless it only ``renewed`` a hold that ended). :raises StoreError."""
         until = verdict.until or self.now()
         self.store.hold(message.seq, until, verdict.reason, verdict.rule, self.now())
         self._schedule(until)
+        if not renewed:
+            fire(self.relay, self.context, "held", self.now(), detail=verdict.reason, peer=message.from_agent,
+                 until=until, rule=verdict.rule, message_id=message.id)
         if verdict.rule == "loop_guard":
             self._tell_humans(message.from_agent, verdict)
 
@@ -144,6 +153,10 @@ class Attention:
             self.store.record_wake(at, [(m.seq, m.from_agent) for m in messages], outcome.ok, detail, outcomes)
         except Exception:
             log.exception("could not record a wake attempt; the budgets may undercount it after a restart")
+        self.failed_in_a_row = 0 if outcome.ok else self.failed_in_a_row + 1
+        if not outcome.ok:
+            fire(self.relay, self.context, "wake_failed", at, detail=detail, peer=messages[0].from_agent if messages else None,
+                 count=self.failed_in_a_row, message_id=messages[0].id if messages else None)
 
     # -- holds ------------------------------------------------------------------------------------------
     def _schedule(self, until: float) -> None:
@@ -186,7 +199,7 @@ class Attention:
                 continue
             result = evaluate(self.relay, message, self.settings, self.history, now)
             if result.final.action == "hold":
-                self.hold(message, result.final)
+                self.hold(message, result.final, renewed=True)
             elif result.final.action == "skip":
                 dropped.append((held.seq, "ok", f"not woken after hold: {result.reason} [{result.final.rule}]"))
             else:
@@ -255,6 +268,8 @@ class Attention:
         humans = self.settings.wake.loop_guard.humans
         log.warning("loop guard: holding messages from %s until %s (%s)", peer, when(verdict.until or now),
                     verdict.reason)
+        fire(self.relay, self.context, "loop_guard", now, detail=verdict.reason, peer=peer, until=verdict.until,
+             rule=verdict.rule)
         if not humans or self.context is None:
             return
         context = self.context

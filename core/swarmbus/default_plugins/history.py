@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from collections.abc import Collection, Sequence
+from typing import Any
 
 DAY = 86400.0
 
@@ -26,6 +27,9 @@ class WakeHistory:
         self._wakes_by: dict[str, deque[float]] = {}
         self._traffic: dict[str, deque[float]] = {}
         self._last_from: dict[str, float] = {}
+        self.manual: Any = None
+        """The operator's hold on every wake (a :class:`swarmbus.store.ManualHold`), or None:
+        read by the built-in ``manual`` rule (``swarmbus policy hold``)."""
 
     # -- PolicyState ---------------------------------------------------------------------------
     def wake_times(self, since: float, sender: str | None = None) -> Sequence[float]:
