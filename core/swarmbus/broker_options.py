@@ -331,7 +331,41 @@ def read_password(password: str | None, password_file: Path | None) -> str | Non
         raise ConfigError(f"broker password file {password_file}: {exc.strerror}") from None
 
 
-class BrokerOptions:
+class BrokerAddress:
+    """Where to connect, derived from the validated fields; shared by :class:`BrokerOptions` and
+    the pydantic :class:`swarmbus.settings.BrokerSettings`."""
+
+    __slots__ = ()
+    if TYPE_CHECKING:
+        host: str
+        port: int | None
+        hosts: tuple[str, ...]
+        transport: str
+        tls: bool
+        ws_path: str
+
+    @property
+    def effective_port(self) -> int:
+        """The port to connect to (``port`` or the transport's default)."""
+        return effective_port(self.port, self.transport, self.tls)
+
+    @property
+    def url(self) -> str:
+        """Where we connect, as a URL without credentials (for messages): the first endpoint."""
+        host, port = self.endpoints[0]
+        return broker_url(host, port, self.transport, self.tls, self.ws_path)
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        """``[(host, port), ...]`` in the order to try (:func:`broker_endpoints`)."""
+        return broker_endpoints(self.host, self.port, self.hosts, self.transport, self.tls)
+
+    def url_of(self, endpoint: tuple[str, int]) -> str:
+        """The URL of one of :attr:`endpoints`, without credentials."""
+        return broker_url(endpoint[0], endpoint[1], self.transport, self.tls, self.ws_path)
+
+
+class BrokerOptions(BrokerAddress):
     """Validated broker settings as plain attributes (the fields of :data:`BROKER_DEFAULTS`),
     with the same helpers as :class:`swarmbus.settings.BrokerSettings`.
 
@@ -367,25 +401,6 @@ class BrokerOptions:
             value = getattr(self, key)
             parts.append(f"{key}={'********' if key == 'password' and value is not None else repr(value)}")
         return f"BrokerOptions({', '.join(parts)})"
-
-    @property
-    def effective_port(self) -> int:
-        """The port to connect to (``port`` or the transport's default)."""
-        return effective_port(self.port, self.transport, self.tls)
-
-    @property
-    def url(self) -> str:
-        """Where we connect, as a URL without credentials (for messages): the first endpoint."""
-        host, port = self.endpoints[0]
-        return broker_url(host, port, self.transport, self.tls, self.ws_path)
-
-    @property
-    def endpoints(self) -> list[tuple[str, int]]:
-        """``[(host, port), ...]`` in the order to try (:func:`broker_endpoints`)."""
-        return broker_endpoints(self.host, self.port, self.hosts, self.transport, self.tls)
-
-    def url_of(self, endpoint: tuple[str, int]) -> str:
-        return broker_url(endpoint[0], endpoint[1], self.transport, self.tls, self.ws_path)
 
     def resolved_password(self) -> str | None:
         """The password, read from ``password_file`` when that is set (trailing newline

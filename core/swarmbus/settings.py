@@ -17,11 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from swarmbus.broker_options import (
     BROKER_DEFAULTS,
+    BrokerAddress,
     BrokerProblems,
-    broker_endpoints,
-    broker_url,
     check_broker,
-    effective_port,
     read_password,
 )
 from swarmbus.config import RawConfig, load_raw
@@ -33,7 +31,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-class BrokerSettings(_Model):
+class BrokerSettings(_Model, BrokerAddress):
     """Where and how to connect. ``port`` defaults by transport and TLS (1883, 8883, 80, 443).
 
     The rules live in :mod:`swarmbus.broker_options` (stdlib only, shared with the
@@ -65,24 +63,6 @@ class BrokerSettings(_Model):
         if isinstance(data, BrokerSettings):
             return data
         return check_broker(data)  # BrokerProblems is a ValueError: pydantic reports it
-
-    @property
-    def effective_port(self) -> int:
-        return effective_port(self.port, self.transport, self.tls)
-
-    @property
-    def url(self) -> str:
-        """The first endpoint's URL, without credentials."""
-        host, port = self.endpoints[0]
-        return broker_url(host, port, self.transport, self.tls, self.ws_path)
-
-    @property
-    def endpoints(self) -> list[tuple[str, int]]:
-        """``[(host, port), ...]`` in the order to try (:func:`~swarmbus.broker_options.broker_endpoints`)."""
-        return broker_endpoints(self.host, self.port, self.hosts, self.transport, self.tls)
-
-    def url_of(self, endpoint: tuple[str, int]) -> str:
-        return broker_url(endpoint[0], endpoint[1], self.transport, self.tls, self.ws_path)
 
     def resolved_password(self) -> str | None:
         """The password, read from ``password_file`` when that is set (trailing newline
