@@ -23,10 +23,17 @@ from swarmbus.store import Store
 
 
 class RawClient:
-    """A plain paho-mqtt 2.x MQTT 5 client on the test broker; records every message it gets."""
+    """A plain paho-mqtt 2.x MQTT 5 client on the test broker; records every message it gets and
+    the reason code of every PUBACK. With ``username`` it authenticates; with ``ca`` it uses TLS
+    (verifying the broker against that CA, on ``host``, default ``localhost`` then). A refused
+    CONNECT fails the test, unless ``check`` is False (then :attr:`ok` is False)."""
 
-    def __init__(self, port: int, *topics: str) -> None:
+    def __init__(self, port: int, *topics: str, username: str | None = None, password: str | None = None,
+                 ca: Path | None = None, host: str | None = None, check: bool = True) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
+        self.pubacks: dict[int, int] = {}  # mid -> PUBACK reason code (0 success, 135 not authorized)
+        self.subacks: set[int] = set()
+        self.connack: Any = None
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
@@ -37,18 +44,47 @@ class RawClient:
             protocol=mqtt.MQTTv5,
         )
         self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
+        self.client.on_publish = self._on_publish
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if ca is not None:
+            self.client.tls_set(ca_certs=str(ca))
+        host = host or ("localhost" if ca is not None else "127.0.0.1")
+        self.client.connect(host, port)
         self.client.loop_start()
-        if not self._connected.wait(10):
+        if not self._connected.wait(10) or (check and self.connack.is_failure):
             self.close()
-            pytest.fail(f"raw client could not connect to 127.0.0.1:{port}")
+            pytest.fail(f"raw client could not connect to {host}:{port} ({self.connack})")
         if topics and not self._subscribed.wait(10):
             self.close()
             pytest.fail(f"raw client could not subscribe to {topics}")
 
+    @property
+    def ok(self) -> bool:
+        """Whether the broker accepted the CONNECT."""
+        return not self.connack.is_failure
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        with self._lock:
+            self.subacks.add(mid)
+        self._subscribed.set()
+
+    def subscribe(self, *topics: str) -> None:
+        """Subscribe at QoS 1 and wait for the SUBACK."""
+        _, mid = self.client.subscribe([(t, 1) for t in topics])
+        wait_for(lambda: mid in self.subacks, 10, what=f"the SUBACK for {topics}")
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        with self._lock:
+            self.pubacks[mid] = int(reason.value)
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.connack = reason
+        if reason.is_failure:
+            self._connected.set()
+            return
         if self._topics:
             client.subscribe([(t, 1) for t in self._topics])
         self._connected.set()
@@ -56,6 +92,16 @@ class RawClient:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             self.messages.append(msg)
+
+    def publish_reason(self, topic: str, payload: bytes = b"x", *, retain: bool = False) -> int:
+        """Publish at QoS 1 and return the PUBACK's reason code (0 accepted, 135 refused by an ACL)."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        wait_for(lambda: self._acked(info.mid) is not None, 10, what=f"the PUBACK for {topic}")
+        return int(self._acked(info.mid))  # type: ignore[arg-type]
+
+    def _acked(self, mid: int) -> int | None:
+        with self._lock:
+            return self.pubacks.get(mid)
 
     def received(self, topic: str | None = None) -> list[mqtt.MQTTMessage]:
         with self._lock:
@@ -74,8 +120,9 @@ class RawClient:
 
 
 @contextmanager
-def raw_client(port: int, *topics: str) -> Iterator[RawClient]:
-    client = RawClient(port, *topics)
+def raw_client(port: int, *topics: str, **auth: Any) -> Iterator[RawClient]:
+    """A :class:`RawClient` (``auth``: its keyword arguments), closed afterwards."""
+    client = RawClient(port, *topics, **auth)
     try:
         yield client
     finally:

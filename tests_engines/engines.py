@@ -199,7 +199,8 @@ class RawClient:
     """A plain paho-mqtt MQTT 3.1.1 client (NATS and RabbitMQ 3.10 speak no MQTT 5) that records
     what it receives."""
 
-    def __init__(self, url: str, *topics: str, client_id: str | None = None, clean_session: bool = True) -> None:
+    def __init__(self, url: str, *topics: str, client_id: str | None = None, clean_session: bool = True,
+                 username: str | None = None, password: str | None = None) -> None:
         host, port = url.removeprefix("mqtt://").rsplit(":", 1)
         self.messages: list[mqtt.MQTTMessage] = []
         self._lock = threading.Lock()
@@ -210,6 +211,8 @@ class RawClient:
                                                           connected.set())
         self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.on_message = self._on_message
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.connect(host, int(port))
         self.client.loop_start()
         if not connected.wait(15) or (topics and not subscribed.wait(15)):

@@ -73,6 +73,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("daemon.redeliver_give_up", ("SWARMBUS_REDELIVER_GIVE_UP",), kind="float"),
     FieldSpec("wake.policy", ("SWARMBUS_WAKE_POLICY",)),
     FieldSpec("wake.command", ("SWARMBUS_INVOKE",), kind="list"),
+    FieldSpec("security.verify_senders", ("SWARMBUS_VERIFY_SENDERS",), kind="bool"),
 )
 FIELD_BY_KEY = {f.key: f for f in FIELDS}
 
@@ -87,6 +88,15 @@ def parse_bool(text: str, *, name: str) -> bool:
     if lowered in FALSE_WORDS:
         return False
     raise ConfigError(f"{name}={text!r} is not a boolean: use 1/0, true/false, yes/no or on/off")
+
+
+def verify_senders(raw: RawConfig) -> bool:
+    """``security.verify_senders`` from the layered raw config, for the stdlib send path (the
+    pydantic settings validate the same key). :raises ConfigError: not a boolean."""
+    value = raw.get("security.verify_senders")
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    return parse_bool(str(value), name="security.verify_senders")
 
 
 def _coerce(spec: FieldSpec, text: str, name: str) -> Any:

@@ -56,7 +56,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -178,6 +178,9 @@ class NatsConfig:
         ack_wait: seconds after which NATS redelivers a QoS 1 message a client did not
             acknowledge (the ``mqtt.ack_wait`` option); None: the server's default (30 s).
         extra_lines: lines appended verbatim at the end of every node's config.
+        probe_credentials: ``(user, password)`` the readiness probe connects with, for a server
+            whose config requires users (``swarmbus broker --engine nats --secure``); not shown
+            in reprs.
 
     Raises:
         ValueError: for fewer than 1 node, an out-of-range port, replicas outside 1..nodes, a
@@ -193,6 +196,7 @@ class NatsConfig:
     stream_replicas: int | None = None
     ack_wait: float | None = None
     extra_lines: tuple[str, ...] = ()
+    probe_credentials: tuple[str, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         state = Path(self.state_dir).expanduser().absolute()
@@ -360,20 +364,32 @@ def find_nats_server() -> str | None:
 # MQTT 3.1.1 CONNECT, clean session, keepalive 10 s, client id "swarmbus-nats-probe-<random>":
 # a new id each time, since NATS holds back ("flapping") a client id that reconnects at once,
 # to another node of the cluster too.
-def _probe_connect() -> bytes:
+def _probe_connect(credentials: tuple[str, str] | None = None) -> bytes:
+    def field_(value: bytes) -> bytes:
+        return len(value).to_bytes(2, "big") + value
+
     cid = f"swarmbus-nats-probe-{secrets.token_hex(6)}".encode()
-    body = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(cid).to_bytes(2, "big") + cid
-    return bytes([0x10, len(body)]) + body
+    flags = 0x02 | (0xC0 if credentials else 0)  # clean session; user name and password
+    body = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x0a" + field_(cid)
+    if credentials:
+        body += field_(credentials[0].encode()) + field_(credentials[1].encode())
+    length, remaining = bytearray(), len(body)  # MQTT's variable-length "remaining length"
+    while True:
+        remaining, digit = divmod(remaining, 128)
+        length.append(digit | (0x80 if remaining else 0))
+        if not remaining:
+            return bytes([0x10]) + bytes(length) + body
 
 
-def mqtt_answers(host: str, port: int, timeout: float = 5.0) -> bool:
-    """True when ``host``:``port`` accepts an MQTT 3.1.1 CONNECT (a CONNACK with return code 0).
+def mqtt_answers(host: str, port: int, timeout: float = 5.0, credentials: tuple[str, str] | None = None) -> bool:
+    """True when ``host``:``port`` accepts an MQTT 3.1.1 CONNECT (a CONNACK with return code 0),
+    made with ``credentials`` ``(user, password)`` when given.
     NATS answers only once JetStream can store the session (the first connection of an account
     also creates the MQTT streams), so this waits up to ``timeout`` seconds for the answer. Never
     raises."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(_probe_connect())
+            sock.sendall(_probe_connect(credentials))
             answer = b""
             while len(answer) < 4:
                 chunk = sock.recv(4 - len(answer))
@@ -414,10 +430,13 @@ def node_meta_leader(node: NatsNode) -> str | None:
     return str(leader) if leader else None
 
 
-def node_ready(node: NatsNode, *, cluster: bool, timeout: float = 5.0) -> bool:
+def node_ready(node: NatsNode, *, cluster: bool, timeout: float = 5.0,
+               credentials: tuple[str, str] | None = None) -> bool:
     """Whether ``node`` serves MQTT clients: it sees a metadata leader (when ``cluster``) and
-    accepts an MQTT connection within ``timeout`` seconds. Never raises."""
-    return (not cluster or node_meta_leader(node) is not None) and mqtt_answers(node.host, node.mqtt_port, timeout)
+    accepts an MQTT connection (with ``credentials``, when given) within ``timeout`` seconds.
+    Never raises."""
+    return ((not cluster or node_meta_leader(node) is not None)
+            and mqtt_answers(node.host, node.mqtt_port, timeout, credentials))
 
 
 LAYOUT_NAME = "layout.json"
@@ -617,13 +636,13 @@ class RunningNats:
                 proc = self.procs[k]
                 if proc is None or proc.poll() is not None:
                     raise self._fail(k, f"nats-server exited (code {proc.returncode if proc else None})")
-                if node_ready(node, cluster=len(self.nodes) > 1,
+                if node_ready(node, cluster=len(self.nodes) > 1, credentials=self.config.probe_credentials,
                               timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
                     break
                 if time.monotonic() >= deadline:
                     raise self._fail(k, f"not ready within {timeout:g}s (healthz ok: {self.healthy(k)}, "
                                      f"meta leader: {self.meta_leader(k)}, MQTT answers: "
-                                     f"{mqtt_answers(node.host, node.mqtt_port, timeout=1.0)})")
+                                     f"{mqtt_answers(node.host, node.mqtt_port, 1.0, self.config.probe_credentials)})")
                 time.sleep(0.1)
 
     def kill(self, i: int) -> None:

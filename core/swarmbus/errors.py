@@ -53,6 +53,13 @@ class BrokerNotReady(BrokerUnreachable):
     up, or a cluster electing a leader. Worth asking again for a while."""
 
 
+class PublishRefused(SwarmbusError):
+    """The broker answered a publish with an MQTT 5 failure reason code (135 "Not authorized":
+    the credentials may not write that topic). Retrying will not help until the ACL changes."""
+
+    exit_code = EXIT_FAILURE
+
+
 class TimeoutExpired(SwarmbusError):
     exit_code = EXIT_FAILURE
 

@@ -30,7 +30,7 @@ from swarmbus.presence_records import (
     parse_heartbeat,
     parse_presence,
 )
-from swarmbus.settings import Settings
+from swarmbus.settings import BrokerSettings, Settings
 from swarmbus.store import Store
 from swarmbus.topics import (
     PRESENCE_FILTER,
@@ -38,6 +38,7 @@ from swarmbus.topics import (
     heartbeat_topic,
     presence_topic,
     receive_filters,
+    sync_topic,
     topic_for_recipient,
 )
 from swarmbus.transport.link import MqttLink, Subscription, one_shot_client_id
@@ -59,13 +60,14 @@ def send_direct(settings: Settings, envelope: Envelope, *, timeout: float = 10.0
     """
     from swarmbus.transport.publish import publish_once
 
-    publish_once(settings.broker, topic_for_recipient(envelope.to), envelope.to_wire(),
+    sender = envelope.from_agent if settings.security.verify_senders else None
+    publish_once(settings.broker, topic_for_recipient(envelope.to, sender), envelope.to_wire(),
                  agent_id=envelope.from_agent, timeout=timeout, memory=ProtocolMemory.in_state_dir(settings.state_dir))
 
 
 class _Sentinel:
-    def __init__(self, prefix: str) -> None:
-        self.topic = f"{prefix}/sync/{secrets.token_hex(8)}"
+    def __init__(self, broker: BrokerSettings, agent_id: str | None) -> None:
+        self.topic = sync_topic(broker.client_id_prefix, broker.username, agent_id, secrets.token_hex(8))
         self.arrived = threading.Event()
 
 
@@ -88,7 +90,7 @@ def receive_once(
     broker = settings.broker
     stored = threading.Event()
     count = 0
-    sentinel = _Sentinel(broker.client_id_prefix)
+    sentinel = _Sentinel(broker, agent_id)
     with Ownership(paths.lock, "one-shot reader"), Store(paths.store, sync=settings.daemon.store_sync) as store:
         link: MqttLink
 
@@ -98,7 +100,8 @@ def receive_once(
                 link.ack(mid, qos)
                 sentinel.arrived.set()
                 return
-            result = store.accept(topic, payload, agent_id, dispatch=False)
+            result = store.accept(topic, payload, agent_id, dispatch=False,
+                                  verify_senders=settings.security.verify_senders)
             link.ack(mid, qos)
             if result.outcome == "stored":
                 count += 1
@@ -146,7 +149,7 @@ def scan_presence(settings: Settings, *, timeout: float = 5.0, agent_id: str | N
     :raises TimeoutExpired: the retained set did not arrive within ``timeout`` seconds.
     """
     broker = settings.broker
-    sentinel = _Sentinel(broker.client_id_prefix)
+    sentinel = _Sentinel(broker, settings.agent_id)
     found: dict[str, Presence] = {}
     beats: dict[str, Heartbeat] = {}
     link: MqttLink

@@ -62,6 +62,7 @@ DEFAULT_PLUGINS = (
     "swarmbus.default_plugins.rules.manual",
     "swarmbus.default_plugins.wake",
     "swarmbus.default_plugins.doctor",
+    "swarmbus.default_plugins.security",
 )
 
 

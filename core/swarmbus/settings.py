@@ -94,6 +94,19 @@ class DaemonSettings(_Model):
     """Seconds after the send when redelivery stops (the message's ``expires_at`` stops it too)."""
 
 
+class SecuritySettings(_Model):
+    """``[security]``: how far this agent trusts what peers claim.
+
+    ``verify_senders``: publish under this agent's own id (``agents/<to>/inbox/<self>``,
+    ``agents/broadcast/<self>``, ``agents/<to>/receipts/<self>``), and quarantine anything that
+    arrives on a topic that does not carry its envelope's ``from``. Only a broker ACL that binds
+    that topic segment to the authenticated user (``swarmbus broker acl``) makes this proof of
+    identity; see docs/security.md and the wire changes in docs/protocol.md.
+    """
+
+    verify_senders: bool = False
+
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION_RE = re.compile(r"\A\s*(\d+(?:\.\d+)?)?\s*([smhd])?\s*\Z")
 
@@ -292,6 +305,7 @@ class Settings(_Model):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     wake: WakeSettings = Field(default_factory=WakeSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     plugins: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("agent_id", mode="after")

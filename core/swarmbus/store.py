@@ -49,7 +49,7 @@ from typing import Any, Literal, TypeVar
 from swarmbus.api import StoredMessage
 from swarmbus.envelope import BROADCAST, Envelope, EnvelopeError
 from swarmbus.errors import StoreError
-from swarmbus.topics import BROADCAST_TOPIC, agent_of
+from swarmbus.topics import route_of
 
 T = TypeVar("T")
 
@@ -273,12 +273,15 @@ class Prepared:
     """One inbound publish, parsed and classified outside any transaction (pure CPU, never raises).
 
     ``kind`` is ``message`` (``envelope`` set), ``quarantine`` (``reason`` and maybe
-    ``message_id``) or ``self`` (our own broadcast echoed back on MQTT 3.1.1).
+    ``message_id``) or ``self`` (our own broadcast echoed back on MQTT 3.1.1). With
+    ``verify_senders`` only topics that carry the sender's id (``agents/<id>/inbox/<from>``,
+    ``agents/broadcast/<from>``) are accepted; a sender segment that differs from ``from`` is
+    refused either way.
     """
 
     __slots__ = ("envelope", "kind", "message_id", "payload", "reason", "topic")
 
-    def __init__(self, topic: str, payload: bytes, own_id: str) -> None:
+    def __init__(self, topic: str, payload: bytes, own_id: str, verify_senders: bool = False) -> None:
         self.topic = topic
         self.payload = payload
         self.envelope: Envelope | None = None
@@ -286,7 +289,7 @@ class Prepared:
         self.message_id: str | None = None
         try:
             envelope = Envelope.from_wire(payload)
-            reason = _misroute(topic, envelope, own_id)
+            reason = _misroute(topic, envelope, own_id, verify_senders)
         except EnvelopeError as exc:
             self.kind, self.reason = "quarantine", f"invalid envelope: {exc}"
             return
@@ -301,16 +304,29 @@ class Prepared:
             self.kind, self.envelope = "message", envelope
 
 
-def _misroute(topic: str, envelope: Envelope, own_id: str) -> str:
-    if topic == BROADCAST_TOPIC:
-        return "" if envelope.to == BROADCAST else f"addressed to {envelope.to!r} but sent on {topic}"
-    inbox_of = agent_of(topic, "inbox")
-    if inbox_of is None:
+SPOOFED = "spoofed sender"
+UNVERIFIED = "unverified sender"
+"""The first words of the quarantine reasons for a sender the topic does not vouch for."""
+
+
+def _misroute(topic: str, envelope: Envelope, own_id: str, verify_senders: bool) -> str:
+    route = route_of(topic)
+    if route is None:
         return f"unexpected topic {topic}"
-    if inbox_of != own_id:
+    if route.recipient == BROADCAST:
+        if envelope.to != BROADCAST:
+            return f"addressed to {envelope.to!r} but sent on {topic}"
+    elif route.recipient != own_id:
         return f"arrived on {topic}, which is not this agent's inbox"
-    if envelope.to != own_id:
+    elif envelope.to != own_id:
         return f"addressed to {envelope.to!r} but sent on {topic}"
+    if route.sender is not None:
+        if route.sender != envelope.from_agent:
+            return (f"{SPOOFED}: claims to be from {envelope.from_agent!r} but was published on {topic}, "
+                    f"a topic for messages from {route.sender!r}")
+    elif verify_senders:
+        return (f"{UNVERIFIED}: {envelope.from_agent!r} published on {topic}; with security.verify_senders "
+                f"only {topic}/<sender id> is accepted")
     return ""
 
 
@@ -471,12 +487,13 @@ class Store:
             raise StoreError(f"store write failed: {exc}") from None
 
     # -- intake ---------------------------------------------------------------------------
-    def accept(self, topic: str, payload: bytes, own_id: str, *, dispatch: bool = True) -> AcceptResult:
+    def accept(self, topic: str, payload: bytes, own_id: str, *, dispatch: bool = True,
+               verify_senders: bool = False) -> AcceptResult:
         """Validate and commit one inbound publish; see :meth:`accept_batch`."""
-        return self.accept_batch([(topic, payload)], own_id, dispatch=dispatch)[0]
+        return self.accept_batch([(topic, payload)], own_id, dispatch=dispatch, verify_senders=verify_senders)[0]
 
     def accept_batch(
-        self, items: Sequence[tuple[str, bytes]], own_id: str, *, dispatch: bool = True
+        self, items: Sequence[tuple[str, bytes]], own_id: str, *, dispatch: bool = True, verify_senders: bool = False
     ) -> list[AcceptResult]:
         """Validate and commit inbound publishes ``(topic, payload)`` in one transaction (group
         commit); one result per item, in order. Never raises for bad input.
@@ -489,7 +506,7 @@ class Store:
         :raises StoreError: the database itself failed (disk full, I/O error, read-only); then
             nothing was committed and the caller must not acknowledge these publishes.
         """
-        prepared = [Prepared(topic, payload, own_id) for topic, payload in items]
+        prepared = [Prepared(topic, payload, own_id, verify_senders) for topic, payload in items]
         return self.commit_prepared(prepared, dispatch=dispatch)
 
     def commit_prepared(self, prepared: Sequence[Prepared], *, dispatch: bool = True) -> list[AcceptResult]:
@@ -818,7 +835,8 @@ class Store:
             for at, topic in self._db.execute("SELECT created_at, topic FROM outbox ORDER BY oseq DESC"):
                 if at < since:
                     break
-                peer = agent_of(topic, "inbox")
+                route = route_of(topic)
+                peer = route.recipient if route is not None and route.recipient != BROADCAST else None
                 if peer is not None:
                     sent.append((float(at), peer))
         return received[::-1], sent[::-1]
@@ -935,7 +953,8 @@ class Store:
             row = db.execute("SELECT topic FROM outbox WHERE id = ?", (message_id,)).fetchone()
             if row is None:
                 return "not ours"
-            if row[0] != BROADCAST_TOPIC and agent_of(row[0], "inbox") != by:
+            route = route_of(row[0])
+            if route is None or (route.recipient != BROADCAST and route.recipient != by):
                 return "wrong receiver"
             added = db.execute("INSERT OR IGNORE INTO ladder (id, step, by, at, detail) VALUES (?,?,?,?,?)",
                                (message_id, step, by, at, detail[:2000])).rowcount == 1

@@ -108,6 +108,10 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace) -> int:  # returns only via print-config or an error
+    if getattr(args, "broker_action", None) == "acl":
+        from swarmbus.cli.broker_acl import run as run_acl
+
+        return run_acl(args)
     from swarmbus.dev_broker import (
         BrokerConfig,
         MosquittoNotFound,
@@ -121,6 +125,13 @@ def _broker(args: argparse.Namespace) -> int:  # returns only via print-config o
 
     state = Path(args.state_dir).expanduser() if args.state_dir else (
         Path(os.environ["SWARMBUS_STATE_DIR"]) if os.environ.get("SWARMBUS_STATE_DIR") else default_state_dir())
+    secure = getattr(args, "secure", None)
+    nats = getattr(args, "engine", "mosquitto") == "nats"
+    if secure and not nats and (args.detach or args.stop or args.status):
+        from swarmbus.errors import UsageError
+
+        raise UsageError("--secure runs mosquitto in the foreground or prints its config (--print-config): "
+                         "not with --detach, --stop or --status (NATS takes --secure with all of them)")
     if getattr(args, "engine", "mosquitto") == "nats":
         from swarmbus.cli.broker_nats import run as run_nats
 
@@ -129,7 +140,13 @@ def _broker(args: argparse.Namespace) -> int:  # returns only via print-config o
         from swarmbus.errors import UsageError
 
         raise UsageError("--nodes needs --engine nats (mosquitto runs one node)")
-    cfg = BrokerConfig(state_dir=state / "broker" / str(args.port), port=args.port, bind=args.bind)
+    try:
+        cfg = BrokerConfig(state_dir=state / "broker" / str(args.port), port=args.port, bind=args.bind,
+                           **(_secure_fields(Path(secure)) if secure else {}))
+    except ValueError as exc:  # a port out of range, whitespace in a path
+        from swarmbus.errors import UsageError
+
+        raise UsageError(str(exc)) from None
     if args.detach or args.stop or args.status:
         from swarmbus.cli.broker_detach import run_detached
 
@@ -143,9 +160,35 @@ def _broker(args: argparse.Namespace) -> int:  # returns only via print-config o
     if port_in_use(cfg.bind, cfg.port):
         raise _port_taken(cfg)
     conf = write_mosquitto_conf(cfg)
-    print(f"swarmbus broker: mosquitto on {args.bind}:{args.port}, config {conf}, log {cfg.log_path}",
+    how = f" (users and ACL from {secure}{', TLS' if cfg.tls else ''})" if secure else ""
+    print(f"swarmbus broker: mosquitto on {args.bind}:{args.port}{how}, config {conf}, log {cfg.log_path}",
           file=sys.stderr, flush=True)
     os.execv(binary, [binary, "-c", str(conf)])  # noqa: S606 - replace ourselves with mosquitto
+
+
+def _secure_fields(directory: Path) -> dict[str, Any]:
+    """``BrokerConfig`` fields for ``swarmbus broker --secure DIR``: DIR's password and ACL files,
+    anonymous clients refused, and the TLS listener files DIR's registry records (when it does).
+
+    :raises UsageError: DIR holds no set-up made by ``swarmbus broker acl``.
+    :raises ConfigError: its registry.json cannot be read.
+    """
+    from swarmbus.broker_acl import acl_file, load_registry, passwd_file
+    from swarmbus.errors import UsageError
+
+    directory = directory.expanduser().absolute()
+    registry = load_registry(directory)
+    if registry is None or not passwd_file(directory).is_file() or not acl_file(directory).is_file():
+        raise UsageError(f"--secure {directory}: no set-up from `swarmbus broker acl` there (registry.json, passwd, acl)",
+                         hint=f"make one: swarmbus broker acl AGENT ... --dir {directory}")
+    fields: dict[str, Any] = {"password_file": passwd_file(directory), "acl_file": acl_file(directory),
+                              "allow_anonymous": False}
+    listener = registry.listener
+    if "certfile" in listener and "keyfile" in listener:
+        fields.update(certfile=Path(listener["certfile"]), keyfile=Path(listener["keyfile"]))
+        if "cafile" in listener:
+            fields["cafile"] = Path(listener["cafile"])
+    return fields
 
 
 def _port_taken(cfg: BrokerConfig) -> UsageError:

@@ -11,6 +11,7 @@ Node ``i`` serves MQTT on ``--port`` + ``i``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -80,7 +81,12 @@ def _config(args: argparse.Namespace, state: Path) -> NatsConfig:
         raise UsageError(f"--nodes must be 1 or more, got {nodes}")
     if not 1 <= args.port <= 65536 - nodes:
         raise UsageError(f"--port {args.port} leaves no room for {nodes} MQTT ports")
-    return NatsConfig(state_dir=cluster_dir(state, args.port), nodes=nodes, mqtt_port=args.port, bind=args.bind)
+    cfg = NatsConfig(state_dir=cluster_dir(state, args.port), nodes=nodes, mqtt_port=args.port, bind=args.bind)
+    if getattr(args, "secure", None):
+        from swarmbus.broker_acl import nats_secure_fields
+
+        cfg = dataclasses.replace(cfg, **nats_secure_fields(Path(args.secure), plan_nodes(cfg)[0].dir))
+    return cfg
 
 
 def _check_layout(args: argparse.Namespace, cfg: NatsConfig) -> None:
@@ -218,7 +224,8 @@ def _detach(cfg: NatsConfig, state: Path) -> int:
                                       name=f"NATS node {node.name} (MQTT port {node.mqtt_port})", ready=listening,
                                       timeout=max(1.0, deadline - time.monotonic())))
         for node in nodes:
-            while not node_ready(node, cluster=len(nodes) > 1, timeout=max(0.5, min(5.0, deadline - time.monotonic()))):
+            while not node_ready(node, cluster=len(nodes) > 1, credentials=cfg.probe_credentials,
+                                 timeout=max(0.5, min(5.0, deadline - time.monotonic()))):
                 if time.monotonic() > deadline:
                     stop_started()
                     sys.stderr.write(f"swarmbus: error: NATS node {node.name} did not serve MQTT within "
@@ -285,7 +292,7 @@ def _status(args: argparse.Namespace, cfg: NatsConfig) -> int:
         rows.append({"name": node.name, "mqtt_port": node.mqtt_port, "url": node.mqtt_url,
                      "running": keeper is not None, "keeper": keeper.pid if keeper else None,
                      "pid": keeper.child if keeper else None, "restarts": keeper.restarts if keeper else None,
-                     "answers_mqtt": mqtt_answers(node.host, node.mqtt_port, timeout=2.0),
+                     "answers_mqtt": mqtt_answers(node.host, node.mqtt_port, 2.0, cfg.probe_credentials),
                      "meta_leader": node_meta_leader(node) if len(nodes) > 1 else None,
                      "log": str(node.log_path)})
     all_run = all(r["running"] for r in rows)

@@ -328,8 +328,67 @@ def _broker_command(p: argparse.ArgumentParser) -> None:
     what.add_argument("--status", action="store_true", help="say whether a detached broker runs on --port")
     p.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
                    help="with --stop: wait this long after SIGTERM before SIGKILL (default 20)")
+    p.add_argument("--secure", metavar="DIR",
+                   help="require the users and ACL made by `swarmbus broker acl --dir DIR` (anonymous refused; TLS "
+                        "with the listener files it recorded); mosquitto: in the foreground or with --print-config "
+                        "only; --engine nats: with every action")
     _json(p)
     _common(p)
+    actions = p.add_subparsers(dest="broker_action", metavar="[acl]", parser_class=Parser, required=False,
+                               title="actions (optional; `swarmbus broker acl --help`)")
+    acl = actions.add_parser("acl", help=BROKER_ACL_HELP, description=BROKER_ACL_DESCRIPTION,
+                             formatter_class=HelpFormatter)
+    _broker_acl(acl)
+
+
+BROKER_ACL_HELP = "write the password file, ACL and per-agent credentials for a list of agents"
+BROKER_ACL_DESCRIPTION = """\
+Write a least-privilege mosquitto set-up for AGENTs into DIR (mode 0700): the password file
+(through mosquitto_passwd; passwords never in argv), the ACL (one user block per agent: it
+sends only under its own id, reads only its own inbox, receipts, broadcasts and everyone's
+presence; observers read presence and broadcasts only), and for each one
+agents/<id>/password (0600) and agents/<id>/swarmbus.toml (for `swarmbus start --config`).
+registry.json (no secrets) records who exists; mosquitto.conf is a snippet for a system broker;
+nats-users.conf holds the same users and permissions for nats-server (it includes passwords: 0600).
+
+Safe to re-run: ids already there keep their passwords; a run that changes nothing says so and
+rewrites no file. Then reload the broker: kill -HUP <mosquitto pid>, or restart
+`swarmbus broker --secure DIR`. --observer, --rotate and --remove take one or more ids (so put
+the AGENTs first); --remove of an id that is not there does nothing and says so.
+
+  swarmbus broker acl planner coder --observer dash --dir ~/bus-auth
+  swarmbus broker acl --dir ~/bus-auth --rotate coder
+  swarmbus broker acl --dir ~/bus-auth --remove planner
+  swarmbus broker acl coder --dir ~/bus-auth --broker mqtts://bus.example:8883 --ca-cert ca.pem \\
+      --server-cert server.pem --server-key server.key
+  swarmbus broker --secure ~/bus-auth --port 8883 --bind 0.0.0.0
+
+Exit codes: 0 done (or nothing to change), 1 mosquitto_passwd missing or failing, 2 usage error
+(an invalid id, --rotate of an unknown id, a missing certificate file)."""
+
+
+def _broker_acl(p: argparse.ArgumentParser) -> None:
+    p.add_argument("agents", nargs="*", metavar="AGENT", help="agent ids to have (1-64 of a-z 0-9 _ -)")
+    p.add_argument("--dir", required=True, metavar="DIR", help="where everything is written (created mode 0700)")
+    p.add_argument("--observer", action="extend", nargs="+", metavar="NAME",
+                   help="read-only principals (dashboards, cut-over checks): presence and broadcasts")
+    p.add_argument("--rotate", action="extend", nargs="+", metavar="ID", help="give an existing id a new password")
+    p.add_argument("--remove", action="extend", nargs="+", metavar="ID",
+                   help="delete an id: its password file entry, its ACL block and agents/<id>/")
+    trust = p.add_mutually_exclusive_group()
+    trust.add_argument("--verified", dest="verified", action="store_const", const=True, default=None,
+                       help="agents may send only under their own id (the default for a new DIR)")
+    trust.add_argument("--allow-unverified", dest="verified", action="store_const", const=False,
+                       help="also let agents send on the plain topics (a fleet with senders too old to name themselves)")
+    p.add_argument("--broker", dest="broker_url", metavar="URL",
+                   help="the broker URL written into each agent's config (e.g. mqtts://broker.example:8883)")
+    p.add_argument("--ca-cert", metavar="PATH",
+                   help="the CA agents verify the broker with (written into their config; implies TLS)")
+    tls = p.add_argument_group("the broker's TLS listener (recorded for `swarmbus broker --secure` and mosquitto.conf)")
+    tls.add_argument("--server-cert", metavar="PATH", help="the broker's certificate (with --server-key)")
+    tls.add_argument("--server-key", metavar="PATH", help="the broker's private key")
+    tls.add_argument("--server-ca", metavar="PATH", help="the CA client certificates are checked against (optional)")
+    _json(p)
 
 
 def _init(p: argparse.ArgumentParser) -> None:
@@ -506,6 +565,13 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         "  swarmbus broker --engine nats --nodes 3 --port 4301 --detach\n"
         "  swarmbus broker --engine nats --port 4301 --status\n"
         "  swarmbus broker --engine nats --port 4301 --stop\n\n"
+        "`swarmbus broker acl AGENT ... --dir DIR` writes a least-privilege set-up (password file, ACL,\n"
+        "per-agent credentials); `swarmbus broker acl --help` says more. --secure DIR then runs\n"
+        "mosquitto with it: anonymous clients refused, and TLS when DIR records the listener files\n"
+        "(in the foreground or with --print-config; not with --detach, --stop or --status), or\n"
+        "nats-server (--engine nats, any action) with its users and per-subject permissions.\n\n"
+        "  swarmbus broker acl planner coder --dir ~/bus-auth\n"
+        "  swarmbus broker --secure ~/bus-auth --port 1884\n\n"
         "Exit codes: --detach 0 it runs, 1 it could not be started, 2 the port is taken by another\n"
         "program; --stop 0 stopped or none ran, 1 it would not stop; --status 0 runs, 1 does not.",
         _broker_command,

@@ -158,6 +158,10 @@ def _via_daemon(socket_path: Path, envelope: Envelope, wait: float) -> dict[str,
     except TimeoutError as exc:
         raise SwarmbusError(f"the local daemon did not answer ({exc}): the message was not sent") from None
     if not answer.get("ok"):
+        if answer.get("status") == "refused":
+            from swarmbus.errors import PublishRefused
+
+            raise PublishRefused(str(answer.get("error")), hint=answer.get("hint"))
         error = SwarmbusError if answer.get("kind") != "usage" else UsageError
         raise error(f"the daemon refused the message: {answer.get('error')}")
     return answer
@@ -167,6 +171,7 @@ def _direct(raw: RawConfig, envelope: Envelope, *, timeout: float) -> None:
     """Publish over a connection of our own: what :func:`swarmbus.oneshot.send_direct` does,
     without building the pydantic settings."""
     from swarmbus.broker_options import broker_options
+    from swarmbus.config import verify_senders
     from swarmbus.topics import topic_for_recipient
     from swarmbus.transport.negotiated import ProtocolMemory
     from swarmbus.transport.publish import publish_once
@@ -174,6 +179,7 @@ def _direct(raw: RawConfig, envelope: Envelope, *, timeout: float) -> None:
 
     enable_notices()  # a person waits: say what a slow connect waits for
     broker = broker_options(raw)
-    publish_once(broker, topic_for_recipient(envelope.to), envelope.to_wire(), agent_id=envelope.from_agent,
+    sender = envelope.from_agent if verify_senders(raw) else None
+    publish_once(broker, topic_for_recipient(envelope.to, sender), envelope.to_wire(), agent_id=envelope.from_agent,
                  timeout=timeout, memory=ProtocolMemory.in_state_dir(raw.get("state_dir")))
 

@@ -174,6 +174,13 @@ class ControlServer:
         except StoreError as exc:
             return {"ok": False, "error": f"the daemon could not spool the message, so it was not sent: {exc}",
                     "kind": "failure"}
+        if status == "refused":
+            topic, reason = self.outbox.refusals.pop(envelope.id, ("?", "refused"))
+            return {"ok": False, "kind": "failure", "status": status, "id": envelope.id,
+                    "error": f"the broker refused the publish to {topic}: {reason}; the message was not sent",
+                    "hint": "these credentials may not write that topic: check the broker's ACL "
+                            "(`swarmbus broker acl`), broker.username and security.verify_senders "
+                            "(`swarmbus doctor` probes them)"}
         if status == "expired":
             return {"ok": False, "error": "the request reached the daemon after its deadline; it was not sent",
                     "kind": "failure", "status": status}

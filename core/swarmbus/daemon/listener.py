@@ -37,6 +37,7 @@ from swarmbus.children import ChildReaper
 from swarmbus.default_plugins import manual
 from swarmbus.default_plugins.attention import Attention
 from swarmbus.envelope import Envelope, new_envelope
+from swarmbus.errors import StoreError
 from swarmbus.ownership import Ownership
 from swarmbus.paths import AgentPaths
 from swarmbus.plugins import HookRelay, PluginManager
@@ -44,7 +45,7 @@ from swarmbus.receipts import ACKNOWLEDGED, REPLIED, SURFACED, WAKE
 from swarmbus.settings import Settings
 from swarmbus.store import Store
 from swarmbus.supervise import current_supervisor
-from swarmbus.topics import QOS, receipts_topic, receive_filters
+from swarmbus.topics import QOS, receipt_filters, receive_filters, route_of
 from swarmbus.transport.aio_link import AsyncMqttLink
 from swarmbus.transport.link import Subscription
 from swarmbus.transport.negotiated import ProtocolMemory
@@ -110,7 +111,7 @@ class Daemon:
             manual_ack=True,
             will=self.presence.will(),
             subscriptions=[*(Subscription(t, QOS, no_local=n) for t, n in receive_filters(agent_id)),
-                           *self.presence.subscriptions(), Subscription(receipts_topic(agent_id), QOS)],
+                           *self.presence.subscriptions(), *(Subscription(t, QOS) for t in receipt_filters(agent_id))],
             on_message=self._on_message,
             on_connected=self._on_connected,
             on_taken_over=lambda: self._on_conflict(
@@ -123,13 +124,14 @@ class Daemon:
             logger=logging.getLogger("swarmbus.transport"),
             protocol_memory=ProtocolMemory.in_state_dir(settings.state_dir),
         )
-        self.ladder = Ladder(store, agent_id, self.link, self.relay)
+        self.ladder = Ladder(store, agent_id, self.link, self.relay, verify_senders=settings.security.verify_senders)
         self.receiver = Receiver(store, agent_id, self.link, on_stored=self._on_stored,
                                  on_recorded=lambda seqs: self.dispatcher.recorded(seqs),
-                                 on_duplicates=self.ladder.duplicates)
+                                 on_duplicates=self.ladder.duplicates,
+                                 verify_senders=settings.security.verify_senders)
         self.link.on_cycle = self.receiver.cycle
         self.presence.link = self.link
-        self.outbox = Outbox(store, self.receiver, self.link)
+        self.outbox = Outbox(store, self.receiver, self.link, verify_senders=settings.security.verify_senders)
         self.link.on_reset = self.outbox.forget_inflight
         self.peers = Peers(agent_id, subscribe=self.link.subscribe, send_sentinel=self._send_sentinel,
                            on_online=lambda peer: self.redeliverer.recipient_online(peer),
@@ -141,6 +143,7 @@ class Daemon:
         self.outbox.plan = self.redeliverer.plan
         self.outbox.on_sent = self._on_sent
         self.outbox.on_published = self.ladder.published
+        self.outbox.on_refused = self._on_refused
 
         handlers = self.relay.handlers(settings)
         self.attention = Attention(store, self.relay, settings)
@@ -233,7 +236,7 @@ class Daemon:
                 self.redeliverer.scheduled()
             return
         if self.ladder.handles(topic):
-            self.ladder.on_receipt(payload)
+            self.ladder.on_receipt(topic, payload)
             self.link.ack(mid, qos)
             return
         if self.peers.handles(topic):
@@ -247,6 +250,18 @@ class Daemon:
         self.dispatcher.offer(messages)
         self.new_messages.notify()
         self.ladder.stored(messages)
+
+    def _on_refused(self, message_id: str, topic: str, reason: str) -> None:
+        """The broker refused a send (an ACL): it is not published again; the ladder says why."""
+        route = route_of(topic)
+        recipient = route.recipient if route is not None else topic
+        why = f"refused by the broker ({topic}): {reason}"
+        log.warning("the broker refused message %s to %s: %s", message_id, recipient, reason)
+        try:
+            self.receiver.store.end_redeliveries([(message_id, "refused")], time.time())
+        except StoreError as exc:
+            log.warning("could not end the redelivery of %s: %s", message_id, exc)
+        self.ladder.gave_up(message_id, recipient, why)
 
     def _on_sent(self, envelope: Envelope) -> None:
         """A send was spooled: schedule its redelivery; a reply records ``replied`` for the original."""

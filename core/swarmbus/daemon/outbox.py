@@ -3,7 +3,9 @@
 A send checks the caller's deadline, commits the envelope to the ``outbox`` table and publishes
 it at QoS 1; the caller (the control socket, or a handler's ``context.send``) then waits up to its
 ``wait`` seconds for the PUBACK: ``published`` if it came, else ``queued`` (it stays spooled and
-is published after a reconnect or a restart). A request taken after its deadline is refused
+is published after a reconnect or a restart), or ``refused`` when the broker answered with an
+MQTT 5 failure reason (an ACL): then it is not published again, and its ladder says why. A
+request taken after its deadline is refused
 before anything is spooled (``expired``), so a sender that gave up on an answer never finds its
 message delivered later. Waiting is a future on the event loop: any number of concurrent
 senders, no thread held for any of them.
@@ -25,10 +27,12 @@ from .receiver import Receiver
 
 
 class Outbox:
-    """Spooled sends for one daemon (use from the event loop)."""
+    """Spooled sends for one daemon (use from the event loop). With ``verify_senders`` each send
+    goes to the topic that carries this agent's id (:func:`swarmbus.topics.topic_for_recipient`)."""
 
-    def __init__(self, store: Store, receiver: Receiver, link: MqttLink) -> None:
+    def __init__(self, store: Store, receiver: Receiver, link: MqttLink, *, verify_senders: bool = False) -> None:
         self.store = store
+        self.verify_senders = verify_senders
         self.receiver = receiver
         self.link = link
         self._inflight: set[str] = set()  # ids handed to paho and not yet PUBACKed (it resends them itself)
@@ -40,6 +44,10 @@ class Outbox:
         """Called with each newly spooled envelope, after it is handed to the link."""
         self.on_published: Callable[[str, str], object] | None = None
         """Called with ``(message_id, topic)`` when the broker acknowledged a send."""
+        self.on_refused: Callable[[str, str, str], object] | None = None
+        """Called with ``(message_id, topic, reason)`` when the broker refused a send."""
+        self.refusals: dict[str, tuple[str, str]] = {}
+        """``message_id -> (topic, reason)`` of refused sends a caller still waits on (popped by it)."""
 
     def _publish(self, message_id: str, topic: str, payload: bytes) -> PublishTicket:
         self._inflight.add(message_id)
@@ -47,7 +55,11 @@ class Outbox:
 
         def acked() -> None:
             self._inflight.discard(message_id)
-            self.receiver.published(message_id)
+            self.receiver.published(message_id)  # refused too: publishing it again would not help
+            if ticket.refused is not None:
+                if self.on_refused is not None:
+                    self.on_refused(message_id, topic, ticket.refused)
+                return
             if self.on_published is not None:
                 self.on_published(message_id, topic)
 
@@ -78,6 +90,8 @@ class Outbox:
 
     async def send(self, envelope: Envelope, wait: float, deadline: float | None = None) -> str:
         """Spool and publish ``envelope``. Returns ``published`` (PUBACKed within ``wait`` s),
+        ``refused`` (the broker refused it within ``wait`` s; the topic and reason are in
+        :attr:`refusals` under its id),
         ``queued`` (spooled; published later), ``duplicate`` (this id is already spooled) or
         ``expired`` (``deadline``, Unix seconds, passed before it could be spooled: not sent).
 
@@ -91,7 +105,7 @@ class Outbox:
             # tell `swarmbus trace` who stored it
             envelope = with_request(envelope, [STORED])
         payload = envelope.to_wire()
-        topic = topic_for_recipient(envelope.to)
+        topic = topic_for_recipient(envelope.to, envelope.from_agent if self.verify_senders else None)
         if not self.store.outbox_add(envelope.id, topic, payload, redeliver):
             return "duplicate"
         if self.on_spooled is not None:
@@ -100,7 +114,7 @@ class Outbox:
         if self.on_sent is not None:
             self.on_sent(envelope)
         if ticket.done.is_set():
-            return "published"
+            return self._outcome(envelope.id, topic, ticket)
         if wait <= 0:
             return "queued"
         acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -110,7 +124,13 @@ class Outbox:
                 await acked
         except TimeoutError:
             return "queued"
-        return "published"
+        return self._outcome(envelope.id, topic, ticket)
+
+    def _outcome(self, message_id: str, topic: str, ticket: PublishTicket) -> str:
+        if ticket.refused is None:
+            return "published"
+        self.refusals[message_id] = (topic, ticket.refused)
+        return "refused"
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

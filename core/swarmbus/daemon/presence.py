@@ -52,6 +52,7 @@ from swarmbus.settings import Settings
 from swarmbus.topics import (
     heartbeat_topic,
     presence_topic,
+    sync_topic,
 )
 from swarmbus.transport.link import MqttLink, Subscription, Will
 
@@ -75,7 +76,8 @@ class PresenceKeeper:
         self.heartbeat_s = settings.daemon.heartbeat_interval
         self.topic = presence_topic(agent_id)
         self.beat_topic = heartbeat_topic(agent_id)
-        self.sync_topic = f"{settings.broker.client_id_prefix}/sync/{agent_id}/{self.instance}"
+        self.sync_topic = sync_topic(settings.broker.client_id_prefix, settings.broker.username, agent_id,
+                                     self.instance)
         self.link: MqttLink | None = None
         self.announced_at: str | None = None
         self.conflict: str | None = None

@@ -38,7 +38,7 @@ from swarmbus.receipts import (
     requested_steps,
 )
 from swarmbus.store import Store
-from swarmbus.topics import agent_of, receipts_topic
+from swarmbus.topics import receipt_filters, receipt_signer, receipts_topic, route_of
 from swarmbus.transport.link import MqttLink, Subscription
 
 from .control_server import NewMessages
@@ -52,11 +52,15 @@ class Ladder:
     """See the module docstring. Use from the daemon's event loop.
 
     A receipt goes only to an envelope that asks for it (its ``receipts`` field,
-    :func:`swarmbus.receipts.requested_steps`); a daemon's sends ask for ``stored``.
+    :func:`swarmbus.receipts.requested_steps`); a daemon's sends ask for ``stored``. With
+    ``verify_senders`` receipts go out on ``agents/<sender>/receipts/<own id>`` and only those
+    whose topic carries their ``by`` are accepted (a mismatch is refused either way).
     """
 
-    def __init__(self, store: Store, agent_id: str, link: MqttLink, relay: HookRelay) -> None:
+    def __init__(self, store: Store, agent_id: str, link: MqttLink, relay: HookRelay, *,
+                 verify_senders: bool = False) -> None:
         self.store = store
+        self.verify_senders = verify_senders
         self.agent_id = agent_id
         self.link = link
         self.relay = relay
@@ -66,10 +70,10 @@ class Ladder:
         self._last_reject_log = 0.0
 
     def subscriptions(self) -> list[Subscription]:
-        return [Subscription(self.topic, 1)]
+        return [Subscription(t, 1) for t in receipt_filters(self.agent_id)]
 
     def handles(self, topic: str) -> bool:
-        return topic == self.topic
+        return receipt_signer(topic, self.agent_id)[0]
 
     # -- receiving side ------------------------------------------------------------------------------
     def stored(self, messages: list[StoredMessage]) -> None:
@@ -138,25 +142,32 @@ class Ladder:
         try:
             # QoS 0: a lost receipt heals itself (the sender republishes; the duplicate gets one
             # again), and a burst of receipts must not pile up in the client's in-flight queue
-            self.link.publish(receipts_topic(envelope.from_agent), payload, qos=0)
+            by = self.agent_id if self.verify_senders else None
+            self.link.publish(receipts_topic(envelope.from_agent, by), payload, qos=0)
         except Exception as exc:  # the sender republishes until it has one; never stall intake
             log.warning("could not publish the %s receipt for %s: %s", step, envelope.id, exc)
 
     # -- sending side --------------------------------------------------------------------------------
     def published(self, message_id: str, topic: str) -> None:
         """The broker acknowledged a message we sent."""
-        peer = agent_of(topic, "inbox") or BROADCAST
+        route = route_of(topic)
+        peer = route.recipient if route is not None else BROADCAST
         self._sent_event(message_id, PUBLISHED, self.agent_id, time.time(), "", peer=peer)
 
     def gave_up(self, message_id: str, recipient: str, why: str) -> None:
         self._sent_event(message_id, "gave up", self.agent_id, time.time(), why, peer=recipient)
 
-    def on_receipt(self, payload: bytes) -> None:
-        """An inbound receipt (any bytes). Never raises."""
+    def on_receipt(self, topic: str, payload: bytes) -> None:
+        """An inbound receipt (any bytes) on one of :meth:`subscriptions`. Never raises."""
         try:
             receipt = parse_receipt(payload)
         except ReceiptError as exc:
             return self._reject(str(exc))
+        signer = receipt_signer(topic, self.agent_id)[1]
+        if signer is not None and signer != receipt.by:
+            return self._reject(f"spoofed: a receipt signed {receipt.by!r} on {topic}")
+        if signer is None and self.verify_senders:
+            return self._reject(f"unverified: a receipt from {receipt.by!r} on {topic} (security.verify_senders)")
         try:
             outcome = self.store.record_receipt(receipt.message_id, receipt.step, receipt.by, receipt.at,
                                                 receipt.detail)

@@ -61,6 +61,8 @@ class Receiver:
     :param on_recorded: ``(seqs)`` once the dispatch of these messages is committed as finished.
     :param on_duplicates: ``(envelopes)`` of each committed batch's duplicates (messages already
         stored: their sender republished them), if given.
+    :param verify_senders: quarantine messages whose topic does not carry their sender's id
+        (:class:`swarmbus.store.Prepared`).
     """
 
     def __init__(
@@ -72,8 +74,10 @@ class Receiver:
         on_stored: Callable[[list[StoredMessage]], object],
         on_recorded: Callable[[list[int]], object],
         on_duplicates: Callable[[list[Envelope]], object] | None = None,
+        verify_senders: bool = False,
     ) -> None:
         self.store = store
+        self.verify_senders = verify_senders
         self.on_duplicates = on_duplicates
         self.agent_id = agent_id
         self.link = link
@@ -92,7 +96,7 @@ class Receiver:
     # -- from the link --------------------------------------------------------------------------
     def on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         """Parse one inbound publish (never raises) and queue it for the next commit."""
-        self._pending.append(_Inbound(Prepared(topic, payload, self.agent_id), mid, qos, self.link.generation,
+        self._pending.append(_Inbound(Prepared(topic, payload, self.agent_id, self.verify_senders), mid, qos, self.link.generation,
                                       time.time()))
 
     def cycle(self) -> None:

@@ -44,9 +44,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from swarmbus.errors import BrokerNotReady, BrokerRefused, BrokerUnreachable, TimeoutExpired
+from swarmbus.errors import BrokerNotReady, BrokerRefused, BrokerUnreachable, PublishRefused, TimeoutExpired
 from swarmbus.transport.negotiated import ProtocolMemory
-from swarmbus.transport.publish import one_shot_client_id
+from swarmbus.transport.publish import ACL_HINT, one_shot_client_id
 from swarmbus.transport.reach import WaitNotice, refused
 
 TYPE_CHECKING = False
@@ -98,11 +98,14 @@ class Subscription:
 
 @dataclass
 class PublishTicket:
-    """Tracks one QoS 1 publish until its PUBACK."""
+    """Tracks one QoS 1 publish until its PUBACK. ``refused`` is the broker's reason when the
+    PUBACK carried an MQTT 5 failure reason code (e.g. 135 "Not authorized": an ACL denied it);
+    MQTT 3.1.1 has no such code (mosquitto then acknowledges and drops a denied publish)."""
 
     mid: int
     done: threading.Event = field(default_factory=threading.Event)
     acked_at: float | None = None
+    refused: str | None = None
     _callbacks: list[Callable[[], object]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -118,8 +121,9 @@ class PublishTicket:
                 return
         callback()
 
-    def _complete(self) -> None:
+    def _complete(self, refused: str | None = None) -> None:
         with self._lock:
+            self.refused = refused
             self.acked_at = time.time()
             self.done.set()
             callbacks, self._callbacks = self._callbacks, []
@@ -223,7 +227,7 @@ class MqttLink:
         self._password = broker.resolved_password()
         self._lock = threading.Lock()
         self._tickets: dict[int, PublishTicket] = {}
-        self._early_acks: set[int] = set()
+        self._early_acks: dict[int, str | None] = {}  # mid -> refusal reason, PUBACKs before publish() returned
         self._connected = threading.Event()
         self._no_reconnect = threading.Event()
         self._halt = threading.Event()
@@ -390,12 +394,15 @@ class MqttLink:
         self._packets += 1
         now = time.time()
         self.last_puback_at = now
+        refused = str(reason) if getattr(reason, "is_failure", False) else None
+        if refused is not None:
+            self.log.warning("the broker refused a publish (mid %d): %s", mid, refused)
         with self._lock:
             ticket = self._tickets.pop(mid, None)
             if ticket is None:
-                self._early_acks.add(mid)
+                self._early_acks[mid] = refused
                 return
-        ticket._complete()
+        ticket._complete(refused)
 
     # -- the supervised loop ----------------------------------------------------------------
     def start(self) -> None:
@@ -673,8 +680,7 @@ class MqttLink:
         ticket = PublishTicket(info.mid)
         with self._lock:
             if info.mid in self._early_acks:
-                self._early_acks.discard(info.mid)
-                ticket._complete()
+                ticket._complete(self._early_acks.pop(info.mid))
             elif qos == 0:
                 ticket._complete()
             else:
@@ -686,6 +692,9 @@ class MqttLink:
         ticket = self.publish(topic, payload, retain=retain)
         if not ticket.wait(timeout):
             raise TimeoutExpired(f"no PUBACK from {self.url} within {timeout:.0f}s")
+        if ticket.refused is not None:
+            raise PublishRefused(f"{self.url} refused the publish to {topic}: {ticket.refused}",
+                                 hint=ACL_HINT)
 
     def subscribe(self, subs: Iterable[Subscription]) -> None:
         """Add subscriptions now (if connected) and after every reconnect."""

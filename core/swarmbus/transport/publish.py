@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 
-from swarmbus.errors import BrokerRefused, BrokerUnreachable, ConfigError, TimeoutExpired
+from swarmbus.errors import BrokerRefused, BrokerUnreachable, ConfigError, PublishRefused, TimeoutExpired
 from swarmbus.transport import defer_import
 from swarmbus.transport.reach import WaitNotice, refused
 
@@ -100,6 +100,8 @@ V5 = "5"
 V311 = "3.1.1"
 _UNSUPPORTED_PROTOCOL = 132
 _HINT = "is the broker running? check `swarmbus config show` and `swarmbus doctor`"
+ACL_HINT = ("these credentials may not write that topic: check the broker's ACL (`swarmbus broker acl`), "
+            "broker.username and security.verify_senders (`swarmbus doctor` probes them)")
 
 
 def one_shot_client_id(prefix: str, agent_id: str | None, role: str) -> str:
@@ -146,6 +148,7 @@ class _State:
     def __init__(self) -> None:
         self.connack: Any = None
         self.acked: set[int] = set()
+        self.refused: dict[int, str] = {}  # mid -> the PUBACK's MQTT 5 failure reason
         self.silent = False  # an MQTT 5 connection closed without any CONNACK
 
     def on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
@@ -157,6 +160,8 @@ class _State:
         self.connack = reason
 
     def on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            self.refused[mid] = str(reason)
         self.acked.add(mid)
 
 
@@ -314,6 +319,9 @@ def publish_once(broker: BrokerLike, topic: str, payload: bytes, *, agent_id: st
         (nothing listens there), the broker refused the client or the server certificate did
         not verify; or the connection dropped before the PUBACK.
     :raises TimeoutExpired: no PUBACK within ``timeout`` seconds.
+    :raises PublishRefused: the PUBACK carried an MQTT 5 failure reason (135 "Not authorized":
+        the broker's ACL denies these credentials that topic). On MQTT 3.1.1 a broker cannot say
+        so: mosquitto acknowledges a denied publish and drops it.
     :raises ConfigError: the password file or the TLS files cannot be read.
     """
     mqtt = _paho()
@@ -344,6 +352,9 @@ def publish_once(broker: BrokerLike, topic: str, payload: bytes, *, agent_id: st
                     f"({mqtt.error_string(rc)}); the message may or may not have been delivered",
                     hint=_HINT,
                 )
+        if info.mid in state.refused:
+            raise PublishRefused(f"{broker.url} refused the publish to {topic}: {state.refused[info.mid]}",
+                                 hint=ACL_HINT)
     finally:
         _close(client)
     return protocol
