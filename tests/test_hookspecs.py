@@ -433,6 +433,114 @@ def test_hook_swarmbus_wake_coalesce() -> None:
     # what the core does with the answer: tests/test_coalesce.py
 
 
+# -- swarmbus_wake_paths and the wake router ------------------------------------------------
+def _context(marked: list[tuple[list[str], str, str]]) -> HandlerContext:
+    async def send(*args: Any, **kwargs: Any) -> str:
+        return "x"
+
+    def mark_step(ids: Any, step: str, detail: str = "") -> int:
+        marked.append((list(ids), step, detail))
+        return len(list(ids))
+
+    return HandlerContext(agent_id="desk", settings=Settings(), logger=logging.getLogger("t"), send=send,
+                          hooks=None, mark_step=mark_step)
+
+
+def test_hook_swarmbus_wake_paths() -> None:
+    from swarmbus import WakeOutcome, WakePath, probe_paths, wake_by_paths
+
+    calls: list[str] = []
+
+    async def ready(context: HandlerContext) -> str | None:
+        return None
+
+    async def not_ready(context: HandlerContext) -> str | None:
+        return "nobody home"
+
+    async def broken_probe(context: HandlerContext) -> str | None:
+        raise RuntimeError("probe bug")
+
+    async def slow(messages: list[StoredMessage], context: HandlerContext) -> WakeOutcome:
+        await asyncio.sleep(5)
+        return WakeOutcome(True, "too late")
+
+    async def refused(messages: list[StoredMessage], context: HandlerContext) -> WakeOutcome:
+        calls.append("refused")
+        return WakeOutcome(False, "the host said no", exit_code=3)
+
+    async def confirmed(messages: list[StoredMessage], context: HandlerContext) -> WakeOutcome:
+        calls.append("confirmed")
+        return WakeOutcome(True, f"woke it for {len(messages)}")
+
+    paths = [WakePath("socket", not_ready, confirmed), WakePath("buggy", broken_probe, confirmed),
+             WakePath("slow", ready, slow, timeout=0.05), WakePath("cli", ready, refused),
+             WakePath("last", ready, confirmed)]
+
+    class Host:
+        @hookimpl
+        def swarmbus_wake_paths(self, settings: Settings) -> list[WakePath] | None:
+            return paths if settings.host_type == "desk-bell" else None
+
+    relay = fresh(Host())
+    assert relay.wake_paths(settings_for(host_type="desk-bell")) == paths
+    assert relay.wake_paths(Settings()) == []  # another host type: nobody answers
+    marked: list[tuple[list[str], str, str]] = []
+    context = _context(marked)
+    msgs = [message(), message("two")]
+    outcome = asyncio.run(wake_by_paths(msgs, paths, context, timeout=1.0, surfaced=("last",)))
+    assert outcome.ok and outcome.detail.startswith("last: woke it for 2 (after socket: nobody home; ")
+    assert "buggy: its readiness probe failed (RuntimeError: probe bug)" in outcome.detail
+    assert "slow: no confirmation within 0.05s" in outcome.detail and "cli: the host said no" in outcome.detail
+    assert calls == ["refused", "confirmed"]  # tried in order; the not-ready path never woke anything
+    assert marked == [([m.id for m in msgs], "surfaced", outcome.detail)]
+    failed = asyncio.run(wake_by_paths(msgs, paths[:4], context, timeout=1.0))
+    assert not failed.ok and failed.detail.startswith("no wake path worked: socket: nobody home")
+    assert failed.exit_code == 3  # the last path that ran and failed
+    assert asyncio.run(probe_paths(paths[:2], context)) == [
+        ("socket", "nobody home"), ("buggy", "its readiness probe failed (RuntimeError: probe bug)")]
+    assert len(marked) == 1  # a failed wake surfaces nothing
+
+
+# -- swarmbus_host_session and the daemon's registry -----------------------------------------
+def test_hook_swarmbus_host_session() -> None:
+    import os
+
+    from swarmbus import HostSession
+    from swarmbus.daemon.sessions import TTL, HostSessions, SessionError, parse_session
+
+    class Host:
+        @hookimpl
+        def swarmbus_host_session(self, environ: dict[str, str]) -> HostSession | None:
+            if "DESK_SOCKET" not in environ:
+                return None
+            return HostSession("desk", environ["DESK_SESSION"], int(environ["DESK_PID"]),
+                               {"socket": environ["DESK_SOCKET"], "token": "t0ken"})
+
+    environ = {"DESK_SOCKET": "/tmp/d.sock", "DESK_SESSION": "s1", "DESK_PID": str(os.getpid())}
+    found = fresh(Host()).host_sessions(environ)
+    assert [(s.host, s.session_id, s.pid) for s in found] == [("desk", "s1", os.getpid())]
+    assert "t0ken" not in repr(found[0])
+    assert fresh(Host()).host_sessions({}) == []
+
+    registry = HostSessions()
+    assert registry.register(found[0], now=100.0) is True
+    assert registry.register(found[0], now=105.0) is False  # a refresh
+    later = HostSession("desk", "s2", os.getpid(), {})
+    registry.register(later, now=106.0)
+    assert [s.session_id for s in registry.live("desk", now=107.0)] == ["s2", "s1"]  # the newest first
+    assert registry.live("other", now=107.0) == []
+    assert [s.session_id for s in registry.live("desk", now=106.0 + TTL + 1)] == []  # not refreshed: gone
+    registry.register(HostSession("desk", "dead", 2**22 + 12345, {}), now=200.0)
+    assert registry.live("desk", now=200.0) == []  # its process does not run
+    assert TTL > 0 and "token" not in str(registry.summary())
+    for bad in (None, {"host": "Desk", "session_id": "s", "pid": 1}, {"host": "d", "session_id": "", "pid": 1},
+                {"host": "d", "session_id": "s", "pid": True}, {"host": "d", "session_id": "s", "pid": 1, "endpoint": {"a": 1}}):
+        with pytest.raises(SessionError):
+            parse_session(bad)
+    # end to end (the MCP server registering a real session, the daemon posting to it): the
+    # Claude Code plugin's tests/test_cc_session.py and tests_real/test_real_session.py
+
+
 # -- swarmbus_delivery_event ------------------------------------------------------------------
 def test_hook_swarmbus_delivery_event(caplog: pytest.LogCaptureFixture) -> None:
     from swarmbus import DeliveryEvent

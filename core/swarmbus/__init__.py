@@ -28,6 +28,10 @@ _EXPORTS: dict[str, str] = {
     "Service": "swarmbus.api",
     "WakeDecision": "swarmbus.api",
     "WakeOutcome": "swarmbus.api",
+    "WakePath": "swarmbus.api",
+    "HostSession": "swarmbus.api",
+    "wake_by_paths": "swarmbus.wake_router",
+    "probe_paths": "swarmbus.wake_router",
     "Verdict": "swarmbus.api",
     "PolicyState": "swarmbus.api",
     "combine_verdicts": "swarmbus.api",
@@ -68,6 +72,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
         DoctorContext,
         Handler,
         HandlerContext,
+        HostSession,
         HostType,
         InitStep,
         OperatorEvent,
@@ -77,6 +82,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
         Verdict,
         WakeDecision,
         WakeOutcome,
+        WakePath,
         combine_verdicts,
         skip,
         wake,
@@ -90,6 +96,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from swarmbus.prompts import render_message, render_wake_prompt
     from swarmbus.provision import JsonEntry, ProvisionError, RunCommand, Verify, WriteFile
     from swarmbus.settings import Settings
+    from swarmbus.wake_router import probe_paths, wake_by_paths
 
 
 def __getattr__(name: str) -> object:

@@ -194,6 +194,52 @@ class WakeOutcome:
 SendFunc = Callable[..., Awaitable[str]]
 
 
+@dataclass(frozen=True)
+class HostSession:
+    """A live session of a host agent that can take wakes directly (``swarmbus_host_session``):
+    e.g. an interactive Claude Code session's inbox socket.
+
+    ``host`` is the host type (``cc``); ``session_id`` the host's own id for it; ``pid`` the
+    host process (the registration ends when it exits); ``endpoint`` what a waker needs to reach
+    it (for ``cc``: ``socket`` and ``token``; private: never logged or shown). ``registered_at``
+    and ``refreshed_at`` are Unix seconds, set by the daemon.
+    """
+
+    host: str
+    session_id: str
+    pid: int
+    endpoint: Mapping[str, str] = field(default_factory=dict, repr=False)
+    registered_at: float = 0.0
+    refreshed_at: float = 0.0
+
+
+WakeFunc = Callable[[list[StoredMessage], "HandlerContext"], Awaitable[WakeOutcome]]
+ProbeFunc = Callable[["HandlerContext"], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class WakePath:
+    """One way a host plugin can wake its agent (``swarmbus_wake_paths``), for the wake router
+    (:func:`swarmbus.wake_router.wake_by_paths`).
+
+    ``probe(context)`` answers quickly whether the path could fire now: None when ready, else
+    why not (``"no live session"``); it must not wake anything. ``wake(messages, context)``
+    wakes the host for the messages (the first and any coalesced with it) and returns a
+    :class:`WakeOutcome` whose ``ok`` says whether the host confirmed it. ``test`` (optional)
+    proves the path end to end without a model call where the host allows it (``swarmbus wake
+    test``): None when it worked, else why not; leave it None when the host allows no such test.
+    ``timeout`` (seconds) overrides the router's per-attempt timeout for this path's wake (a
+    headless run takes longer than a post to a socket).
+    """
+
+    name: str
+    probe: ProbeFunc
+    wake: WakeFunc
+    description: str = ""
+    test: ProbeFunc | None = None
+    timeout: float | None = None
+
+
 MarkStepFunc = Callable[..., int]
 """``(message_ids: Iterable[str], step: str, detail: str = "") -> int`` (see ``HandlerContext.mark_step``)."""
 
@@ -225,6 +271,14 @@ class HandlerContext:
     records from now on (idempotent; the daemon's own id and non-agent ids are ignored). Read
     them with :attr:`presence`; changes are ``peer_online``/``peer_offline`` operator events
     (``swarmbus_operator_event``). None outside a daemon."""
+    host_sessions: Callable[[str], list[HostSession]] | None = None
+    """``host_sessions(host) -> [HostSession]``: the live sessions registered for host type
+    ``host`` (by the swarmbus MCP server running inside them), most recently registered first;
+    a session whose process has exited is gone. None outside a daemon."""
+    waiting_readers: Callable[[], int] | None = None
+    """``waiting_readers() -> int``: how many ``swarmbus wait`` callers (a Claude Code Stop hook's
+    ``asyncRewake``, say) are blocked on this daemon for the next message right now. None
+    outside a daemon."""
     presence: Callable[[str], dict[str, Any] | None] | None = None
     """``presence(agent_id) -> dict | None``: the last presence record the daemon holds for a
     watched agent: ``{"agent", "online" (bool), "status", "ts" (ISO 8601 or None), "last_seen"

@@ -25,7 +25,7 @@ is missing there or has no ``test_hook_<name>`` test.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         DoctorCheck,
         Handler,
         HandlerContext,
+        HostSession,
         HostType,
         OperatorEvent,
         PolicyState,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
         Verdict,
         WakeDecision,
         WakeOutcome,
+        WakePath,
     )
     from swarmbus.settings import Settings
 
@@ -152,6 +154,35 @@ def swarmbus_wake(
         does not wake this host (for example it is configured for another host type).
         Stops at first non-None result. The core has no waker: ``wake.command``
         (``--invoke``) is run by the ``swarmbus-priority`` plugin (``trylast``).
+    """
+
+
+@hookspec(firstresult=True)
+def swarmbus_wake_paths(settings: Settings) -> list[WakePath] | None:
+    """The ways this host plugin can wake the agent, in the order to try them (the wake router).
+
+    Called by ``swarmbus wake test`` (through the daemon) and by host plugins themselves, which
+    hand the list to :func:`swarmbus.wake_by_paths` from their ``swarmbus_wake``. The order is
+    the agent's configured one (the plugin's setting, with a default per host type).
+
+    :param settings: the validated settings; answer only for your host type.
+    :returns: a list of :class:`swarmbus.WakePath`, or None for another host type.
+        Stops at first non-None result.
+    """
+
+
+@hookspec
+def swarmbus_host_session(environ: Mapping[str, str]) -> HostSession | None:
+    """Recognise a live host session from the environment of a process it started.
+
+    Called by ``swarmbus mcp-server`` at start (the host runs it as a child, with the
+    session's variables in its environment); each session found is registered with the
+    agent's daemon (control op ``session``) and refreshed while the server runs, so wake paths
+    can reach it (``HandlerContext.host_sessions``).
+
+    :param environ: the MCP server's environment.
+    :returns: a :class:`swarmbus.HostSession` (``registered_at`` and ``refreshed_at`` are set
+        by the daemon), or None. All results are collected.
     """
 
 

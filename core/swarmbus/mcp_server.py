@@ -9,6 +9,11 @@ and ``list_agents`` reads the retained presence records with a short-lived conne
 ``read_inbox`` is non-destructive: the daemon keeps per-consumer acknowledgements (consumer
 ``mcp``), and a message is returned by every call until its id is passed in ``ack_ids``.
 
+When the host that started the server runs a live session a waker can reach (found by the
+``swarmbus_host_session`` hook in this process's environment: Claude Code's session inbox), the
+server registers that session with the daemon (control op ``session``) at start and every 10 s
+while it runs, and unregisters it when it stops: the daemon then knows which sessions are live.
+
 The SDK is the optional dependency ``mcp`` (``pip install 'swarmbus[mcp]'``), loaded at run
 time: mcp 2.x (``MCPServer``) and 1.x (``FastMCP``) are both supported. The server reports
 swarmbus's own version in ``serverInfo``.
@@ -20,11 +25,14 @@ import asyncio
 import contextlib
 import importlib
 import os
+import threading
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field
 
 from swarmbus._version import __version__
+from swarmbus.api import HostSession
 from swarmbus.control import DaemonUnavailable, request
 from swarmbus.envelope import EnvelopeError, new_envelope
 from swarmbus.errors import SwarmbusError
@@ -211,6 +219,64 @@ def _archive(settings: Settings, agent_id: str, envelope: Any) -> None:
             append_entry(path, format_entry(envelope, direction="out"))
 
 
+class SessionRegistrar:
+    """Keeps ``sessions`` registered with the daemon at ``socket_path`` from a thread of its own:
+    at once, then every ``interval`` seconds (the daemon's answer may shorten it), until
+    :meth:`stop`, which unregisters them. A daemon that is not running yet is simply asked
+    again at the next round."""
+
+    def __init__(self, socket_path: Path, sessions: list[HostSession], interval: float = 10.0) -> None:
+        self.socket_path = socket_path
+        self.sessions = sessions
+        self.interval = interval
+        self.registered = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="swarmbus-session-registrar", daemon=True)
+
+    def _payload(self, session: HostSession, action: str) -> dict[str, Any]:
+        return {"op": "session", "action": action, "session": {
+            "host": session.host, "session_id": session.session_id, "pid": session.pid,
+            "endpoint": dict(session.endpoint)}}
+
+    def _send_all(self, action: str) -> None:
+        for session in self.sessions:
+            try:
+                answer = request(self.socket_path, self._payload(session, action), timeout=5.0)
+            except (DaemonUnavailable, TimeoutError, OSError, SwarmbusError):
+                continue  # no daemon yet (or any more): the next round asks again
+            if answer.get("ok") and action == "register":
+                self.registered.set()
+                refresh = answer.get("refresh")
+                if isinstance(refresh, int | float) and 0 < refresh < self.interval:
+                    self.interval = float(refresh)
+
+    def _run(self) -> None:
+        while True:
+            self._send_all("register")
+            if self._stop.wait(self.interval):
+                return
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._send_all("unregister")
+
+
 def serve(settings: Settings, agent_id: str) -> None:
-    """Build the server and run it on stdin/stdout until the client disconnects."""
-    build_server(settings, agent_id).run("stdio")
+    """Build the server and run it on stdin/stdout until the client disconnects; meanwhile
+    keep the host session it runs in registered with the daemon (:class:`SessionRegistrar`)."""
+    from swarmbus.plugins import HookRelay, get_plugin_manager
+
+    server = build_server(settings, agent_id)
+    sessions = HookRelay(get_plugin_manager()).host_sessions(os.environ)
+    registrar = SessionRegistrar(AgentPaths.for_agent(agent_id, settings.state_dir).socket, sessions)
+    if sessions:
+        registrar.start()
+    try:
+        server.run("stdio")
+    finally:
+        if sessions:
+            registrar.stop()

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         DoctorCheck,
         Handler,
         HandlerContext,
+        HostSession,
         HostType,
         OperatorEvent,
         PolicyState,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
         Verdict,
         WakeDecision,
         WakeOutcome,
+        WakePath,
     )
     from swarmbus.settings import Settings
 
@@ -270,6 +272,15 @@ class HookRelay:
             except Exception:
                 log.exception("plugin %s failed in swarmbus_operator_event (%s of %s); ignored", impl.plugin_name,
                               event.kind, event.agent)
+
+    def wake_paths(self, settings: Settings) -> list[WakePath]:
+        """The host plugin's wake paths for ``settings`` (``swarmbus_wake_paths``), in the
+        configured order; empty when no plugin offers any."""
+        return list(self.hook.swarmbus_wake_paths(settings=settings) or [])
+
+    def host_sessions(self, environ: Mapping[str, str]) -> list[HostSession]:
+        """Every host session found in ``environ`` (``swarmbus_host_session``)."""
+        return [s for s in self.hook.swarmbus_host_session(environ=environ) if s is not None]
 
     def services(self, context: HandlerContext) -> list[Service]:
         """Every service registered through ``swarmbus_services``, in registration order.

@@ -279,6 +279,13 @@ def _inbox(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
+def _wake(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("test",), help="test: probe and prove each of the host's wake paths")
+    _agent(p)
+    _json(p)
+    _common(p)
+
+
 def _policy(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("explain", "hold", "release"),
                    help="explain: the effective wake chain, and a message's verdicts; hold: hold every wake of the "
@@ -523,6 +530,17 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         "Exit codes: 0 shown, 1 this agent's store has no such message, 2 usage error.",
         _trace,
     ),
+    "wake": (
+        "say which of the host's wake paths would wake the agent now, proving each one",
+        "test: ask the agent's daemon to probe each wake path its host plugin offers, in the\n"
+        "configured order (Claude Code: session, rewake, resume), and to prove the ones that are\n"
+        "ready end to end without a model call where the host allows it (the session's inbox:\n"
+        "a connection, no post). Prints each path, ready or why not, and the one that would fire\n"
+        "now (docs/hosts.md, \"The wake router\").\n\n"
+        "  swarmbus wake test --agent-id coder\n\n"
+        "Exit codes: 0 a path would fire, 1 none would (or no daemon runs for the agent), 2 usage.",
+        _wake,
+    ),
     "policy": (
         "explain the wake policy, or hold and release an agent's wakes",
         "explain: print the effective wake chain (the base decision, then every wake rule, with its\n"
@@ -675,7 +693,7 @@ def run(argv: Sequence[str]) -> int:
         "inbox": "reading", "list": "presence", "config": "admin", "plugins": "admin",
         "doctor": "doctor", "broker": "admin", "init": "init", "uninit": "init", "wait": "reading",
         "mcp-server": "mcpserver", "completion": "completion", "stop": "detach", "status": "detach",
-        "policy": "policy", "trace": "trace", "retire": "presence",
+        "policy": "policy", "trace": "trace", "retire": "presence", "wake": "wake",
     }[args.command]
     handler = __import__(f"swarmbus.cli.{module}", fromlist=["run"])  # importlib would cost an import
     return int(handler.run(args))

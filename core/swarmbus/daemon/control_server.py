@@ -29,6 +29,7 @@ from swarmbus.receipts import ACKNOWLEDGED, RECEIPT_STEPS, SURFACED
 from swarmbus.store import Store
 
 from .outbox import Outbox
+from .sessions import REFRESH, HostSessions, SessionError, parse_session
 
 if TYPE_CHECKING:
     from .peers import Peers
@@ -80,8 +81,14 @@ class ControlServer:
     def __init__(self, path: Path, *, agent_id: str, store: Store, outbox: Outbox,
                  new_messages: NewMessages, status: Callable[[], dict[str, Any]],
                  ladder: Ladder | None = None, peers: Peers | None = None,
-                 policy: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None) -> None:
+                 policy: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None,
+                 sessions: HostSessions | None = None,
+                 wake_test: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> None:
         self.policy = policy
+        self.sessions = sessions
+        self.wake_test = wake_test
+        self.waiting = 0
+        """How many ``wait`` requests are blocked right now (a Stop hook's ``swarmbus wait``)."""
         self.ladder = ladder
         self.peers = peers
         self.path = path
@@ -140,8 +147,18 @@ class ControlServer:
         if op == "wait":
             after, timeout = int(req.get("after", 0)), float(req.get("timeout", 30))
             store = self.store
-            await self.new_messages.wait_for(lambda: store.last_seq() > after, timeout)
+            self.waiting += 1
+            try:
+                await self.new_messages.wait_for(lambda: store.last_seq() > after, timeout)
+            finally:
+                self.waiting -= 1
             return {"ok": True, "last_seq": store.last_seq()}
+        if op == "session":
+            return self._session(req)
+        if op == "wake_test":
+            if self.wake_test is None:
+                return {"ok": False, "error": "this daemon has no wake paths to test", "kind": "usage"}
+            return await self.wake_test()
         if op == "read":
             return await self._read(req)
         if op == "step":
@@ -153,6 +170,23 @@ class ControlServer:
                 return {"ok": False, "error": "this daemon keeps no wake policy", "kind": "usage"}
             return await self.policy(req)
         return {"ok": False, "error": f"unknown op {op!r}", "kind": "usage"}
+
+    def _session(self, req: dict[str, Any]) -> dict[str, Any]:
+        """``{"op": "session", "action": "register" | "unregister", "session": {...}}``
+        (:mod:`swarmbus.daemon.sessions`)."""
+        if self.sessions is None:
+            return {"ok": False, "error": "this daemon keeps no host sessions", "kind": "usage"}
+        try:
+            session = parse_session(req.get("session"))
+        except SessionError as exc:
+            return {"ok": False, "error": str(exc), "kind": "usage"}
+        if req.get("action") == "unregister":
+            return {"ok": True, "removed": self.sessions.unregister(session.host, session.session_id)}
+        if req.get("action") != "register":
+            return {"ok": False, "error": "action must be register or unregister", "kind": "usage"}
+        if self.sessions.register(session):
+            log.info("%s session %s (pid %d) registered for wakes", session.host, session.session_id, session.pid)
+        return {"ok": True, "refresh": REFRESH}
 
     async def _send(self, req: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -59,6 +59,7 @@ from .receipts import Ladder
 from .receiver import Receiver
 from .redeliver import Redeliverer
 from .services import ServiceRunner
+from .sessions import HostSessions
 
 log = logging.getLogger("swarmbus.daemon")
 EXIT_CONFLICT = 1
@@ -149,17 +150,21 @@ class Daemon:
         self.attention = Attention(store, self.relay, settings)
         self.outbox.on_spooled = self.attention.note_sent
         self.attention.on_released = self._released_woken
+        self.sessions = HostSessions()
         context = HandlerContext(
             agent_id=agent_id, settings=settings, logger=logging.getLogger(f"swarmbus.handler.{agent_id}"),
             send=self._send_from_handler, hooks=self.relay, attention=self.attention, mark_step=self._mark_step,
-            watch_presence=self._watch_presence, presence=self._presence_of,
+            watch_presence=self._watch_presence, presence=self._presence_of, host_sessions=self.sessions.live,
+            waiting_readers=lambda: self.control.waiting,
         )
+        self.context = context
         self.dispatcher = Dispatcher(store, self.relay, handlers, context, self._record_outcomes,
                                      backlog=settings.daemon.backlog)
         self.services = ServiceRunner(self.relay.services(context), context)  # plugins' long-running tasks
         self.control = ControlServer(self.paths.make_socket_path(), agent_id=agent_id, store=store,
                                      outbox=self.outbox, new_messages=self.new_messages, status=self.status,
-                                     ladder=self.ladder, peers=self.peers, policy=self._policy_request)
+                                     ladder=self.ladder, peers=self.peers, policy=self._policy_request,
+                                     sessions=self.sessions, wake_test=self._wake_test)
         self.reaper = ChildReaper.install()
         await self.control.start()
         loaded = [name for name, info in self.pm.infos.items() if info.status == "loaded" and not info.builtin]
@@ -346,6 +351,30 @@ class Daemon:
         return {"count": len(holds), "next_until": first.until if first else None,
                 "next_rule": first.rule if first else None, "next_reason": first.reason if first else None}
 
+    async def _wake_test(self) -> dict[str, Any]:
+        """Each of this host's wake paths (``swarmbus_wake_paths``): ready or why not, and its
+        end-to-end test where it has one; which would fire now."""
+        from swarmbus.wake_router import probe_paths
+
+        paths = self.relay.wake_paths(self.settings)
+        if not paths:
+            return {"ok": True, "host_type": self.settings.host_type, "paths": [], "would_fire": None}
+        rows = []
+        for name, why in await probe_paths(paths, self.context):
+            rows.append({"name": name, "ready": why is None, "detail": why or "ready"})
+        for row, path in zip(rows, paths, strict=True):
+            if path.test is not None and row["ready"]:
+                try:
+                    async with asyncio.timeout(10):
+                        problem = await path.test(self.context)
+                except Exception as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                row["tested"] = problem is None
+                row["detail"] = "tested end to end" if problem is None else f"test failed: {problem}"
+                row["ready"] = problem is None
+        fire = next((r["name"] for r in rows if r["ready"]), None)
+        return {"ok": True, "host_type": self.settings.host_type, "paths": rows, "would_fire": fire}
+
     def status(self) -> dict[str, Any]:
         link, receiver, store = self.link, self.receiver, self.dispatcher.reader
         return {
@@ -382,6 +411,7 @@ class Daemon:
             "outbox_pending": len(store.outbox_pending()),
             "redeliveries_pending": store.redeliveries_pending(),
             "holds": self._holds_summary(),
+            "host_sessions": self.sessions.summary(),
             "manual_hold": manual.describe(self.attention.history.manual, time.time()),
             "unread": max(0, store.last_seq() - store.cursor("default")),
             "services": self.services.status(),

@@ -41,7 +41,7 @@ def install(relay: HookRelay, settings: Settings) -> None:
 def test_settings_section_is_registered(relay: HookRelay) -> None:
     assert relay.settings_sections()["cc"] is CCSettings
     cfg = CCSettings()
-    assert (cfg.wake_mode, cfg.permission_mode, cfg.install_hook, cfg.env_passthrough) == ("resume", "default", None, [])
+    assert (cfg.wake_mode, cfg.permission_mode, cfg.install_hook, cfg.env_passthrough) == ("auto", "default", None, [])
     assert cfg.allowed_tools == ["Bash(swarmbus *)", "mcp__swarmbus__*"]
     assert swarmbus_claude_code.config(Settings(plugins={"cc": {"wake_mode": "context"}})).wake_mode == "context"
 
@@ -53,7 +53,7 @@ def test_no_cc_checks_for_other_hosts(relay: HookRelay, tmp_path: Path) -> None:
 
 def test_doctor_before_init(relay: HookRelay, tmp_path: Path, fake_claude: Any) -> None:
     checks = run_checks(relay, make_settings(tmp_path, wake_mode="rewake"))
-    assert set(checks) == {"cc: claude", "cc: mcp", "cc: skill", "cc: hook", "cc: start hook", "cc: last wake"}
+    assert set(checks) == {"cc: claude", "cc: mcp", "cc: skill", "cc: hook", "cc: start hook", "cc: last wake", "cc: session"}
     assert checks["cc: claude"].status == "ok" and "9.9.9" in checks["cc: claude"].summary
     assert checks["cc: mcp"].status == "warn" and "--host-type cc" in checks["cc: mcp"].fix
     assert checks["cc: skill"].status == "warn"
@@ -70,7 +70,7 @@ def test_doctor_after_init(relay: HookRelay, tmp_path: Path, fake_claude: Any) -
     checks = run_checks(relay, settings)
     assert {name: r.status for name, r in checks.items()} == {
         "cc: claude": "ok", "cc: mcp": "ok", "cc: skill": "ok", "cc: hook": "ok", "cc: start hook": "ok",
-        "cc: last wake": "skip"}
+        "cc: last wake": "skip", "cc: session": "skip"}
 
 
 @pytest.mark.parametrize(("supervisor", "expected"), [
@@ -196,3 +196,29 @@ def test_entry_point_loads_the_plugin(tmp_path: Path) -> None:
     assert infos["cc"]["status"] == "loaded"
     assert infos["cc"]["distribution"] == "swarmbus-claude-code"
     assert infos["cc"]["version"] == swarmbus_claude_code.__version__ == "0.1.0"
+
+
+def test_doctor_session_path(relay: HookRelay, tmp_path: Path, fake_claude: Any, home: Path) -> None:
+    from swarmbus_claude_code.doctor import check_session
+
+    settings = make_settings(tmp_path)  # wake mode auto: session first
+
+    def check(daemon: dict[str, Any] | None = None) -> Any:
+        return check_session(DoctorContext(settings=settings, agent_id=AGENT, cache={"daemon": daemon}))
+
+    assert check().status == "skip"  # no daemon answers
+    none = check({"host_sessions": []})
+    assert none.status == "warn" and "wakes fall back to rewake, resume" in none.summary
+    live = check({"host_sessions": [{"host": "cc", "session_id": "s1", "pid": 42}]})
+    assert live.status == "ok" and "wakes go to s1 (pid 42)" in live.summary
+    claude_settings = home / ".claude" / "settings.json"
+    claude_settings.parent.mkdir(parents=True, exist_ok=True)
+    claude_settings.write_text(json.dumps({"crossSessionInbound": "hold"}))
+    held = check({"host_sessions": []})
+    assert held.status == "warn" and "holds every posted message" in held.summary and "accept" in held.fix
+    claude_settings.write_text(json.dumps({"crossSessionInbound": "refuse"}))
+    assert check({"host_sessions": []}).status == "fail"
+    claude_settings.write_text(json.dumps({"permissions": {"defaultMode": "bypassPermissions"}}))
+    assert "bypassPermissions" in check({"host_sessions": []}).summary
+    assert check_session(DoctorContext(settings=make_settings(tmp_path, wake_mode="resume"), agent_id=AGENT,
+                                       cache={})).status == "skip"

@@ -151,7 +151,7 @@ def test_child_environment_is_scrubbed(relay: HookRelay, tmp_path: Path, fake_cl
     assert env["LANG"] == "C.UTF-8"
     assert env["HOME"] == str(tmp_path / "home")
     assert set(env) <= {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
-                        "XDG_RUNTIME_DIR", "SWARMBUS_AGENT_ID", "SWARMBUS_CONFIG", "SWARMBUS_STATE_DIR", "PWD"}
+                        "XDG_RUNTIME_DIR", "SWARMBUS_AGENT_ID", "SWARMBUS_WAKE_CHILD", "SWARMBUS_CONFIG", "SWARMBUS_STATE_DIR", "PWD"}
 
     # env_passthrough lets a named variable through, and only that one
     assert run_wake(relay, make_settings(tmp_path, env_passthrough=["ANTHROPIC_API_KEY"]), stored(seq=2)).ok

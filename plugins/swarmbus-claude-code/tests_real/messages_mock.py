@@ -6,6 +6,12 @@ which of the configured marker strings occur anywhere in the request body, as
 *and* from the transcript what reached the model. Streaming requests get the SSE event
 sequence Claude Code expects (message_start … message_stop); non-streaming ones one JSON
 message. ``GET``/``HEAD`` answer 200 with an empty list; ``count_tokens`` answers a count.
+Each request is recorded with ``at`` (``time.time()`` when it arrived), for latencies.
+
+A busy session: with ``tool_trigger`` and ``tool_command`` set, a streaming request whose last
+message is the user's text containing ``tool_trigger`` is answered with a ``tool_use`` of the
+Bash tool running ``tool_command`` (``stop_reason: tool_use``); the request after its result
+gets the usual text.
 
 Standard library only; run it in a thread with :func:`start_mock`.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +31,8 @@ from typing import Any
 class MockState:
     markers: list[str] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    tool_trigger: str | None = None
+    tool_command: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def seen(self, raw: str) -> list[str]:
@@ -69,7 +78,7 @@ def _handler(state: MockState) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 body = {}
             with state.lock:
-                state.requests.append({"path": self.path, "body": body, "raw": raw})
+                state.requests.append({"path": self.path, "body": body, "raw": raw, "at": time.time()})
             if "count_tokens" in self.path:
                 self._send_json({"input_tokens": max(1, len(raw) // 4)})
                 return
@@ -85,6 +94,9 @@ def _handler(state: MockState) -> type[BaseHTTPRequestHandler]:
                     "stop_sequence": None, "usage": usage,
                 })
                 return
+            if _wants_tool(state, body):
+                self._stream(_tool_events(msg_id, model, usage, str(state.tool_command)))
+                return
             events = [
                 ("message_start", {"type": "message_start", "message": {
                     "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
@@ -98,6 +110,9 @@ def _handler(state: MockState) -> type[BaseHTTPRequestHandler]:
                                    "usage": {"output_tokens": 8}}),
                 ("message_stop", {"type": "message_stop"}),
             ]
+            self._stream(events)
+
+        def _stream(self, events: list[tuple[str, dict[str, Any]]]) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
@@ -109,6 +124,38 @@ def _handler(state: MockState) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
 
     return Handler
+
+
+def _wants_tool(state: MockState, body: dict[str, Any]) -> bool:
+    if not (state.tool_trigger and state.tool_command and body.get("stream")):
+        return False
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else {}
+    content = last.get("content")
+    if last.get("role") != "user":
+        return False
+    if isinstance(content, list):
+        if any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+            return False
+        content = " ".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
+    return state.tool_trigger in str(content)
+
+
+def _tool_events(msg_id: str, model: str, usage: dict[str, int], command: str) -> list[tuple[str, dict[str, Any]]]:
+    tool_id = f"toolu_{uuid.uuid4().hex[:24]}"
+    return [
+        ("message_start", {"type": "message_start", "message": {
+            "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+            "type": "tool_use", "id": tool_id, "name": "Bash", "input": {}}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
+            "type": "input_json_delta", "partial_json": json.dumps({"command": command, "description": "wait"})}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                           "usage": {"output_tokens": 8}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
 
 
 class MockServer:

@@ -6,11 +6,16 @@ Hooks:
 - ``swarmbus_host_types``: ``cc``, whose init steps install the skill, register the MCP
   server, install the hook the wake mode needs and check ``claude --version``
   (:mod:`swarmbus_claude_code.install`);
-- ``swarmbus_wake``: for agents with ``host_type = "cc"``; in ``resume`` mode a headless
+- ``swarmbus_wake``: for agents with ``host_type = "cc"``; in ``auto`` mode (the default) the
+  core's wake router tries the paths of :mod:`swarmbus_claude_code.paths` in order (the live
+  session's inbox, a waiting Stop hook, a headless resume); in ``resume`` mode a headless
   ``claude -p --resume`` per wake for the message and its ``decision.batch``
   (:mod:`swarmbus_claude_code.waker`);
-- ``swarmbus_wake_coalesce``: True in ``resume`` mode, so the core runs one wake (one
-  ``claude``) at a time per agent and coalesces the messages that wait into the next;
+- ``swarmbus_wake_paths``: those paths, for ``swarmbus wake test``;
+- ``swarmbus_host_session``: the Claude Code session the swarmbus MCP server runs in (its inbox
+  socket, :mod:`swarmbus_claude_code.session`), registered with the daemon;
+- ``swarmbus_wake_coalesce``: True in ``auto`` and ``resume`` modes, so the core runs one wake
+  at a time per agent and coalesces the messages that wait into the next;
   in ``rewake`` and ``context`` modes the hook in Claude Code delivers the message;
 - ``swarmbus_doctor_checks``: claude, MCP, skill, hook, last wake (:mod:`swarmbus_claude_code.doctor`);
 - ``swarmbus_commands``: ``swarmbus cc-context``, the UserPromptSubmit hook
@@ -21,7 +26,7 @@ It imports only names from ``swarmbus`` itself (the public API).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from pydantic import BaseModel
 
@@ -29,12 +34,14 @@ from swarmbus import (
     Command,
     DoctorCheck,
     HandlerContext,
+    HostSession,
     HostType,
     InitStep,
     Settings,
     StoredMessage,
     WakeDecision,
     WakeOutcome,
+    WakePath,
     hookimpl,
 )
 from swarmbus_claude_code.settings import NAME, CCSettings, config
@@ -68,7 +75,23 @@ def swarmbus_host_types(register: Callable[[HostType], None]) -> None:
 def swarmbus_wake_coalesce(settings: Settings) -> bool | None:
     if settings.host_type != NAME:
         return None
-    return config(settings).wake_mode == "resume"
+    return config(settings).wake_mode in ("auto", "resume")
+
+
+@hookimpl
+def swarmbus_wake_paths(settings: Settings) -> list[WakePath] | None:
+    if settings.host_type != NAME:
+        return None
+    from swarmbus_claude_code.paths import wake_paths
+
+    return wake_paths(settings)
+
+
+@hookimpl
+def swarmbus_host_session(environ: Mapping[str, str]) -> HostSession | None:
+    from swarmbus_claude_code.session import session_from_environ
+
+    return session_from_environ(environ)
 
 
 @hookimpl
@@ -77,6 +100,12 @@ def swarmbus_wake(message: StoredMessage, decision: WakeDecision,
     if context.settings.host_type != NAME:
         return None
     cfg = config(context.settings)
+    if cfg.wake_mode == "auto":
+        from swarmbus import wake_by_paths
+        from swarmbus_claude_code.paths import SURFACED_BY, wake_paths
+
+        return wake_by_paths([message, *decision.batch], wake_paths(context.settings, cfg), context,
+                             timeout=cfg.path_timeout, surfaced=SURFACED_BY)
     if cfg.wake_mode != "resume":
         return WakeOutcome(True, HOOK_DELIVERY[cfg.wake_mode])
     from swarmbus_claude_code.waker import wake_once

@@ -36,7 +36,7 @@ def check_claude(ctx: DoctorContext) -> CheckResult:
     cfg = config(ctx.settings)
     claude = find_claude(cfg)
     if claude is None:
-        status = "fail" if cfg.wake_mode == "resume" else "warn"
+        status = "fail" if cfg.wake_mode in ("resume", "auto") else "warn"
         return CheckResult(status, "claude not found" + (f" at {cfg.claude_path}" if cfg.claude_path else " on PATH"),
                            fix="npm install -g @anthropic-ai/claude-code, or set claude_path under [plugins.cc]")
     try:
@@ -163,7 +163,7 @@ def check_start_hook(ctx: DoctorContext) -> CheckResult:
 def check_last_wake(ctx: DoctorContext) -> CheckResult:
     cfg = config(ctx.settings)
     agent = _agent(ctx)
-    if cfg.wake_mode != "resume":
+    if cfg.wake_mode not in ("resume", "auto"):
         return CheckResult("skip", f"wake mode {cfg.wake_mode}: messages are delivered by the Claude Code hook")
     if agent is None:
         return CheckResult("skip", "no agent id")
@@ -180,6 +180,75 @@ def check_last_wake(ctx: DoctorContext) -> CheckResult:
                            f"{agent_dir(ctx.settings, agent) / 'claude-last-wake.json'}", details=details)
 
 
+SESSION_INBOX_SINCE = (2, 1, 224)
+"""The first Claude Code version with a session inbox socket (cross-session messaging)."""
+
+
+def _version_tuple(text: str) -> tuple[int, ...] | None:
+    import re
+
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
+    return tuple(int(g) for g in match.groups()) if match else None
+
+
+def _user_settings() -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(user_settings_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def check_session(ctx: DoctorContext) -> CheckResult:
+    """The ``session`` wake path: a version with the inbox, a live session registered with the
+    daemon, and no setting that would hold or refuse its messages."""
+    cfg = config(ctx.settings)
+    if cfg.wake_mode != "auto" or "session" not in cfg.wake_paths:
+        return CheckResult("skip", f"wake path `session` not used (wake mode {cfg.wake_mode})")
+    settings = _user_settings()
+    inbound = settings.get("crossSessionInbound")
+    if inbound == "refuse":
+        return CheckResult("fail", "crossSessionInbound = \"refuse\" in ~/.claude/settings.json: the session "
+                                   "refuses posted messages, so the `session` wake path cannot work",
+                           fix="set \"crossSessionInbound\": \"accept\" (or remove it: the session's own children, "
+                               "like the swarmbus MCP server's daemon, are accepted by default)")
+    mode = (settings.get("permissions") or {}).get("defaultMode") if isinstance(settings.get("permissions"), dict) else None
+    holds = []
+    if inbound == "hold":
+        holds.append("crossSessionInbound = \"hold\" holds every posted message for your approval")
+    if mode == "bypassPermissions":
+        holds.append("a bypassPermissions session holds messages from senders that prompt for permission")
+    claude = find_claude(cfg)
+    version = None
+    if claude is not None:
+        try:
+            version = _version_tuple(_claude_version(claude, timeout=15))
+        except ProvisionError:
+            version = None
+    if version is not None and version < SESSION_INBOX_SINCE:
+        return CheckResult("warn", f"Claude Code {'.'.join(map(str, version))} has no session inbox "
+                                   f"(needs {'.'.join(map(str, SESSION_INBOX_SINCE))}+): wakes fall back",
+                           fix="update Claude Code: npm install -g @anthropic-ai/claude-code@latest")
+    daemon = ctx.cache.get("daemon")
+    live = (daemon or {}).get("host_sessions") if isinstance(daemon, dict) else None
+    live = [s for s in (live or []) if s.get("host") == "cc"]
+    if holds:
+        return CheckResult("warn", "; ".join(holds), fix="set \"crossSessionInbound\": \"accept\" in "
+                                                          "~/.claude/settings.json, or approve each held message")
+    if daemon is None:
+        return CheckResult("skip", "no daemon answers: live sessions are registered with it")
+    if not live:
+        return CheckResult("warn", "no live Claude Code session is registered: wakes fall back to "
+                                   + ", ".join(p for p in cfg.wake_paths if p != "session"),
+                           fix="start Claude Code (`claude`) with the swarmbus MCP server registered (`swarmbus init "
+                               "--host-type cc`); it registers the session within seconds")
+    newest = live[0]
+    return CheckResult("ok", f"{len(live)} live session(s); wakes go to {newest['session_id']} (pid {newest['pid']})",
+                       details={"sessions": live})
+
+
 CHECKS: tuple[tuple[str, Callable[[DoctorContext], CheckResult]], ...] = (
     ("cc: claude", check_claude),
     ("cc: mcp", check_mcp),
@@ -187,6 +256,7 @@ CHECKS: tuple[tuple[str, Callable[[DoctorContext], CheckResult]], ...] = (
     ("cc: hook", check_hook),
     ("cc: start hook", check_start_hook),
     ("cc: last wake", check_last_wake),
+    ("cc: session", check_session),
 )
 
 

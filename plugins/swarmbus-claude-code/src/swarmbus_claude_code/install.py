@@ -233,7 +233,7 @@ def _verify(cfg: CCSettings) -> str:
         where = f"claude_path = {cfg.claude_path!r}" if cfg.claude_path else "PATH, ~/.local/bin, /usr/local/bin"
         message = (f"claude not found ({where}): install Claude Code (npm install -g @anthropic-ai/claude-code) "
                    "or set claude_path under [plugins.cc]")
-        if cfg.wake_mode == "resume":
+        if cfg.wake_mode in ("resume", "auto"):
             raise ProvisionError(message)
         return message + "; the daemon does not run it in this wake mode"
     return f"{claude_version(claude)} at {claude}"

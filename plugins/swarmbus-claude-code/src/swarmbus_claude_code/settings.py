@@ -19,7 +19,8 @@ from swarmbus import AgentPaths, Settings
 NAME = "cc"
 """The plugin's name: its entry-point name, its host type and its section ``[plugins.cc]``."""
 
-WakeMode = Literal["resume", "rewake", "context"]
+WakeMode = Literal["auto", "resume", "rewake", "context"]
+PathName = Literal["session", "rewake", "resume"]
 
 BYPASS = "bypassPermissions"
 _ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -33,10 +34,18 @@ class CCSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    wake_mode: WakeMode = "resume"
-    """resume: the daemon runs ``claude -p --resume <the agent's session>`` per wake;
+    wake_mode: WakeMode = "auto"
+    """auto: the wake router tries ``wake_paths`` in order (default: the live session's inbox,
+    a waiting Stop hook, then a headless resume);
+    resume: the daemon runs ``claude -p --resume <the agent's session>`` per wake;
     rewake: an idle interactive session is woken by its Stop hook (``asyncRewake``);
     context: unread messages are added to the next prompt by a UserPromptSubmit hook."""
+    wake_paths: list[PathName] = Field(default_factory=lambda: ["session", "rewake", "resume"], min_length=1)
+    """In ``auto`` mode, the paths to try, in order: ``session`` (post to the live interactive
+    session's inbox socket, Claude Code 2.1.224+), ``rewake`` (a Stop hook blocked in ``swarmbus
+    wait`` picks the message up), ``resume`` (a headless ``claude -p --resume``)."""
+    path_timeout: float = Field(default=5.0, gt=0)
+    """Seconds each path's readiness probe, and the ``session`` post, may take."""
     claude_path: str | None = None
     """The ``claude`` executable; default: found on PATH, then ~/.local/bin, /usr/local/bin."""
     permission_mode: str = "default"

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from swarmbus import HandlerContext, StoredMessage, WakeOutcome, render_wake_prompt, run_child, scrubbed_env
+from swarmbus_claude_code.session import WAKE_CHILD_ENV
 from swarmbus_claude_code.settings import (
     CCSettings,
     agent_dir,
@@ -54,6 +55,7 @@ def child_environment(cfg: CCSettings, agent_id: str, base: Mapping[str, str] | 
     env = scrubbed_env(cfg.env_passthrough, base)  # never broker credentials, even when listed
     env.update(locator_env(dict(base)))
     env["SWARMBUS_AGENT_ID"] = agent_id
+    env[WAKE_CHILD_ENV] = "1"  # its MCP server must not offer this short-lived run as a live session
     return env
 
 
