@@ -107,6 +107,17 @@ def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, what: str
         time.sleep(interval)
 
 
+def report_latency(path: str, seconds: float) -> None:
+    """Print ``latency <path>: <seconds>`` and append that line to ``$SWARMBUS_LATENCY_OUT`` when
+    it is set: the real-peer tests' wake latencies, which bench/wake_latency.py collects."""
+    line = f"latency {path}: {seconds:.3f}"
+    print(line)
+    out = os.environ.get("SWARMBUS_LATENCY_OUT")
+    if out:
+        with open(out, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+
 def kill_process_group(pid: int, sig: int = signal.SIGKILL) -> None:
     """Send ``sig`` to the process group ``pid`` leads (a process started with
     ``start_new_session=True``: the daemon and any children); a group already gone is fine."""

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from swarmbus import testing
 
+report = testing.report_latency
+
 AGENT = "coder"
 QUIET = {"DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1"}
 PASSTHROUGH = ["ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", *QUIET]

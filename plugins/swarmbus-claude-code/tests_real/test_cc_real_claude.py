@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from cc_real_support import AGENT, PASSTHROUGH, RealBus  # type: ignore[import-not-found]
+from cc_real_support import AGENT, PASSTHROUGH, RealBus, report  # type: ignore[import-not-found]
 from messages_mock import MockServer  # type: ignore[import-not-found]
 
 from swarmbus import Settings
@@ -152,6 +153,7 @@ def test_rewake_stop_hook_wakes_an_idle_session(bus: RealBus, mock: MockServer) 
                 results.append(event)
                 if len(results) == 1:
                     # turn 1 is over and the Stop hook now waits: a message wakes the model
+                    started = time.time()
                     bus.send("MARKER-REWAKE-REAL: the peer needs an answer")
                 elif "MARKER-REWAKE-REAL" in str(event.get("result")):
                     break
@@ -163,7 +165,8 @@ def test_rewake_stop_hook_wakes_an_idle_session(bus: RealBus, mock: MockServer) 
         proc.wait(10)
     assert results[0]["result"] == "markers-seen: MARKER-TURN-ONE"
     assert any("MARKER-REWAKE-REAL" in str(r.get("result")) for r in results[1:]), results
-    assert requests_with(mock, "MARKER-REWAKE-REAL")
+    request = requests_with(mock, "MARKER-REWAKE-REAL")[0]
+    report("rewake (Stop hook)", request["at"] - started)
 
 
 def test_session_start_hook_starts_the_daemon_with_real_claude(bus: RealBus, mock: MockServer) -> None:

@@ -10,14 +10,13 @@ docs/benchmarks.md; ``SWARMBUS_LATENCY_OUT`` names a file they append those line
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from cc_real_support import AGENT, RealBus  # type: ignore[import-not-found]
+from cc_real_support import AGENT, RealBus, report  # type: ignore[import-not-found]
 from messages_mock import MockServer  # type: ignore[import-not-found]
 from test_cc_real_claude import cc_config, requests_with, run_init, write_config  # type: ignore[import-not-found]
 
@@ -67,15 +66,6 @@ def sessions(bus: RealBus) -> list[dict[str, Any]]:
     return list((testing.agent_status(AGENT, bus.env["SWARMBUS_STATE_DIR"]) or {}).get("host_sessions") or [])
 
 
-def report(path: str, seconds: float) -> None:
-    line = f"latency {path}: {seconds:.3f}"
-    print(line)
-    out = os.environ.get("SWARMBUS_LATENCY_OUT")
-    if out:
-        with open(out, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-
-
 def sent_at(bus: RealBus, body: str) -> float:
     started = time.time()
     bus.send(body)
@@ -103,10 +93,21 @@ def test_a_message_starts_a_turn_in_the_idle_live_session(bus: RealBus, mock: Mo
         wait_for(lambda: session.results(), 120, "the session's first turn")
         registered = wait_for(lambda: sessions(bus), 60, "the MCP server inside the session to register it")
         assert registered[0]["pid"] == session.proc.pid
+        before = len(mock.state.message_requests())
+        proved = bus.cli("wake", "test", "--agent-id", AGENT)  # connects to the inbox, posts nothing
+        assert proved.returncode == 0 and "would fire now: session" in proved.stdout, proved.stdout
+        assert "tested end to end" in proved.stdout
 
-        started = sent_at(bus, "MARKER-SESSION-REAL: the peer needs an answer")
+        started = time.time()
+        sent = bus.cli("send", "--agent-id", "planner", "--to", AGENT, "--subject", "task", "--body",
+                       "MARKER-SESSION-REAL: the peer needs an answer", "--json")
+        assert sent.returncode == 0, sent.stderr
         request = first_request_with(mock, "MARKER-SESSION-REAL", "the session's next model request")
+        # the wake test started no turn: the next model request after it is the message's
+        assert mock.state.message_requests()[before]["raw"] == request["raw"]
         report("session (idle)", request["at"] - started)
+        trace = json.loads(bus.cli("trace", "--agent-id", AGENT, json.loads(sent.stdout)["id"], "--json").stdout)
+        report("session (idle; stored -> model request)", request["at"] - float(trace["received"]["stored_at"]))
         assert "UNTRUSTED DATA" in request["raw"]  # swarmbus's framing reached the model
         wait_for(lambda: any("MARKER-SESSION-REAL" in r for r in session.results()), 60, "the woken turn's result")
         assert "session: posted 1 message to Claude Code session" in wake_detail(bus)

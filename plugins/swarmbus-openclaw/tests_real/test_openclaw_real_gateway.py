@@ -171,6 +171,7 @@ def test_daemon_wake_runs_the_agent_on_the_message(real_gateway: RealGateway, br
     try:
         testing.wait_daemon_connected(env, "oc", daemon, 30, log_path=log_path)
         marker = f"MARKER-{time.time_ns()}"
+        started = time.time()
         send = testing.run_cli(env, "send", "--agent-id", "planner", "--to", "oc", "--subject", "real gateway",
                                "--body", f"please check {marker}", "--json")
         assert send.returncode == 0, send.stderr
@@ -180,6 +181,10 @@ def test_daemon_wake_runs_the_agent_on_the_message(real_gateway: RealGateway, br
         assert delivery["status"] == "ok", f"{delivery}\n{log_path.read_text()}"
         assert f"openclaw run {message_id} accepted" in delivery["detail"]  # runId == our idempotencyKey
         assert f"openclaw run {message_id} accepted" in log_path.read_text()
+        trace = json.loads(testing.run_cli(env, "trace", "--agent-id", "oc", message_id, "--json").stdout)
+        surfaced = [s for s in trace["steps"] if s["step"] == "surfaced"]
+        assert surfaced, trace
+        testing.report_latency("openclaw gateway (send -> accepted)", float(surfaced[0]["at"]) - started)
         # the run goes on after the plugin closed its connection: the model gets the framed message
         body = real_gateway.model.wait_for(lambda b: marker in request_text(b), timeout=90)
         assert body is not None, f"the mock model never saw {marker}:\n{real_gateway.log()}"
