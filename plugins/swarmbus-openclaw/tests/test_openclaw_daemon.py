@@ -64,3 +64,31 @@ def test_message_sent_to_the_agent_reaches_the_gateway(root: Path, broker: objec
     finally:
         testing.stop_daemon(daemon)
     assert TOKEN not in (root / "daemon.log").read_text()
+
+
+def test_wake_test_handshakes_with_the_gateway_and_starts_no_run(root: Path, broker: object,
+                                                                 gateway: FakeGateway) -> None:
+    config = root / "config.toml"
+    config.write_text(f'[plugins.openclaw]\ngateway_url = "{gateway.url}"\ntoken = "{TOKEN}"\n')
+    outside = {k: v for k, v in os.environ.items() if not k.startswith(("SWARMBUS_", "MQTT_", "OPENCLAW_"))}
+    env = testing.isolated_env(root, broker.url, base=outside, plugins="openclaw",  # type: ignore[attr-defined]
+                               SWARMBUS_HOST_TYPE="openclaw", SWARMBUS_WAKE_POLICY="all")
+    log_path = root / "daemon.log"
+    daemon = testing.start_daemon(env, "oc", log_path=log_path)
+    try:
+        testing.wait_daemon_connected(env, "oc", daemon, 20, log_path=log_path)
+        proc = testing.run_cli(env, "wake", "test", "--agent-id", "oc")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "gateway  ready  tested end to end" in proc.stdout and "would fire now: gateway" in proc.stdout
+        assert gateway.connects and gateway.agent_params() == []  # a handshake, no agent run
+        config.write_text('[plugins.openclaw]\ngateway_url = "ws://127.0.0.1:9/"\n'
+                          f'token = "{TOKEN}"\nuse_cli_fallback = false\n')
+        testing.stop_daemon(daemon)
+        daemon = testing.start_daemon(env, "oc", log_path=log_path)
+        testing.wait_daemon_connected(env, "oc", daemon, 20, log_path=log_path)
+        down = testing.run_cli(env, "wake", "test", "--agent-id", "oc", "--json")
+        assert down.returncode == 1, down.stdout + down.stderr
+        row = json.loads(down.stdout)["paths"][0]
+        assert row["name"] == "gateway" and not row["ready"] and row["detail"].startswith("test failed")
+    finally:
+        testing.stop_daemon(daemon)

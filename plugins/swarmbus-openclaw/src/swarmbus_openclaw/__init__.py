@@ -19,7 +19,17 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from swarmbus import DoctorCheck, HandlerContext, HostType, InitStep, Settings, StoredMessage, WakeDecision, hookimpl
+from swarmbus import (
+    DoctorCheck,
+    HandlerContext,
+    HostType,
+    InitStep,
+    Settings,
+    StoredMessage,
+    WakeDecision,
+    WakePath,
+    hookimpl,
+)
 from swarmbus_openclaw._version import __version__
 from swarmbus_openclaw.config import NAME, OpenClawSettings, config
 from swarmbus_openclaw.protocol import HOST_TYPE
@@ -38,6 +48,15 @@ def swarmbus_settings_sections(register: Callable[[str, type[BaseModel]], None])
 @hookimpl
 def swarmbus_wake_coalesce(settings: Settings) -> bool | None:
     return True if settings.host_type == HOST_TYPE else None
+
+
+@hookimpl
+def swarmbus_wake_paths(settings: Settings) -> list[WakePath] | None:
+    if settings.host_type != HOST_TYPE:
+        return None
+    from swarmbus_openclaw.paths import wake_paths
+
+    return wake_paths()
 
 
 @hookimpl
