@@ -111,7 +111,7 @@ def test_entry_point_loads_the_plugin(tmp_path: Path) -> None:
     info = infos["openclaw"]
     assert (info["status"], info["distribution"], info["version"]) == ("loaded", "swarmbus-openclaw", "0.1.0")
     assert info["hooks"] == ["swarmbus_doctor_checks", "swarmbus_host_types", "swarmbus_settings_sections",
-                             "swarmbus_wake", "swarmbus_wake_coalesce"]
+                             "swarmbus_wake", "swarmbus_wake_coalesce", "swarmbus_wake_paths"]
 
 
 def test_bad_config_value_is_reported_by_key(tmp_path: Path) -> None:
