@@ -537,6 +537,21 @@ def test_hook_swarmbus_host_session() -> None:
                 {"host": "d", "session_id": "s", "pid": True}, {"host": "d", "session_id": "s", "pid": 1, "endpoint": {"a": 1}}):
         with pytest.raises(SessionError):
             parse_session(bad)
+    # kept across a daemon restart: saved (0600, it may hold a token), loaded while alive
+    import stat
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "host-sessions.json"
+        kept = HostSessions(path)
+        kept.register(found[0])
+        kept.register(HostSession("desk", "gone", 2**22 + 12345, {}))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and "t0ken" in path.read_text()
+        assert [s.session_id for s in HostSessions(path).live("desk")] == ["s1"]  # the dead one is not loaded
+        kept.unregister("desk", "s1")
+        assert HostSessions(path).live("desk") == []
+        path.write_text("not json")
+        assert HostSessions(path).live("desk") == []  # a damaged file is ignored (and logged)
     # end to end (the MCP server registering a real session, the daemon posting to it): the
     # Claude Code plugin's tests/test_cc_session.py and tests_real/test_real_session.py
 

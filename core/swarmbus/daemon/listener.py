@@ -150,7 +150,7 @@ class Daemon:
         self.attention = Attention(store, self.relay, settings)
         self.outbox.on_spooled = self.attention.note_sent
         self.attention.on_released = self._released_woken
-        self.sessions = HostSessions()
+        self.sessions = HostSessions(self.paths.root / "host-sessions.json")
         context = HandlerContext(
             agent_id=agent_id, settings=settings, logger=logging.getLogger(f"swarmbus.handler.{agent_id}"),
             send=self._send_from_handler, hooks=self.relay, attention=self.attention, mark_step=self._mark_step,

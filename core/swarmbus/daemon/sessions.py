@@ -7,14 +7,21 @@ registration was refreshed within :data:`TTL` seconds, so a crashed session or M
 out by itself. Wake paths read them through ``HandlerContext.host_sessions``, most recently
 registered first (the session the user opened last is the one they are in).
 
-Held in memory only: after a daemon restart the next refresh registers the sessions again.
+Kept in memory, and written (mode 0600, in the agent's private state dir: an endpoint may hold
+a token) to ``host-sessions.json`` whenever a session comes or goes, so that a restarted daemon
+knows the sessions that are still alive at once instead of after the next refresh.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
 import re
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from swarmbus.api import HostSession
@@ -24,6 +31,7 @@ REFRESH = 10.0
 """Seconds between two registrations of one session by the MCP server."""
 TTL = 3 * REFRESH
 """Seconds after its last registration when a session counts as gone."""
+log = logging.getLogger("swarmbus.daemon")
 _NAME = re.compile(r"\A[a-z0-9_-]{1,32}\Z")
 _MAX_FIELD = 1024
 
@@ -56,10 +64,49 @@ def parse_session(data: Any) -> HostSession:
 
 
 class HostSessions:
-    """The registry (use from the daemon's event loop)."""
+    """The registry (use from the daemon's event loop). With ``path`` it is loaded from there
+    (sessions whose process still runs count as just refreshed) and saved on every change."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path | None = None) -> None:
         self._sessions: dict[tuple[str, str], HostSession] = {}
+        self.path = path
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("ignored the saved host sessions in %s: %s", path, exc)
+            return
+        now = time.time()
+        for row in rows if isinstance(rows, list) else []:
+            try:
+                session = parse_session(row)
+            except SessionError:
+                continue
+            registered = row.get("registered_at") if isinstance(row.get("registered_at"), int | float) else now
+            if pid_alive(session.pid):
+                self._sessions[(session.host, session.session_id)] = HostSession(
+                    session.host, session.session_id, session.pid, dict(session.endpoint), float(registered), now)
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        rows = [{"host": s.host, "session_id": s.session_id, "pid": s.pid, "endpoint": dict(s.endpoint),
+                 "registered_at": s.registered_at} for s in self._sessions.values()]
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(rows, fh)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a full disk costs the restart shortcut, never a wake
+            log.warning("could not save the host sessions to %s: %s", self.path, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def register(self, session: HostSession, now: float | None = None) -> bool:
         """Add or refresh ``session``; True when it is new (or came back after it was gone)."""
@@ -70,17 +117,24 @@ class HostSessions:
         registered = now if fresh else old.registered_at  # type: ignore[union-attr]
         self._sessions[key] = HostSession(session.host, session.session_id, session.pid, dict(session.endpoint),
                                           registered, now)
+        if fresh:
+            self._save()
         return fresh
 
     def unregister(self, host: str, session_id: str) -> bool:
-        return self._sessions.pop((host, session_id), None) is not None
+        removed = self._sessions.pop((host, session_id), None) is not None
+        if removed:
+            self._save()
+        return removed
 
     def live(self, host: str, now: float | None = None) -> list[HostSession]:
         """The live sessions of ``host``, most recently registered first; gone ones are dropped."""
         now = time.time() if now is None else now
-        for key, session in list(self._sessions.items()):
-            if not self._live(session, now):
-                del self._sessions[key]
+        gone = [key for key, session in self._sessions.items() if not self._live(session, now)]
+        for key in gone:
+            del self._sessions[key]
+        if gone:
+            self._save()
         return sorted((s for s in self._sessions.values() if s.host == host),
                       key=lambda s: s.registered_at, reverse=True)
 

@@ -174,3 +174,18 @@ def test_no_path_would_fire_without_session_hook_or_claude(bus: Bus, tmp_path: P
     proc = bus.cli("wake", "test", "--agent-id", AGENT)
     assert proc.returncode == 1 and "no path would fire now" in proc.stdout
     assert "claude not found" in proc.stdout
+
+
+def test_a_restarted_daemon_still_knows_the_live_session(bus: Bus, session: Any, fake_claude: Any) -> None:
+    inbox, _, server = session
+    daemon = bus.start_daemon()
+    wait_for(lambda: bus.sessions(), 20, "the MCP server to register")
+    server.kill()  # no more refreshes: what the restarted daemon knows comes from its saved registry
+    server.wait(10)
+    testing.stop_daemon(daemon)
+    bus.start_daemon()
+    assert [s["session_id"] for s in bus.sessions()] == ["sess-1"]
+    bus.send("MARKER-AFTER-RESTART")
+    posts = wait_for(lambda: [p for p in inbox.lines() if p], 20, "a post to the session's inbox")
+    assert "MARKER-AFTER-RESTART" in posts[0][1]["message"]["content"]
+    assert fake_claude.runs() == []
