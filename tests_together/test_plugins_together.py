@@ -17,7 +17,7 @@ import pytest
 import swarmbus
 from swarmbus import testing
 
-PLUGINS = {"example", "priority", "cc", "openclaw", "telegram"}
+PLUGINS = {"example", "priority", "cc", "openclaw", "telegram", "codex"}
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_commands_and_host_types_do_not_clash(env: dict[str, str]) -> None:
     assert proc.returncode == 0 and "clashes" not in proc.stderr, proc.stderr
     init = testing.run_cli(env, "init", "--agent-id", "x", "--host-type", "no-such-host", "--dry-run")
     assert init.returncode == 2
-    assert "cc" in init.stderr and "openclaw" in init.stderr, init.stderr
+    assert "cc" in init.stderr and "openclaw" in init.stderr and "codex" in init.stderr, init.stderr
 
 
 def test_daemon_with_every_plugin_loaded(env: dict[str, str], tmp_path: Path) -> None:
