@@ -66,6 +66,27 @@ def sessions(bus: RealBus) -> list[dict[str, Any]]:
     return list((testing.agent_status(AGENT, bus.env["SWARMBUS_STATE_DIR"]) or {}).get("host_sessions") or [])
 
 
+def publish_from_peer(bus: RealBus, body: str) -> float:
+    """Publish a message from `planner` to the agent as its daemon would (MQTT 5, QoS 1, the
+    PUBACK awaited); return when the publish started."""
+    import paho.mqtt.client as mqtt
+
+    from swarmbus import new_envelope
+
+    host, port = bus.env["SWARMBUS_BROKER_URL"].removeprefix("mqtt://").rsplit(":", 1)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="real-peer-planner", protocol=mqtt.MQTTv5)
+    client.connect(host, int(port))
+    client.loop_start()
+    try:
+        payload = new_envelope("planner", AGENT, "task", body, priority="high").to_wire()
+        started = time.time()
+        client.publish(f"agents/{AGENT}/inbox", payload, qos=1).wait_for_publish(10)
+        return started
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def sent_at(bus: RealBus, body: str) -> float:
     started = time.time()
     bus.send(body)
@@ -111,6 +132,11 @@ def test_a_message_starts_a_turn_in_the_idle_live_session(bus: RealBus, mock: Mo
         assert "UNTRUSTED DATA" in request["raw"]  # swarmbus's framing reached the model
         wait_for(lambda: any("MARKER-SESSION-REAL" in r for r in session.results()), 60, "the woken turn's result")
         assert "session: posted 1 message to Claude Code session" in wake_detail(bus)
+
+        # a peer whose daemon already runs: its message arrives as one MQTT publish, no process starts
+        started = publish_from_peer(bus, "MARKER-SESSION-MQTT: from a running peer")
+        request = first_request_with(mock, "MARKER-SESSION-MQTT", "the next model request")
+        report("session (idle; a peer's publish -> model request)", request["at"] - started)
         assert not (bus.state / "claude-last-wake.json").exists()  # no headless claude ran
     finally:
         session.close()
