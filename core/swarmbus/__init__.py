@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     "run_child": "swarmbus.children",
     "scrubbed_env": "swarmbus.children",
     "program_problem": "swarmbus.children",
+    "find_program": "swarmbus.children",
     "render_wake_prompt": "swarmbus.prompts",
     "render_message": "swarmbus.prompts",
     "WriteFile": "swarmbus.provision",
@@ -87,7 +88,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
         skip,
         wake,
     )
-    from swarmbus.children import program_problem, run_child, scrubbed_env
+    from swarmbus.children import find_program, program_problem, run_child, scrubbed_env
     from swarmbus.envelope import Envelope, EnvelopeError, new_envelope, validate_agent_id
     from swarmbus.errors import SwarmbusError
     from swarmbus.hookspecs import hookimpl, hookspec

@@ -168,6 +168,27 @@ async def run_child(
     return code, out, err
 
 
+def find_program(name: str, configured: str | None = None) -> str | None:
+    """The executable a host plugin runs: ``configured`` when given (``~`` expanded; a bare name
+    is looked up on ``PATH``, a path must be an executable file), else ``name`` on ``PATH``, else
+    ``~/.local/bin/<name>`` or ``/usr/local/bin/<name>`` (where npm and installers put it but a
+    service's ``PATH`` may not reach). None when there is none."""
+    import shutil
+
+    if configured:
+        path = os.path.expanduser(configured)
+        if os.sep not in path:
+            return shutil.which(path)
+        return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in (Path.home() / ".local" / "bin" / name, Path("/usr/local/bin") / name):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
 def program_problem(program: str, env: Mapping[str, str] | None = None) -> str | None:
     """Why ``program`` (a wake command's ``argv[0]``) cannot be run, or None when it can: looked up
     on ``env``'s ``PATH`` (default: the scrubbed environment a child gets, so the daemon's

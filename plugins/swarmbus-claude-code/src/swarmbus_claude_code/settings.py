@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from swarmbus import AgentPaths, Settings
+from swarmbus import AgentPaths, Settings, find_program
 
 NAME = "cc"
 """The plugin's name: its entry-point name, its host type and its section ``[plugins.cc]``."""
@@ -120,19 +119,8 @@ def config(settings: Settings) -> CCSettings:
 
 
 def find_claude(cfg: CCSettings) -> str | None:
-    """The ``claude`` executable to run, or None when there is none."""
-    if cfg.claude_path:
-        path = os.path.expanduser(cfg.claude_path)
-        if os.sep not in path:
-            return shutil.which(path)
-        return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
-    found = shutil.which("claude")
-    if found:
-        return found
-    for candidate in (Path.home() / ".local" / "bin" / "claude", Path("/usr/local/bin/claude")):
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
+    """The ``claude`` executable to run, or None when there is none (``swarmbus.find_program``)."""
+    return find_program("claude", cfg.claude_path)
 
 
 # -- where Claude Code keeps things (user scope) -----------------------------------------------

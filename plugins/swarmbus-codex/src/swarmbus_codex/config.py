@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from swarmbus import AgentPaths, Settings
+from swarmbus import AgentPaths, Settings, find_program
 
 NAME = "codex"
 """The plugin's name: its entry-point name, its host type and its section ``[plugins.codex]``."""
@@ -131,19 +130,8 @@ def config(settings: Settings) -> CodexSettings:
 
 
 def find_codex(cfg: CodexSettings) -> str | None:
-    """The ``codex`` executable to run, or None when there is none."""
-    if cfg.codex_path:
-        path = os.path.expanduser(cfg.codex_path)
-        if os.sep not in path:
-            return shutil.which(path)
-        return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
-    found = shutil.which("codex")
-    if found:
-        return found
-    for candidate in (Path.home() / ".local" / "bin" / "codex", Path("/usr/local/bin/codex")):
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
+    """The ``codex`` executable to run, or None when there is none (``swarmbus.find_program``)."""
+    return find_program("codex", cfg.codex_path)
 
 
 def codex_home(cfg: CodexSettings) -> Path:
