@@ -419,6 +419,16 @@ def _completion(p: argparse.ArgumentParser) -> None:
     p.add_argument("shell", choices=("bash", "zsh", "fish"), metavar="SHELL", help="bash, zsh or fish")
 
 
+def _builder_in(module: str) -> Callable[[argparse.ArgumentParser], None]:
+    """A builder that lives beside its command: ``swarmbus.cli.<module>.configure(parser)``, which
+    sets the description and arguments. Imported only when that command is the one being run."""
+
+    def build(p: argparse.ArgumentParser) -> None:
+        __import__(f"swarmbus.cli.{module}", fromlist=["configure"]).configure(p)
+
+    return build
+
+
 _READER_DESCRIPTION = (
     ".\n\nReads the daemon's store when a daemon runs for --agent-id; otherwise takes\n"
     "the agent's session for a moment to fetch what the broker queued, without ever\n"
@@ -611,6 +621,10 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         _init,
     ),
     "uninit": ("undo what `swarmbus init` wrote for an agent", None, _uninit),
+    "job": ("submit a delegated job, report its events, wait for its outcome", None, _builder_in("job")),
+    "task": ("post tasks to a board that exactly one eligible agent claims", None, _builder_in("task")),
+    "swarm": ("start or stop a swarm of agents described in a file", None, _builder_in("swarm")),
+    "dashboard": ("serve a live web page of agents, messages, jobs and tasks", None, _builder_in("dashboard")),
     "completion": (
         "print a shell completion script (bash, zsh, fish)",
         "Print a tab-completion script for SHELL on stdout: every command and option, plugin\n"
@@ -694,6 +708,7 @@ def run(argv: Sequence[str]) -> int:
         "doctor": "doctor", "broker": "admin", "init": "init", "uninit": "init", "wait": "reading",
         "mcp-server": "mcpserver", "completion": "completion", "stop": "detach", "status": "detach",
         "policy": "policy", "trace": "trace", "retire": "presence", "wake": "wake",
+        "job": "job", "task": "task", "swarm": "swarm", "dashboard": "dashboard",
     }[args.command]
     handler = __import__(f"swarmbus.cli.{module}", fromlist=["run"])  # importlib would cost an import
     return int(handler.run(args))
