@@ -499,6 +499,15 @@ def test_hook_swarmbus_wake_paths() -> None:
     assert asyncio.run(probe_paths(paths[:2], context)) == [
         ("socket", "nobody home"), ("buggy", "its readiness probe failed (RuntimeError: probe bug)")]
     assert len(marked) == 1  # a failed wake surfaces nothing
+    # fall_back=False: a path that was ready and failed ends the attempt; not-ready ones are skipped
+    calls.clear()
+    stopped = asyncio.run(wake_by_paths(msgs, [paths[0], paths[3], paths[4]], context, timeout=1.0, fall_back=False))
+    assert not stopped.ok and calls == ["refused"] and stopped.exit_code == 3
+    assert stopped.detail == ("no wake path worked (fall_back is off, so no later path was tried): "
+                              "socket: nobody home; cli: the host said no")
+    timed_out = asyncio.run(wake_by_paths(msgs, paths[2:], context, timeout=1.0, fall_back=False))
+    assert not timed_out.ok and "slow: no confirmation within 0.05s" in timed_out.detail and calls == ["refused"]
+    assert asyncio.run(wake_by_paths(msgs, [paths[0], paths[4]], context, fall_back=False)).ok
 
 
 # -- swarmbus_host_session and the daemon's registry -----------------------------------------

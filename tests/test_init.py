@@ -311,6 +311,38 @@ def test_render_launchd_plist_round_trips() -> None:
 
 
 # -- undo records ----------------------------------------------------------------------------------
+def test_a_command_undo_reports_what_the_command_said(tmp_path: Path) -> None:
+    from swarmbus import RunCommand
+    from swarmbus.provision import undo
+
+    talk = [sys.executable, "-c", "print('noise'); print('removed [mcp_servers.swarmbus] from config.toml')"]
+    record = RunCommand(("true",), undo=tuple(talk)).undo_record()
+    assert record is not None and undo(record) == "noise; removed [mcp_servers.swarmbus] from config.toml"
+    silent = [sys.executable, "-c", "pass"]
+    assert undo({"kind": "command", "argv": silent}) == f"ran {shlex.join(silent)}"
+    failing = [sys.executable, "-c", "import sys; sys.exit('no such entry: swarmbus')"]
+    said = undo({"kind": "command", "argv": failing})
+    assert said == f"exit 1 from {shlex.join(failing)}: no such entry: swarmbus"
+
+
+def test_toml_entries_is_public_and_keeps_a_host_file_without_our_header(tmp_path: Path) -> None:
+    """A host plugin edits its host's TOML (e.g. Codex's config.toml) through the public change."""
+    from swarmbus import TomlEntries
+    from swarmbus.provision import undo
+
+    path = tmp_path / "config.toml"
+    path.write_text('# my codex\nmodel = "o4"  # mine\n')
+    change = TomlEntries(path, {"mcp_servers": {"swarmbus": {"command": "swarmbus", "args": ["mcp-server"]}}})
+    assert change.pending()
+    record = change.undo_record()
+    change.apply()
+    text = path.read_text()
+    assert text.startswith('# my codex\nmodel = "o4"  # mine\n') and "[mcp_servers.swarmbus]" in text
+    assert not change.pending()
+    undo(record)
+    assert path.read_text() == '# my codex\nmodel = "o4"  # mine\n'
+
+
 def test_undo_records_only_cover_what_init_changed(tmp_path: Path) -> None:
     from swarmbus.provision import JsonEntry, TomlEntries, WriteFile, run_step, undo
 
@@ -625,7 +657,8 @@ def test_init_without_a_user_bus_or_a_broker_starts_both_detached(nobus_env: Ini
     proc = nobus_env.swarmbus("uninit", "--agent-id", AGENT)
     out = clean(proc)
     assert proc.returncode == 0 and "what init wrote has been removed" in proc.stdout, out
-    assert f"ran {' '.join(stop)}" in proc.stdout, out
+    # the undo of a command reports what the command said, not just its argv
+    assert f"stopped the broker on port {port} (" in proc.stdout and f"ran {' '.join(stop)}" not in proc.stdout, out
     assert not pid_alive(pid) and not pid_alive(mosquitto) and not any(pid_alive(k) for k in keepers)
     assert testing.keeper_pids(nobus_env.state_dir) == set() and not answers_mqtt("127.0.0.1", port)
     assert nobus_env.status() is None and not nobus_env.config_path.exists() and not nobus_env.manifest.exists()

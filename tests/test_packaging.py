@@ -56,3 +56,25 @@ def test_dev_tools_are_listed_once() -> None:
     assert {"pytest", "pytest-xdist", "hypothesis", "tox", "ruff", "mypy", "import-linter"} <= names
     bootstrap = (REPO / "scripts" / "bootstrap.sh").read_text(encoding="utf-8")
     assert not [d for d in dev if d in bootstrap], "scripts/bootstrap.sh reads the dev group from pyproject.toml"
+
+
+def test_the_public_api_is_spelled_out_and_every_name_resolves() -> None:
+    """``swarmbus.__all__`` is a literal list (type checkers read it, ``mypy --strict`` users
+    need it) and must name exactly the lazily exported names; each of them must import."""
+    import ast
+
+    import swarmbus
+
+    source = Path(swarmbus.__file__).read_text()
+    literal = next(node.value for node in ast.parse(source).body
+                   if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "__all__")
+    assert isinstance(literal, ast.List) and all(isinstance(e, ast.Constant) for e in literal.elts)
+    assert len(set(swarmbus.__all__)) == len(swarmbus.__all__)
+    assert set(swarmbus.__all__) == {"__version__", *swarmbus._EXPORTS}
+    for name in swarmbus.__all__:
+        assert getattr(swarmbus, name) is not None, name
+    names_checked = set(swarmbus.__all__)
+    typed = {alias.asname or alias.name for node in ast.walk(ast.parse(source))
+             if isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__"
+             for alias in node.names}
+    assert names_checked - {"__version__"} <= typed, sorted(names_checked - typed)

@@ -167,3 +167,28 @@ def test_presence_payload_key_order() -> None:
                     "reason": "stopped"}
     # the predecessor's exact bytes when there is nothing extra
     assert presence_payload("coder", "online") == b'{"agent": "coder", "status": "online"}'
+
+
+def test_json_state_files_are_private_atomic_and_forgiving(tmp_path: Path) -> None:
+    from swarmbus import read_json_file, write_json_file
+
+    path = tmp_path / "agents" / "coder" / "codex-thread.json"
+    assert read_json_file(path) is None
+    write_json_file(path, {"thread_id": "t-1", "n": 1})
+    assert read_json_file(path) == {"thread_id": "t-1", "n": 1}
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    for junk in (b"", b"not json", b"[1, 2]", b"\xff\xfe"):
+        path.write_bytes(junk)
+        assert read_json_file(path) is None, junk
+
+
+def test_env_passthrough_refuses_broker_variables_and_bad_names() -> None:
+    from swarmbus import check_env_passthrough
+
+    assert check_env_passthrough(["ANTHROPIC_API_KEY", "_X1"], "Claude Code") == ["ANTHROPIC_API_KEY", "_X1"]
+    for bad, says in (("MQTT_PASSWORD", "never passed to Codex"), ("swarmbus_broker_url", "never passed to Codex"),
+                      ("1ABC", "not an environment variable name"), ("A-B", "not an environment variable name"),
+                      ("A\n", "not an environment variable name")):
+        with pytest.raises(ValueError, match=says):
+            check_env_passthrough([bad], "Codex")

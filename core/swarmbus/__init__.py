@@ -51,8 +51,14 @@ _EXPORTS: dict[str, str] = {
     "scrubbed_env": "swarmbus.children",
     "program_problem": "swarmbus.children",
     "find_program": "swarmbus.children",
+    "check_env_passthrough": "swarmbus.children",
+    "read_json_file": "swarmbus.files",
+    "write_json_file": "swarmbus.files",
+    "TomlEntries": "swarmbus.provision",
+    "program_version": "swarmbus.provision",
     "render_wake_prompt": "swarmbus.prompts",
     "render_message": "swarmbus.prompts",
+    "SKILL_RULES": "swarmbus.prompts",
     "WriteFile": "swarmbus.provision",
     "JsonEntry": "swarmbus.provision",
     "RunCommand": "swarmbus.provision",
@@ -61,7 +67,63 @@ _EXPORTS: dict[str, str] = {
     "AgentPaths": "swarmbus.paths",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+# Spelled out (not computed from _EXPORTS) so that type checkers see the public names;
+# tests/test_packaging.py checks the two agree.
+__all__ = [
+    "OPERATOR_EVENT_KINDS",
+    "SKILL_RULES",
+    "AgentPaths",
+    "CheckResult",
+    "Command",
+    "DeliveryEvent",
+    "DoctorCheck",
+    "DoctorContext",
+    "Envelope",
+    "EnvelopeError",
+    "Handler",
+    "HandlerContext",
+    "HookRelay",
+    "HostSession",
+    "HostType",
+    "InitStep",
+    "JsonEntry",
+    "OperatorEvent",
+    "PolicyState",
+    "ProvisionError",
+    "RunCommand",
+    "Service",
+    "Settings",
+    "StoredMessage",
+    "SwarmbusError",
+    "TomlEntries",
+    "Verdict",
+    "Verify",
+    "WakeDecision",
+    "WakeOutcome",
+    "WakePath",
+    "WriteFile",
+    "__version__",
+    "check_env_passthrough",
+    "combine_verdicts",
+    "find_program",
+    "get_plugin_manager",
+    "hookimpl",
+    "hookspec",
+    "new_envelope",
+    "probe_paths",
+    "program_problem",
+    "program_version",
+    "read_json_file",
+    "render_message",
+    "render_wake_prompt",
+    "run_child",
+    "scrubbed_env",
+    "skip",
+    "validate_agent_id",
+    "wake",
+    "wake_by_paths",
+    "write_json_file",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from swarmbus.api import (
@@ -88,14 +150,23 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
         skip,
         wake,
     )
-    from swarmbus.children import find_program, program_problem, run_child, scrubbed_env
+    from swarmbus.children import check_env_passthrough, find_program, program_problem, run_child, scrubbed_env
     from swarmbus.envelope import Envelope, EnvelopeError, new_envelope, validate_agent_id
     from swarmbus.errors import SwarmbusError
+    from swarmbus.files import read_json_file, write_json_file
     from swarmbus.hookspecs import hookimpl, hookspec
     from swarmbus.paths import AgentPaths
     from swarmbus.plugins import HookRelay, get_plugin_manager
-    from swarmbus.prompts import render_message, render_wake_prompt
-    from swarmbus.provision import JsonEntry, ProvisionError, RunCommand, Verify, WriteFile
+    from swarmbus.prompts import SKILL_RULES, render_message, render_wake_prompt
+    from swarmbus.provision import (
+        JsonEntry,
+        ProvisionError,
+        RunCommand,
+        TomlEntries,
+        Verify,
+        WriteFile,
+        program_version,
+    )
     from swarmbus.settings import Settings
     from swarmbus.wake_router import probe_paths, wake_by_paths
 

@@ -386,6 +386,16 @@ class DoctorContext:
     agent_id: str | None
     cache: dict[str, Any]
 
+    @property
+    def agent(self) -> str | None:
+        """The agent the checks are about: ``--agent-id``, else the settings' ``agent_id``."""
+        return self.agent_id or self.settings.agent_id
+
+    def init_fix(self, host_type: str) -> str:
+        """The usual fix for a host type's missing or outdated set-up: the ``swarmbus init``
+        command line for this agent (``ID`` when no agent id is known)."""
+        return f"run `swarmbus init --agent-id {self.agent or 'ID'} --host-type {host_type}`"
+
 
 @dataclass(frozen=True)
 class DoctorCheck:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +36,24 @@ BASE_ENV_ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE
 """Variables a child always gets from the daemon's environment (when set)."""
 NEVER_PASSED = ("SWARMBUS_BROKER_", "MQTT_")
 """Prefixes that are never passed to a child, even when asked for."""
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def check_env_passthrough(names: Iterable[str], host: str) -> list[str]:
+    """Validate a host plugin's ``env_passthrough`` list: the variable names a user asks to pass
+    to ``host``'s wake children (e.g. ``ANTHROPIC_API_KEY``). Returns them as a list.
+
+    :raises ValueError: a name is not an environment variable name, or it starts with a
+        :data:`NEVER_PASSED` prefix (broker settings and credentials are never passed). The
+        message names the variable and ``host``, for a pydantic ``field_validator`` to report.
+    """
+    out = list(names)
+    for name in out:
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not an environment variable name")
+        if name.upper().startswith(NEVER_PASSED):
+            raise ValueError(f"{name} carries broker settings or credentials and is never passed to {host}")
+    return out
 
 
 def scrubbed_env(extra_allow: Iterable[str] = (), base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -328,6 +328,25 @@ class RunCommand:
         return {"kind": "command", "argv": list(self.undo)} if self.undo else None
 
 
+def program_version(program: str, timeout: float = 30.0) -> str:
+    """The first line ``PROGRAM --version`` prints (stdin closed), e.g. ``2.1.224 (Claude Code)``:
+    what a host type's ``Verify`` step and doctor check show.
+
+    :raises ProvisionError: it cannot run, takes more than ``timeout`` seconds, exits non-zero or
+        prints nothing (the message ends with the last line it said).
+    """
+    try:
+        proc = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ProvisionError(f"{program} --version failed: {exc}") from None
+    lines = [line.strip() for line in (proc.stdout or proc.stderr).splitlines() if line.strip()]
+    if proc.returncode != 0 or not lines:
+        said = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+        raise ProvisionError(f"{program} --version exited {proc.returncode}: {said[-1].strip() if said else 'no output'}")
+    return lines[0]
+
+
 @dataclass(frozen=True)
 class Verify:
     """A check that must pass: ``check()`` returns a one-line result or raises ProvisionError.
@@ -407,7 +426,9 @@ def run_step(name: str, changes: Sequence[Change], *, dry_run: bool,
 
 
 def undo(record: dict[str, Any]) -> str | None:
-    """Replay one undo record. Returns a one-line result, or None when nothing was left."""
+    """Replay one undo record. Returns a one-line result, or None when nothing was left. For a
+    command that is the last line it printed (e.g. ``removed [mcp_servers.swarmbus] from ...``),
+    else ``ran ARGV``; a failing one says ``exit N from ARGV: <its last stderr line>``."""
     kind = record.get("kind")
     path = Path(record.get("path", ""))
     if kind == "file":
@@ -426,9 +447,19 @@ def undo(record: dict[str, Any]) -> str | None:
     if kind == "command":
         argv = record["argv"]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-        status = "ran" if proc.returncode == 0 else f"exit {proc.returncode} from"
-        return f"{status} {shlex.join(argv)}"
+        if proc.returncode == 0:
+            return _said(proc.stdout) or f"ran {shlex.join(argv)}"
+        said = _said(proc.stderr or proc.stdout, last=True)
+        return f"exit {proc.returncode} from {shlex.join(argv)}" + (f": {said}" if said else "")
     return None
+
+
+def _said(text: str, *, last: bool = False, limit: int = 300) -> str:
+    """What a command printed, as one line (its non-blank lines joined by "; ", or with ``last``
+    only the last one), at most ``limit`` characters; "" when it printed nothing."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = (lines[-1] if last else "; ".join(lines)) if lines else ""
+    return said if len(said) <= limit else said[: limit - 3] + "..."
 
 
 def _undo_json(record: dict[str, Any], path: Path) -> str | None:

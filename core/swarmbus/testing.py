@@ -3,6 +3,7 @@
 Polling and processes:
 
 - :func:`wait_for`: poll a predicate with a deadline (raises AssertionError with what it waited for).
+- :func:`wait_on`: the same without polling, for a fake peer that notifies a condition variable.
 - :func:`pid_alive`, :func:`kill_process_group`, :func:`kill_group_of`, :func:`keeper_pids` (the
   keepers of detached daemons and brokers under a state dir).
 
@@ -13,6 +14,13 @@ A private mosquitto (re-exported from the dev broker module, so plugin tests nee
 A host type's init steps, applied without the CLI (re-exported from the provisioning module):
 :func:`run_step`, :func:`undo`, :class:`StepResult`.
 
+A plugin's fixtures:
+
+- :class:`FakeProgram`: a fake host executable (``claude``, ``codex``) on PATH that logs what it
+  was asked as JSON lines and reads its behaviour from a control file.
+- :func:`use_home`: a temporary HOME without the user's swarmbus, broker or host variables.
+- :func:`plugin_relay`: a plugin manager with the built-ins and only the plugin under test.
+
 A daemon on a private broker:
 
 - :func:`isolated_env`: the environment of an isolated swarmbus (its own state dir, config file
@@ -22,6 +30,8 @@ A daemon on a private broker:
   start`` in its own process group, until its control socket reports it connected.
 - :func:`agent_status`, :func:`finished_delivery`: what the daemon's control socket and
   ``swarmbus inbox --json`` say.
+- :class:`DaemonBus`: all of it for one agent (broker, environment, daemons, ``send``,
+  ``status``, ``messages``), opened and closed by a plugin's ``bus`` fixture.
 
 ``swarmbus init`` end to end:
 
@@ -47,6 +57,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -64,6 +75,7 @@ __all__ = [
     "AgentPaths",
     "BrokerConfig",
     "DaemonBus",
+    "FakeProgram",
     "InitHome",
     "RunningBroker",
     "StepResult",
@@ -78,14 +90,17 @@ __all__ = [
     "kill_group_of",
     "kill_process_group",
     "pid_alive",
+    "plugin_relay",
     "run_cli",
     "run_step",
     "start_broker",
     "start_daemon",
     "stop_daemon",
     "undo",
+    "use_home",
     "wait_daemon_connected",
     "wait_for",
+    "wait_on",
 ]
 
 T = TypeVar("T")
@@ -105,6 +120,26 @@ def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_on(cond: threading.Condition, predicate: Callable[[], T | None], timeout: float,
+            describe: Callable[[], str] | None = None) -> T | None:
+    """For a fake peer that records what it gets under ``cond`` and calls ``cond.notify_all()``
+    on each change: hold ``cond`` and return ``predicate()``'s first truthy value, re-checked on
+    every notification. After ``timeout`` seconds raise AssertionError saying ``describe()``,
+    or, without ``describe``, return None."""
+    deadline = time.monotonic() + timeout
+    with cond:
+        while True:
+            value = predicate()
+            if value:
+                return value
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if describe is None:
+                    return None
+                raise AssertionError(f"not within {timeout}s: {describe()}")
+            cond.wait(remaining)
 
 
 def report_latency(path: str, seconds: float) -> None:
@@ -231,8 +266,8 @@ class DaemonBus:
 
     :meth:`open` starts a mosquitto on a free port and builds :func:`isolated_env` under
     ``root`` (config file ``root/config.toml``, written with ``config_text``); :meth:`close`
-    stops every daemon started here, then the broker. Raises RuntimeError (from
-    :func:`start_broker`) when mosquitto cannot start.
+    stops every daemon started here, then the broker; as a context manager it closes on exit.
+    Raises RuntimeError (from :func:`start_broker`) when mosquitto is missing or cannot start.
     """
 
     def __init__(self, root: Path, env: dict[str, str], agent_id: str, broker: RunningBroker | None = None) -> None:
@@ -249,6 +284,12 @@ class DaemonBus:
         bus = cls(root, env, agent_id, broker)
         bus.config(config_text or f"# {plugins} test\n")
         return bus
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def log_path(self) -> Path:
@@ -271,6 +312,23 @@ class DaemonBus:
         wait_daemon_connected(env, self.agent_id, proc, 30, log_path=self.log_path)
         return proc
 
+    def send(self, body: str, subject: str = "task", *, sender: str = "planner", to: str | None = None) -> str:
+        """``swarmbus send`` from ``sender`` to ``to`` (default: this bus's agent); returns the
+        message id. Fails the test when the command fails."""
+        proc = self.cli("send", "--agent-id", sender, "--to", to or self.agent_id, "--subject", subject,
+                        "--body", body, "--json")
+        assert proc.returncode == 0, describe_run(proc)
+        return str(json.loads(proc.stdout)["id"])
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's control-socket status ({} when none answers)."""
+        return agent_status(self.agent_id, self.env["SWARMBUS_STATE_DIR"]) or {}
+
+    def messages(self) -> list[dict[str, Any]]:
+        """``swarmbus inbox --json``'s messages."""
+        return list(json.loads(self.cli("inbox", "--agent-id", self.agent_id, "--json").stdout or "{}")
+                    .get("messages", []))
+
     def log(self) -> str:
         """What the daemons wrote so far ("" before the first start)."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -285,6 +343,79 @@ class DaemonBus:
         self.stop()
         if self.broker is not None:
             self.broker.stop()
+
+
+class FakeProgram:
+    """A fake host executable for a plugin's tests: ``script`` (Python source) installed as
+    ``<bin_dir>/<name>`` with this interpreter, talking to the test through files.
+
+    The script reads :attr:`control_file` (JSON written by :meth:`control`) and appends one JSON
+    object per event to :attr:`log` (``{"kind": "started" | "finished" | ..., "argv", "pid", ...}``).
+    :meth:`cleanup` kills every ``pid`` and ``child_pid`` a record names that still runs.
+    """
+
+    def __init__(self, bin_dir: Path, name: str, script: str) -> None:
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        self.bin_dir = bin_dir
+        self.path = bin_dir / name
+        self.path.write_text(f"#!{sys.executable}\n" + script)
+        self.path.chmod(0o755)
+        self.log = bin_dir / f"fake-{name}-log.jsonl"
+        self.control_file = bin_dir / f"fake-{name}-control.json"
+        self.name = name
+
+    def control(self, **values: Any) -> None:
+        """Replace what the fake reads from its control file."""
+        self.control_file.write_text(json.dumps(values))
+
+    def records(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The fake's log records so far, all or only those of ``kind``."""
+        if not self.log.exists():
+            return []
+        lines = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        return [r for r in lines if kind is None or r["kind"] == kind]
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The ``started`` records, in start order."""
+        return self.records("started")
+
+    def wait_for(self, predicate: Callable[[], T | None], timeout: float = 30.0, what: str = "") -> T:
+        """:func:`wait_for`, with the fake's records in the failure message."""
+        try:
+            return wait_for(predicate, timeout, what or f"the fake {self.name}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; records: {self.records()}") from None
+
+    def cleanup(self) -> None:
+        """SIGKILL every process a record names (``pid``, ``child_pid``) that is still alive."""
+        for record in self.records():
+            for pid in (record.get("pid"), record.get("child_pid")):
+                if isinstance(pid, int) and pid > 0 and pid_alive(pid):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+
+
+def use_home(home: Path, monkeypatch: Any, clear: tuple[str, ...] = ()) -> Path:
+    """Make ``home`` the test's HOME (the variable and ``Path.home``) through pytest's
+    ``monkeypatch``, and unset every variable starting with ``SWARMBUS_``, ``MQTT_`` or a prefix
+    in ``clear`` (a host's own, e.g. ``CLAUDE_``), so the user's set-up never leaks in."""
+    home.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: home))
+    for name in list(os.environ):
+        if name.startswith(("SWARMBUS_", "MQTT_", *clear)):
+            monkeypatch.delenv(name)
+    return home
+
+
+def plugin_relay(module: Any, name: str) -> Any:
+    """A fresh plugin manager with the built-ins and only ``module`` (registered as ``name``),
+    behind the core's :class:`~swarmbus.plugins.HookRelay`: entry points are not loaded."""
+    from swarmbus.plugins import HookRelay, get_plugin_manager
+
+    pm = get_plugin_manager(entry_points=False)
+    pm.register(module, name=name)
+    return HookRelay(pm)
 
 
 def finished_delivery(env: Mapping[str, str], agent_id: str, handler: str = "wake") -> dict[str, Any] | None:

@@ -62,6 +62,7 @@ def mcp(args):
             print(f'No MCP server named "{name}" in user scope', file=sys.stderr)
             return 1
         del servers[name]
+        print(f'Removed MCP server "{name}" from user config')  # what the real one says (2.1.x)
     elif action == "add":
         name, rest = rest[0], rest[1:]
         env = {}

@@ -19,28 +19,20 @@ from typing import Any
 import pytest
 
 from swarmbus import testing
-from swarmbus.testing import find_mosquitto, wait_for
+from swarmbus.testing import wait_for
 from swarmbus_claude_code.install import hook_command
 
 AGENT = "coder"
 
 
-class Bus(testing.DaemonBus):
-    def send(self, body: str, subject: str = "task") -> None:
-        proc = self.cli("send", "--agent-id", "planner", "--to", AGENT, "--subject", subject, "--body", body)
-        assert proc.returncode == 0, proc.stderr
+Bus = testing.DaemonBus
 
 
 @pytest.fixture
 def bus(tmp_path_factory: pytest.TempPathFactory, fake_claude: Any, home: Path) -> Iterator[Bus]:
-    if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed (apt-get install mosquitto): the daemon tests need it")
-    b = Bus.open(Path(tmp_path_factory.mktemp("ccbus")), AGENT, plugins="cc",
-                 overrides={"SWARMBUS_HOST_TYPE": "cc", "SWARMBUS_WAKE_POLICY": "all"})
-    try:
+    with Bus.open(Path(tmp_path_factory.mktemp("ccbus")), AGENT, plugins="cc",
+                 overrides={"SWARMBUS_HOST_TYPE": "cc", "SWARMBUS_WAKE_POLICY": "all"}) as b:
         yield b
-    finally:
-        b.close()
 
 
 def test_message_wakes_claude_and_the_session_is_resumed(bus: Bus, fake_claude: Any) -> None:

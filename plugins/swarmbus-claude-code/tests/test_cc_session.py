@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from swarmbus import testing
-from swarmbus.testing import find_mosquitto, wait_for
+from swarmbus.testing import wait_for
 from swarmbus_claude_code.session import post_lines, session_from_environ
 
 AGENT = "coder"
@@ -54,26 +54,15 @@ class FakeInbox(socketserver.ThreadingUnixStreamServer):
 
 
 class Bus(testing.DaemonBus):
-    def send(self, body: str, subject: str = "task") -> str:
-        proc = self.cli("send", "--agent-id", "planner", "--to", AGENT, "--subject", subject, "--body", body, "--json")
-        assert proc.returncode == 0, proc.stderr
-        return str(json.loads(proc.stdout)["id"])
-
     def sessions(self) -> list[dict[str, Any]]:
-        status = testing.agent_status(AGENT, self.env["SWARMBUS_STATE_DIR"]) or {}
-        return list(status.get("host_sessions") or [])
+        return list(self.status().get("host_sessions") or [])
 
 
 @pytest.fixture
 def bus(tmp_path_factory: pytest.TempPathFactory, fake_claude: Any, home: Path) -> Iterator[Bus]:
-    if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed (apt-get install mosquitto): the daemon tests need it")
-    b = Bus.open(Path(tmp_path_factory.mktemp("ccsess")), AGENT, plugins="cc",
-                 overrides={"SWARMBUS_HOST_TYPE": "cc", "SWARMBUS_WAKE_POLICY": "all"})
-    try:
+    with Bus.open(Path(tmp_path_factory.mktemp("ccsess")), AGENT, plugins="cc",
+                 overrides={"SWARMBUS_HOST_TYPE": "cc", "SWARMBUS_WAKE_POLICY": "all"}) as b:
         yield b
-    finally:
-        b.close()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ class RealBus:
     env: dict[str, str]
     claude: str
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    daemons: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def state(self) -> Path:
@@ -39,11 +40,18 @@ class RealBus:
         proc = self.cli("send", "--agent-id", "planner", "--to", AGENT, "--subject", subject, "--body", body)
         assert proc.returncode == 0, proc.stderr
 
-    def start_daemon(self) -> None:
-        log_path = self.root / "daemon.log"
-        proc = testing.start_daemon(self.env, AGENT, log_path=log_path)
+    def start_daemon(self, agent_id: str = AGENT) -> None:
+        """Start ``agent_id``'s daemon (default: the agent's; another is a peer's) and wait until
+        it is connected."""
+        log_path = self.root / ("daemon.log" if agent_id == AGENT else f"daemon-{agent_id}.log")
+        proc = testing.start_daemon(self.env, agent_id, log_path=log_path)
         self.procs.append(proc)
-        testing.wait_daemon_connected(self.env, AGENT, proc, 30, log_path=log_path)
+        self.daemons[agent_id] = proc
+        testing.wait_daemon_connected(self.env, agent_id, proc, 30, log_path=log_path)
+
+    def stop_daemon(self, agent_id: str) -> None:
+        """Stop ``agent_id``'s daemon (SIGTERM, then SIGKILL) and wait until it is gone."""
+        testing.stop_daemon(self.daemons.pop(agent_id))
 
     def log(self) -> str:
         path = self.root / "daemon.log"

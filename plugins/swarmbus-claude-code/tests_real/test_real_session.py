@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -87,6 +88,25 @@ def publish_from_peer(bus: RealBus, body: str) -> float:
         client.loop_stop()
 
 
+def cli_send(bus: RealBus, body: str) -> str:
+    """``swarmbus send`` from ``planner`` by the console script a user runs (not ``python -m``);
+    returns the message id."""
+    script = Path(sys.executable).with_name("swarmbus")
+    proc = subprocess.run([str(script), "send", "--agent-id", "planner", "--to", AGENT, "--subject", "task",
+                           "--body", body, "--json"], env=bus.env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return str(json.loads(proc.stdout)["id"])
+
+
+def turn(mock: MockServer, session: LiveSession, marker: str, label: str, started: float, results: int) -> None:
+    """Wait for the model request carrying ``marker``, report its latency under ``label``, and
+    wait for the turn's result (the session had ``results`` before), so the next message finds the
+    session idle again."""
+    request = first_request_with(mock, marker, f"the model request with {marker}")
+    report(label, request["at"] - started)
+    wait_for(lambda: len(session.results()) > results, 60, f"the result of the turn for {marker}")
+
+
 def sent_at(bus: RealBus, body: str) -> float:
     started = time.time()
     bus.send(body)
@@ -106,7 +126,8 @@ def test_a_message_starts_a_turn_in_the_idle_live_session(bus: RealBus, mock: Mo
     cfg = cc_config(bus)  # wake_mode auto: session, rewake, resume
     run_init(bus, **cfg)  # registers `swarmbus mcp-server` with the real `claude mcp add -s user`
     write_config(bus, **cfg)
-    mock.state.markers = ["MARKER-IDLE-ONE", "MARKER-SESSION-REAL", "UNTRUSTED DATA"]
+    mock.state.markers = ["MARKER-IDLE-ONE", "MARKER-SESSION-REAL", "MARKER-SESSION-MQTT", "MARKER-SESSION-DIRECT",
+                          "UNTRUSTED DATA"]
     bus.start_daemon()
     session = LiveSession(bus)
     try:
@@ -119,24 +140,38 @@ def test_a_message_starts_a_turn_in_the_idle_live_session(bus: RealBus, mock: Mo
         assert proved.returncode == 0 and "would fire now: session" in proved.stdout, proved.stdout
         assert "tested end to end" in proved.stdout
 
+        # the usual case: the sender is an agent too, so its daemon runs and `swarmbus send` hands
+        # the message to it over its local socket (the console script, as a user types it)
+        bus.start_daemon("planner")
         started = time.time()
-        sent = bus.cli("send", "--agent-id", "planner", "--to", AGENT, "--subject", "task", "--body",
-                       "MARKER-SESSION-REAL: the peer needs an answer", "--json")
-        assert sent.returncode == 0, sent.stderr
+        sent = cli_send(bus, "MARKER-SESSION-REAL: the peer needs an answer")
         request = first_request_with(mock, "MARKER-SESSION-REAL", "the session's next model request")
         # the wake test started no turn: the next model request after it is the message's
         assert mock.state.message_requests()[before]["raw"] == request["raw"]
         report("session (idle)", request["at"] - started)
-        trace = json.loads(bus.cli("trace", "--agent-id", AGENT, json.loads(sent.stdout)["id"], "--json").stdout)
+        trace = json.loads(bus.cli("trace", "--agent-id", AGENT, sent, "--json").stdout)
         report("session (idle; stored -> model request)", request["at"] - float(trace["received"]["stored_at"]))
         assert "UNTRUSTED DATA" in request["raw"]  # swarmbus's framing reached the model
         wait_for(lambda: any("MARKER-SESSION-REAL" in r for r in session.results()), 60, "the woken turn's result")
         assert "session: posted 1 message to Claude Code session" in wake_detail(bus)
 
-        # a peer whose daemon already runs: its message arrives as one MQTT publish, no process starts
-        started = publish_from_peer(bus, "MARKER-SESSION-MQTT: from a running peer")
-        request = first_request_with(mock, "MARKER-SESSION-MQTT", "the next model request")
-        report("session (idle; a peer's publish -> model request)", request["at"] - started)
+        # more rounds of each way in, every one awaited to its turn's end: a median, not one sample
+        for round_ in range(2):
+            results, started = len(session.results()), time.time()
+            cli_send(bus, f"MARKER-SESSION-REAL round {round_}")
+            turn(mock, session, f"MARKER-SESSION-REAL round {round_}", "session (idle)", started, results)
+        for round_ in range(3):
+            results = len(session.results())
+            started = publish_from_peer(bus, f"MARKER-SESSION-MQTT {round_}: from a running peer")
+            turn(mock, session, f"MARKER-SESSION-MQTT {round_}", "session (idle; a peer's publish -> model request)",
+                 started, results)
+        # a sender with no daemon of its own: `swarmbus send` connects to the broker itself
+        bus.stop_daemon("planner")
+        for round_ in range(3):
+            results, started = len(session.results()), time.time()
+            cli_send(bus, f"MARKER-SESSION-DIRECT {round_}: from a one-off sender")
+            turn(mock, session, f"MARKER-SESSION-DIRECT {round_}",
+                 "session (idle; `swarmbus send` without a sender daemon: direct)", started, results)
         assert not (bus.state / "claude-last-wake.json").exists()  # no headless claude ran
     finally:
         session.close()

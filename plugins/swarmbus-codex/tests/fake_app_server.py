@@ -40,6 +40,8 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection, unix_serve
 
+from swarmbus import testing
+
 INVALID_REQUEST = -32600
 INVALID_PARAMS = -32602
 OVERLOADED = -32001
@@ -140,17 +142,8 @@ class FakeAppServer:
 
     def wait_for(self, predicate: Callable[[FakeAppServer], Any], timeout: float = 20.0) -> Any:
         """Block until ``predicate(self)`` is truthy (checked again on every frame received)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                value = predicate(self)
-                if value:
-                    return value
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"fake app-server: condition not met within {timeout}s; got "
-                                         f"{[f.method for f in self.frames]}")
-                self._cond.wait(remaining)
+        return testing.wait_on(self._cond, lambda: predicate(self), timeout,
+                               lambda: f"fake app-server: got {[f.method for f in self.frames]}")
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> FakeAppServer:

@@ -14,30 +14,17 @@ from codex_helpers import AGENT
 from fake_app_server import FakeAppServer
 
 from swarmbus import testing
-from swarmbus.testing import find_mosquitto, wait_for
+from swarmbus.testing import wait_for
 
-
-class Bus(testing.DaemonBus):
-    def send(self, body: str, subject: str = "task") -> str:
-        proc = self.cli("send", "--agent-id", "planner", "--to", AGENT, "--subject", subject, "--body", body, "--json")
-        assert proc.returncode == 0, proc.stderr
-        return str(json.loads(proc.stdout)["id"])
-
-    def messages(self) -> list[dict[str, Any]]:
-        return list(json.loads(self.cli("inbox", "--agent-id", AGENT, "--json").stdout or "{}").get("messages", []))
+Bus = testing.DaemonBus
 
 
 @pytest.fixture
 def bus(tmp_path_factory: pytest.TempPathFactory, home: Path, fake_codex: Any) -> Iterator[Bus]:
     """The daemon's environment is built here: HOME and PATH (with the fake codex) as set by then."""
-    if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed (apt-get install mosquitto): the daemon tests need it")
-    b = Bus.open(Path(tmp_path_factory.mktemp("cxbus")), AGENT, plugins="codex",
-                 overrides={"SWARMBUS_HOST_TYPE": "codex", "SWARMBUS_WAKE_POLICY": "all"})
-    try:
+    with Bus.open(Path(tmp_path_factory.mktemp("cxbus")), AGENT, plugins="codex",
+                 overrides={"SWARMBUS_HOST_TYPE": "codex", "SWARMBUS_WAKE_POLICY": "all"}) as b:
         yield b
-    finally:
-        b.close()
 
 
 def test_a_message_reaches_the_app_server_as_a_turn(bus: Bus, app_server: FakeAppServer, fake_codex: Any) -> None:

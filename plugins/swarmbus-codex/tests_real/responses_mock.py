@@ -22,6 +22,8 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from swarmbus import testing
+
 
 class ResponsesMock:
     def __init__(self) -> None:
@@ -64,17 +66,12 @@ class ResponsesMock:
             return [r for r in self.requests if marker in r["raw"]]
 
     def wait_for_marker(self, marker: str, timeout: float = 60.0, count: int = 1) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while True:
-                found = [r for r in self.requests if marker in r["raw"]]
-                if len(found) >= count:
-                    return found
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"no model request with {marker!r} within {timeout}s "
-                                         f"({len(self.requests)} requests)")
-                self.lock.wait(remaining)
+        def found() -> list[dict[str, Any]] | None:
+            hits = [r for r in self.requests if marker in r["raw"]]
+            return hits if len(hits) >= count else None
+
+        return testing.wait_on(self.lock, found, timeout,
+                               lambda: f"no model request with {marker!r} ({len(self.requests)} requests)") or []
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         mock = self

@@ -38,6 +38,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from websockets.asyncio.server import ServerConnection, serve
 
+from swarmbus import testing
+
 CLIENT_IDS = {
     "webchat-ui", "openclaw-control-ui", "openclaw-browser-copilot", "openclaw-tui", "webchat", "cli",
     "gateway-client", "openclaw-macos", "openclaw-linux", "openclaw-ios", "openclaw-watchos", "openclaw-android",
@@ -135,17 +137,8 @@ class FakeGateway:
 
     def wait_for(self, predicate: Callable[[FakeGateway], Any], timeout: float = 20.0) -> Any:
         """Block until ``predicate(self)`` is truthy (re-checked on every recorded frame)."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while True:
-                value = predicate(self)
-                if value:
-                    return value
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"fake gateway: condition not met within {timeout}s; "
-                                         f"{len(self.frames)} frames recorded")
-                self._lock.wait(remaining)
+        return testing.wait_on(self._lock, lambda: predicate(self), timeout,
+                               lambda: f"fake gateway: {len(self.frames)} frames recorded")
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> FakeGateway:

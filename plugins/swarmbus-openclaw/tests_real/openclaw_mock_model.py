@@ -21,6 +21,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from swarmbus import testing
+
 MODEL_ID = "mock-1"
 REPLY = "Noted: the swarmbus message was received by the mock model."
 
@@ -127,16 +129,7 @@ class MockModel:
     def wait_for(self, predicate: Any, timeout: float) -> dict[str, Any] | None:
         """The first recorded request for which ``predicate(body)`` is true, waiting up to
         ``timeout`` seconds for one to arrive (None if none did)."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for body in self.requests:
-                    if predicate(body):
-                        return body
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._changed.wait(remaining)
+        return testing.wait_on(self._changed, lambda: next((b for b in self.requests if predicate(b)), None), timeout)
 
     def start(self) -> MockModel:
         self._thread.start()

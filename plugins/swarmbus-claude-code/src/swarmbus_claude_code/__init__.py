@@ -105,7 +105,7 @@ def swarmbus_wake(message: StoredMessage, decision: WakeDecision,
         from swarmbus_claude_code.paths import SURFACED_BY, wake_paths
 
         return wake_by_paths([message, *decision.batch], wake_paths(context.settings, cfg), context,
-                             timeout=cfg.path_timeout, surfaced=SURFACED_BY)
+                             timeout=cfg.path_timeout, surfaced=SURFACED_BY, fall_back=cfg.fall_back)
     if cfg.wake_mode != "resume":
         return WakeOutcome(True, HOOK_DELIVERY[cfg.wake_mode])
     from swarmbus_claude_code.waker import wake_once

@@ -21,15 +21,7 @@ from swarmbus_claude_code.install import (
 from swarmbus_claude_code.settings import agent_dir, config, find_claude, skill_path, user_settings_path
 from swarmbus_claude_code.waker import load_last_wake
 
-INIT_FIX = "run `swarmbus init --agent-id {agent} --host-type cc`"
-
-
-def _agent(ctx: DoctorContext) -> str | None:
-    return ctx.agent_id or ctx.settings.agent_id
-
-
-def _init_fix(ctx: DoctorContext) -> str:
-    return INIT_FIX.format(agent=_agent(ctx) or "ID")
+HOST_TYPE = "cc"
 
 
 def check_claude(ctx: DoctorContext) -> CheckResult:
@@ -48,18 +40,18 @@ def check_claude(ctx: DoctorContext) -> CheckResult:
 
 
 def check_mcp(ctx: DoctorContext) -> CheckResult:
-    agent = _agent(ctx)
+    agent = ctx.agent
     current = current_mcp_entry()
     cannot_start = _server_cannot_start(ctx, current)
     if cannot_start is not None:
         return cannot_start
     if current is None:
         return CheckResult("warn", "the swarmbus MCP server is not registered in ~/.claude.json (user scope)",
-                           fix=_init_fix(ctx))
+                           fix=ctx.init_fix(HOST_TYPE))
     if agent and current != mcp_entry(agent):
         args = current.get("args") if isinstance(current, dict) else None
         return CheckResult("warn", f"the swarmbus MCP server is registered differently: {current.get('command') if isinstance(current, dict) else current} {args}",
-                           fix=_init_fix(ctx))
+                           fix=ctx.init_fix(HOST_TYPE))
     return CheckResult("ok", "swarmbus MCP server registered (user scope, ~/.claude.json)")
 
 
@@ -74,13 +66,13 @@ def _server_cannot_start(ctx: DoctorContext, entry: Any) -> CheckResult | None:
     try:
         missing = mcp_probe.missing_packages(python)
     except OSError as exc:
-        return CheckResult("fail", f"{server} runs {python}, which cannot be run: {exc}", fix=_init_fix(ctx),
+        return CheckResult("fail", f"{server} runs {python}, which cannot be run: {exc}", fix=ctx.init_fix(HOST_TYPE),
                            details=details)
     if "swarmbus" in missing:
         return CheckResult("fail", f"{server} runs {python}, which cannot import swarmbus, so it cannot start",
-                           fix=_init_fix(ctx) + " (it registers the Python that runs it)", details=details)
+                           fix=ctx.init_fix(HOST_TYPE) + " (it registers the Python that runs it)", details=details)
     if "mcp" in missing:
-        fix = f"{python} -m pip install 'swarmbus[mcp]'" + (f", then {_init_fix(ctx)}" if entry is None else "")
+        fix = f"{python} -m pip install 'swarmbus[mcp]'" + (f", then {ctx.init_fix(HOST_TYPE)}" if entry is None else "")
         return CheckResult("fail", f"{server} runs {python}, which cannot import the `mcp` package (the "
                            "swarmbus[mcp] extra), so it cannot start", fix=fix, details=details)
     return None
@@ -91,17 +83,17 @@ def check_skill(ctx: DoctorContext) -> CheckResult:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError:
-        return CheckResult("warn", f"the swarmbus skill is not installed ({path})", fix=_init_fix(ctx))
-    agent = _agent(ctx)
+        return CheckResult("warn", f"the swarmbus skill is not installed ({path})", fix=ctx.init_fix(HOST_TYPE))
+    agent = ctx.agent
     if agent and text != skill_text(agent):
         return CheckResult("warn", f"the swarmbus skill at {path} differs from this version's (edited or for another agent)",
-                           fix=_init_fix(ctx))
+                           fix=ctx.init_fix(HOST_TYPE))
     return CheckResult("ok", f"swarmbus skill installed ({path})")
 
 
 def check_hook(ctx: DoctorContext) -> CheckResult:
     cfg = config(ctx.settings)
-    agent = _agent(ctx)
+    agent = ctx.agent
     event = cfg.hook_event()
     path = user_settings_path()
     if agent is None:
@@ -113,15 +105,15 @@ def check_hook(ctx: DoctorContext) -> CheckResult:
     if event is None:
         if found:
             return CheckResult("warn", f"a swarmbus {', '.join(found)} hook is installed but wake mode {cfg.wake_mode} "
-                               "does not use it", fix=_init_fix(ctx) + " (it removes the stale hook)")
+                               "does not use it", fix=ctx.init_fix(HOST_TYPE) + " (it removes the stale hook)")
         why = "install_hook = false" if cfg.install_hook is False else f"wake mode {cfg.wake_mode}"
         return CheckResult("skip", f"no Claude Code hook needed ({why})")
     if found == {event: [hook_entry(agent, event)]}:
         return CheckResult("ok", f"swarmbus {event} hook installed in {path}")
     if event in found:
-        return CheckResult("warn", f"the swarmbus {event} hook in {path} differs from this version's", fix=_init_fix(ctx))
+        return CheckResult("warn", f"the swarmbus {event} hook in {path} differs from this version's", fix=ctx.init_fix(HOST_TYPE))
     return CheckResult("fail", f"wake mode {cfg.wake_mode} needs the swarmbus {event} hook in {path}; it is missing",
-                       fix=_init_fix(ctx))
+                       fix=ctx.init_fix(HOST_TYPE))
 
 
 SERVICE_MANAGERS = ("systemd", "launchd")
@@ -133,7 +125,7 @@ def check_start_hook(ctx: DoctorContext) -> CheckResult:
     Under systemd or launchd it is optional. Reads how the daemon runs from the core ``daemon``
     check's ``ctx.cache["daemon"]`` (its control socket's status, or None)."""
     cfg = config(ctx.settings)
-    agent = _agent(ctx)
+    agent = ctx.agent
     if agent is None:
         return CheckResult("skip", "no agent id: cannot tell which hook is ours")
     if cfg.install_hook is False:
@@ -153,16 +145,16 @@ def check_start_hook(ctx: DoctorContext) -> CheckResult:
                            + (" (the one installed differs from this version's)" if found else ""), details=details)
     if found:
         return CheckResult("warn", f"the swarmbus SessionStart hook in {path} differs from this version's",
-                           fix=_init_fix(ctx), details=details)
+                           fix=ctx.init_fix(HOST_TYPE), details=details)
     how = f"runs {supervisor}" if supervisor else "is not running"
     summary = (f"the daemon {how}, not under systemd or launchd, and the SessionStart hook that starts it with "
                f"each Claude Code session is missing from {path}: after a reboot nothing starts it")
-    return CheckResult("warn" if supervisor else "fail", summary, fix=_init_fix(ctx), details=details)
+    return CheckResult("warn" if supervisor else "fail", summary, fix=ctx.init_fix(HOST_TYPE), details=details)
 
 
 def check_last_wake(ctx: DoctorContext) -> CheckResult:
     cfg = config(ctx.settings)
-    agent = _agent(ctx)
+    agent = ctx.agent
     if cfg.wake_mode not in ("resume", "auto"):
         return CheckResult("skip", f"wake mode {cfg.wake_mode}: messages are delivered by the Claude Code hook")
     if agent is None:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from swarmbus import AgentPaths, Settings, find_program
+from swarmbus import AgentPaths, Settings, check_env_passthrough, find_program
 
 NAME = "cc"
 """The plugin's name: its entry-point name, its host type and its section ``[plugins.cc]``."""
@@ -22,9 +22,7 @@ WakeMode = Literal["auto", "resume", "rewake", "context"]
 PathName = Literal["session", "rewake", "resume"]
 
 BYPASS = "bypassPermissions"
-_ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 _MODE_NAME = re.compile(r"\A[A-Za-z]{1,32}\Z")
-BROKER_ENV_PREFIXES = ("SWARMBUS_BROKER_", "MQTT_")
 """Variables that carry broker settings or credentials: never passed to Claude Code."""
 
 
@@ -45,6 +43,10 @@ class CCSettings(BaseModel):
     wait`` picks the message up), ``resume`` (a headless ``claude -p --resume``)."""
     path_timeout: float = Field(default=5.0, gt=0)
     """Seconds each path's readiness probe, and the ``session`` post, may take."""
+    fall_back: bool = True
+    """In ``auto`` mode: when a path was ready but its wake failed, try the next one (default).
+    False ends the wake there (it is retried with the next one): no headless ``resume`` starts
+    because a live session's post failed."""
     claude_path: str | None = None
     """The ``claude`` executable; default: found on PATH, then ~/.local/bin, /usr/local/bin."""
     permission_mode: str = "default"
@@ -86,12 +88,7 @@ class CCSettings(BaseModel):
     @field_validator("env_passthrough")
     @classmethod
     def _env(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not _ENV_NAME.match(name):
-                raise ValueError(f"{name!r} is not an environment variable name")
-            if name.upper().startswith(BROKER_ENV_PREFIXES):
-                raise ValueError(f"{name} carries broker settings or credentials and is never passed to Claude Code")
-        return value
+        return check_env_passthrough(value, "Claude Code")
 
     @model_validator(mode="after")
     def _bypass(self) -> CCSettings:

@@ -30,7 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swarmbus import HandlerContext, StoredMessage, WakeOutcome, render_wake_prompt, run_child, scrubbed_env
+from swarmbus import (
+    HandlerContext,
+    StoredMessage,
+    WakeOutcome,
+    read_json_file,
+    render_wake_prompt,
+    run_child,
+    scrubbed_env,
+    write_json_file,
+)
 from swarmbus_claude_code.session import WAKE_CHILD_ENV
 from swarmbus_claude_code.settings import (
     CCSettings,
@@ -74,24 +83,9 @@ def claude_argv(claude: str, cfg: CCSettings, session_id: str | None) -> list[st
 
 
 # -- state files -------------------------------------------------------------------------------
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def load_session(state: Path, cwd: Path) -> str | None:
     """The kept session id, if it was made in ``cwd`` (Claude keys sessions by directory)."""
-    data = _read_json(state / SESSION_FILE)
+    data = read_json_file(state / SESSION_FILE)
     if not data or data.get("cwd") != str(cwd):
         return None
     sid = data.get("session_id")
@@ -99,11 +93,11 @@ def load_session(state: Path, cwd: Path) -> str | None:
 
 
 def save_session(state: Path, session_id: str, cwd: Path) -> None:
-    _write_json(state / SESSION_FILE, {"session_id": session_id, "cwd": str(cwd), "updated_at": time.time()})
+    write_json_file(state / SESSION_FILE, {"session_id": session_id, "cwd": str(cwd), "updated_at": time.time()})
 
 
 def load_last_wake(state: Path) -> dict[str, Any] | None:
-    return _read_json(state / LAST_WAKE_FILE)
+    return read_json_file(state / LAST_WAKE_FILE)
 
 
 # -- running claude ----------------------------------------------------------------------------
@@ -215,4 +209,4 @@ def _record(context: HandlerContext, state: Path, outcome: WakeOutcome, ids: lis
     if tail:  # the whole tail in text logs too, at debug level (JSON logs carry it as wake_output)
         context.logger.debug("cc wake output (last lines):\n%s", tail)
     with contextlib.suppress(OSError):
-        _write_json(state / LAST_WAKE_FILE, {**fields, "finished_at": time.time(), "output_tail": tail})
+        write_json_file(state / LAST_WAKE_FILE, {**fields, "finished_at": time.time(), "output_tail": tail})

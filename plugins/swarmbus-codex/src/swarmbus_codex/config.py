@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from swarmbus import AgentPaths, Settings, find_program
+from swarmbus import AgentPaths, Settings, check_env_passthrough, find_program
 
 NAME = "codex"
 """The plugin's name: its entry-point name, its host type and its section ``[plugins.codex]``."""
@@ -30,9 +30,7 @@ unix://$CODEX_HOME/swarmbus-app-server.sock``)."""
 CODEX_DEFAULT_SOCKET = ("app-server-control", "app-server-control.sock")
 """Where ``codex app-server --listen unix://`` (no path) listens, under ``$CODEX_HOME`` (observed
 with codex-cli 0.171.0); discovered second."""
-BROKER_ENV_PREFIXES = ("SWARMBUS_BROKER_", "MQTT_")
 """Variables that carry broker settings or credentials: never passed to Codex."""
-_ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 _THREAD_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 _MODEL = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}\Z")
 
@@ -76,6 +74,9 @@ class CodexSettings(BaseModel):
     variables (SWARMBUS_BROKER_*, MQTT_*) are refused."""
     path_timeout: float = Field(default=10.0, gt=0, le=600)
     """Seconds for each wake path's readiness probe, and for a wake through the app-server."""
+    fall_back: bool = True
+    """When the app-server was ready but its wake failed, try ``codex exec resume`` next (default).
+    False ends the wake there (it is retried with the next one)."""
 
     @field_validator("app_server")
     @classmethod
@@ -103,12 +104,7 @@ class CodexSettings(BaseModel):
     @field_validator("env_passthrough")
     @classmethod
     def _env(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not _ENV_NAME.match(name):
-                raise ValueError(f"{name!r} is not an environment variable name")
-            if name.upper().startswith(BROKER_ENV_PREFIXES):
-                raise ValueError(f"{name} carries broker settings or credentials and is never passed to Codex")
-        return value
+        return check_env_passthrough(value, "Codex")
 
     @model_validator(mode="after")
     def _danger(self) -> CodexSettings:

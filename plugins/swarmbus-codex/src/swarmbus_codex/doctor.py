@@ -27,15 +27,7 @@ from swarmbus_codex.config import (
 from swarmbus_codex.install import INSTALL_HINT, codex_version, mcp_entry, skill_text
 from swarmbus_codex.state import current_thread, last_wake
 
-INIT_FIX = "run `swarmbus init --agent-id {agent} --host-type codex`"
-
-
-def _agent(ctx: DoctorContext) -> str | None:
-    return ctx.agent_id or ctx.settings.agent_id
-
-
-def _init_fix(ctx: DoctorContext) -> str:
-    return INIT_FIX.format(agent=_agent(ctx) or "ID")
+HOST_TYPE = "codex"
 
 
 def check_codex(ctx: DoctorContext) -> CheckResult:
@@ -62,11 +54,11 @@ def check_mcp(ctx: DoctorContext) -> CheckResult:
     servers = data.get(codex_config.TABLE)
     entry = servers.get(MCP_NAME) if isinstance(servers, dict) else None
     if not isinstance(entry, dict):
-        return CheckResult("warn", f"the swarmbus MCP server is not registered in {path}", fix=_init_fix(ctx))
-    agent = _agent(ctx)
+        return CheckResult("warn", f"the swarmbus MCP server is not registered in {path}", fix=ctx.init_fix(HOST_TYPE))
+    agent = ctx.agent
     if agent and not codex_config.matches(path, MCP_NAME, mcp_entry(agent)):
         return CheckResult("warn", f"[mcp_servers.swarmbus] in {path} differs from this agent's: "
-                                   f"{entry.get('command')} {entry.get('args')}", fix=_init_fix(ctx))
+                                   f"{entry.get('command')} {entry.get('args')}", fix=ctx.init_fix(HOST_TYPE))
     if entry.get("enabled") is False:
         return CheckResult("warn", f"[mcp_servers.swarmbus] in {path} has enabled = false",
                            fix="remove `enabled = false` from it")
@@ -78,11 +70,11 @@ def check_skill(ctx: DoctorContext) -> CheckResult:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError:
-        return CheckResult("warn", f"the swarmbus skill is not installed ({path})", fix=_init_fix(ctx))
-    agent = _agent(ctx)
+        return CheckResult("warn", f"the swarmbus skill is not installed ({path})", fix=ctx.init_fix(HOST_TYPE))
+    agent = ctx.agent
     if agent and text != skill_text(agent):
         return CheckResult("warn", f"the swarmbus skill at {path} differs from this version's (edited, or for "
-                                   "another agent)", fix=_init_fix(ctx))
+                                   "another agent)", fix=ctx.init_fix(HOST_TYPE))
     return CheckResult("ok", f"swarmbus skill installed ({path})")
 
 
@@ -109,7 +101,7 @@ def check_app_server(ctx: DoctorContext) -> CheckResult:
 
 
 def check_last_wake(ctx: DoctorContext) -> CheckResult:
-    agent = _agent(ctx)
+    agent = ctx.agent
     if agent is None:
         return CheckResult("skip", "no agent id")
     cfg = config(ctx.settings)

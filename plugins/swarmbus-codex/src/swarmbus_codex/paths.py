@@ -214,7 +214,7 @@ async def wake(messages: list[StoredMessage], context: HandlerContext) -> WakeOu
     cfg = config(context.settings)
     started = time.monotonic()
     outcome = await wake_by_paths(messages, wake_paths(context.settings), context, timeout=cfg.path_timeout,
-                                  surfaced=SURFACED_BY)
+                                  surfaced=SURFACED_BY, fall_back=cfg.fall_back)
     ids = [m.id for m in messages]
     log = context.logger.info if outcome.ok else context.logger.warning
     log("codex wake %s for %d message(s) [%s]: %s", "ok" if outcome.ok else "failed", len(ids), ", ".join(ids),

@@ -9,33 +9,15 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from swarmbus import Settings
+from swarmbus import Settings, read_json_file, write_json_file
 from swarmbus_codex.config import CodexSettings, agent_dir
 
 THREAD_FILE = "codex-thread.json"
 LAST_WAKE_FILE = "codex-last-wake.json"
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True)
@@ -55,20 +37,20 @@ class Thread:
 def current_thread(settings: Settings, cfg: CodexSettings, agent_id: str) -> Thread | None:
     if cfg.thread_id:
         return Thread(cfg.thread_id, "config")
-    data = read_json(agent_dir(settings, agent_id) / THREAD_FILE)
+    data = read_json_file(agent_dir(settings, agent_id) / THREAD_FILE)
     tid = (data or {}).get("thread_id")
     return Thread(tid, "state") if isinstance(tid, str) and tid else None
 
 
 def save_thread(settings: Settings, agent_id: str, thread_id: str, created_by: str) -> None:
-    write_json(agent_dir(settings, agent_id) / THREAD_FILE,
+    write_json_file(agent_dir(settings, agent_id) / THREAD_FILE,
                {"thread_id": thread_id, "created_by": created_by, "updated_at": time.time()})
 
 
 def record_wake(settings: Settings, agent_id: str, data: dict[str, Any]) -> None:
     with contextlib.suppress(OSError):
-        write_json(agent_dir(settings, agent_id) / LAST_WAKE_FILE, {**data, "finished_at": time.time()})
+        write_json_file(agent_dir(settings, agent_id) / LAST_WAKE_FILE, {**data, "finished_at": time.time()})
 
 
 def last_wake(settings: Settings, agent_id: str) -> dict[str, Any] | None:
-    return read_json(agent_dir(settings, agent_id) / LAST_WAKE_FILE)
+    return read_json_file(agent_dir(settings, agent_id) / LAST_WAKE_FILE)
