@@ -115,6 +115,7 @@ def publish_once(port: int, user: str, secret: str, topic: str, *, retain: bool 
     """One QoS 1 publish on a connection of its own; the PUBACK's reason code. (mosquitto 2.0.11
     drops a client right after it refuses one of its publishes, and that client's session with it.)"""
     peer = Peer(port, user, secret, ca=ca)
+    peer.client.reconnect_delay_set(0.01, 0.05)  # closing waits out paho's reconnect delay (1 s by default)
     try:
         assert peer.ok, peer.connack
         return peer.publish_reason(topic, b"forged" if retain else b"x", retain=retain)
@@ -190,6 +191,29 @@ def test_files_modes_and_no_password_where_it_does_not_belong(env: dict[str, str
         for secret in secrets:
             assert secret not in text
     assert json.loads(rotated.stdout)["rotated"] == [{"id": "bob", "reason": "asked"}]
+
+
+def test_job_and_task_lines_for_agents_and_observers(env: dict[str, str], tmp_path: Path) -> None:
+    d = tmp_path / "auth"
+    acl(env, "alice", "--observer", "dash", "--dir", str(d))
+    blocks = {block.split("\n", 1)[0]: [line for line in block.splitlines() if line.startswith("topic ")]
+              for block in (d / "acl").read_text().split("\n\n") if block.startswith("user ")}
+    for line in ("topic write swarmbus/jobs/+/record/alice", "topic write swarmbus/jobs/+/events/alice",
+                 "topic write swarmbus/jobs/+/outcome/alice", "topic read swarmbus/jobs/#",
+                 "topic write swarmbus/tasks/+/state/alice", "topic read swarmbus/tasks/#"):
+        assert line in blocks["user alice"], line
+    dash = blocks["user dash"]
+    assert "topic read swarmbus/jobs/#" in dash and "topic read swarmbus/tasks/+/state/+" in dash
+    assert not [line for line in dash if line.startswith(("topic write", "topic readwrite")) and "/sync/" not in line]
+    users = (d / "nats-users.conf").read_text()
+    alice = next(line for line in users.splitlines() if '"alice"' in line)
+    for subject in ("swarmbus.jobs.*.record.alice", "swarmbus.jobs.*.events.alice", "swarmbus.jobs.*.outcome.alice",
+                    "swarmbus.jobs.>", "swarmbus.tasks.*.state.alice", "swarmbus.tasks.>"):
+        assert f'"{subject}"' in alice, subject
+    observer = next(line for line in users.splitlines() if '"dash"' in line)
+    publish = observer.split("publish:", 1)[1].split("}", 1)[0]
+    assert "swarmbus.jobs" not in publish and "swarmbus.tasks" not in publish
+    assert '"swarmbus.jobs.>"' in observer and '"swarmbus.tasks.*.state.*"' in observer
 
 
 def test_agent_config_loads_with_swarmbus_settings_and_round_trips(env: dict[str, str], tmp_path: Path) -> None:
@@ -418,6 +442,24 @@ def test_broker_enforces_the_acl(env: dict[str, str], tmp_path: Path, broker_fac
     for topic in ("agents/alice/inbox/dash", "agents/alice/inbox", "agents/broadcast", "agents/broadcast/dash",
                   "agents/dash/presence", "agents/alice/presence", "agents/alice/receipts/dash"):
         assert refused_publish("dash", topic), topic
+
+    # jobs and task states (docs/jobs.md, docs/swarm.md): written only under one's own id, read by all
+    jobs = peers(port, "bob", pw["bob"], topics=("swarmbus/jobs/#", "swarmbus/tasks/#"))
+    watcher = peers(port, "dash", pw["dash"], topics=("swarmbus/jobs/#", "swarmbus/tasks/+/state/+"))
+    for topic, retain in (("swarmbus/jobs/j-1/record/alice", True), ("swarmbus/jobs/j-1/events/alice", False),
+                          ("swarmbus/jobs/j-1/outcome/alice", True), ("swarmbus/tasks/t-1/state/alice", True)):
+        assert allowed(alice.publish_reason(topic, b"ok", retain=retain)), topic
+        wait_for(lambda t=topic: jobs.received(t) and watcher.received(t), what=f"bob and dash to read {topic}")
+    for topic in ("swarmbus/jobs/j-1/record/bob", "swarmbus/jobs/j-1/events/bob", "swarmbus/jobs/j-1/outcome/bob",
+                  "swarmbus/jobs/j-1/events", "swarmbus/jobs/j-1/other/alice", "swarmbus/tasks/t-1/state/bob"):
+        assert refused_publish("alice", topic, retain=True), topic
+    for topic in ("swarmbus/jobs/j-1/record/dash", "swarmbus/jobs/j-1/events/dash", "swarmbus/jobs/j-1/outcome/dash",
+                  "swarmbus/tasks/t-1/state/dash"):
+        assert refused_publish("dash", topic, retain=True), topic
+    late_job = peers(port, "dash", pw["dash"], topics=("swarmbus/jobs/+/outcome/+",))
+    got = wait_for(lambda: next(iter(late_job.received("swarmbus/jobs/j-1/outcome/alice")), None),
+                   what="alice's retained outcome, for a late observer")
+    assert got.retain and got.payload == b"ok"
 
     # unknown users and wrong passwords are refused
     assert refused(port, "alice", "wrong-password")

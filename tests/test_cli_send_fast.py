@@ -11,6 +11,7 @@ the broker settings rules they share with the pydantic settings.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import secrets
@@ -114,7 +115,9 @@ def test_send_direct_imports_neither_pydantic_nor_pluggy(swarm: SwarmEnv) -> Non
         assert proc.stdout.strip() == "Sent to fastbob"
         assert loaded(names, "pydantic", "pydantic_core", "pluggy", "swarmbus.settings", "swarmbus.plugins") == set()
         assert "paho.mqtt.client" in names and "swarmbus.transport.publish" in names
-        assert loaded(names, "swarmbus.transport.link", "urllib.request", "http.client") == set()
+        assert loaded(names, "swarmbus.transport.link") == set()
+        if importlib.util.find_spec("socks") is None:  # with PySocks installed paho looks up proxies
+            assert loaded(names, "urllib.request", "http.client") == set()
 
 
 def test_deferred_stdlib_modules_load_on_first_use() -> None:

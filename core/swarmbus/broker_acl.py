@@ -12,7 +12,9 @@ Everything lives in one private directory (mode 0700), safe to re-run::
     DIR/.lock                     held (flock) for a whole run
 
 A principal is an ``agent`` (sends under its own id, reads its own inbox, receipts, broadcasts
-and everyone's presence) or an ``observer`` (reads presence and broadcasts only). Files are
+and everyone's presence; writes job records, events and outcomes and task states under its own
+id, reads every job and task) or an ``observer`` (reads presence, broadcasts, jobs and task
+states only). Files are
 written only when their content changes, so a run that changes nothing leaves every byte and
 mtime as it was. Passwords never appear in argv, in the registry, or in anything printed.
 
@@ -79,6 +81,10 @@ MOSQUITTO_PASSWD = "mosquitto_passwd"  # noqa: S105 - a file name, not a passwor
 INSTALL_HINT = "it ships with mosquitto: `sudo apt install mosquitto` (Debian/Ubuntu) or `brew install mosquitto` (macOS)"
 SYNC_PREFIX = "swarmbus"
 """The sync topics' first level: the daemon's ``broker.client_id_prefix`` (default ``swarmbus``)."""
+JOBS_PREFIX = "swarmbus/jobs"
+"""Job topics: ``swarmbus/jobs/<job_id>/record|events|outcome/<agent>`` (docs/jobs.md)."""
+TASKS_PREFIX = "swarmbus/tasks"
+"""Task-board topics: ``swarmbus/tasks/<task_id>/state/<owner>`` and the rest under it (docs/swarm.md)."""
 
 _BROKER_KEYS = ("url", "ca_cert")
 _LISTENER_KEYS = ("certfile", "keyfile", "cafile")
@@ -228,6 +234,14 @@ def _agent_rules(agent: str, verified: bool) -> list[str]:
         "topic read agents/+/presence/heartbeat",
         "# the connection-private sync topics swarmbus uses to know a backlog has arrived",
         f"topic readwrite {SYNC_PREFIX}/sync/{agent}/#",
+        "# jobs (docs/jobs.md): records, events and outcomes under its own id; every job's to read",
+        f"topic write {JOBS_PREFIX}/+/record/{agent}",
+        f"topic write {JOBS_PREFIX}/+/events/{agent}",
+        f"topic write {JOBS_PREFIX}/+/outcome/{agent}",
+        f"topic read {JOBS_PREFIX}/#",
+        "# the task board (docs/swarm.md): the state of the tasks it arbitrates; every task's to read",
+        f"topic write {TASKS_PREFIX}/+/state/{agent}",
+        f"topic read {TASKS_PREFIX}/#",
     ]
     return lines
 
@@ -241,6 +255,9 @@ def _observer_rules(observer: str) -> list[str]:
         "topic read agents/broadcast",
         "topic read agents/broadcast/+",
         f"topic readwrite {SYNC_PREFIX}/sync/{observer}/#",
+        "# jobs and the task board's states, to watch (swarmbus job watch|list, the dashboard)",
+        f"topic read {JOBS_PREFIX}/#",
+        f"topic read {TASKS_PREFIX}/+/state/+",
     ]
 
 

@@ -130,3 +130,58 @@ def agent_of(topic: str, kind: str) -> str | None:
     if len(parts) == 3 and parts[0] == "agents" and parts[2] == kind and AGENT_ID_RE.match(parts[1]):
         return parts[1]
     return None
+
+
+# -- jobs (issue 13; docs/jobs.md): swarmbus/jobs/<job_id>/<kind>/<agent>, the agent id last -------------
+
+JOB_KINDS = ("record", "events", "outcome")
+"""The kinds of job topic: the retained job record (``<agent>`` is its owner), the events (not
+retained) and the retained terminal event (``<agent>`` is the one that reported it)."""
+
+
+def job_topic(job_id: str, kind: str, agent: str) -> str:
+    """``swarmbus/jobs/<job_id>/<kind>/<agent>``; ``kind`` is one of :data:`JOB_KINDS` (not checked:
+    callers pass validated ids and a known kind)."""
+    return f"swarmbus/jobs/{job_id}/{kind}/{agent}"
+
+
+def job_record_topic(job_id: str, owner: str) -> str:
+    """Where ``owner`` publishes the job's record (retained)."""
+    return job_topic(job_id, "record", owner)
+
+
+def job_events_topic(job_id: str, by: str) -> str:
+    """Where ``by`` publishes the job's events (not retained)."""
+    return job_topic(job_id, "events", by)
+
+
+def job_outcome_topic(job_id: str, by: str) -> str:
+    """Where ``by`` publishes the job's terminal event (retained)."""
+    return job_topic(job_id, "outcome", by)
+
+
+def job_filter(job_id: str | None = None, kind: str | None = None) -> str:
+    """A subscription filter: everything of one job (``swarmbus/jobs/<id>/#``), of every job
+    (``swarmbus/jobs/#``), or with ``kind`` one kind of topic (``swarmbus/jobs/<id or +>/<kind>/+``)."""
+    if kind is not None:
+        return f"swarmbus/jobs/{job_id or '+'}/{kind}/+"
+    return f"swarmbus/jobs/{job_id}/#" if job_id is not None else "swarmbus/jobs/#"
+
+
+class JobTopic(NamedTuple):
+    """What a job topic says: the job id, its kind (one of :data:`JOB_KINDS`) and the agent id in
+    its last segment (the record's owner, or the event's reporter)."""
+
+    job_id: str
+    kind: str
+    agent: str
+
+
+def job_topic_of(topic: str) -> JobTopic | None:
+    """``swarmbus/jobs/<job_id>/<kind>/<agent>`` -> its :class:`JobTopic` (ids validated with the
+    agent-id rule, the kind one of :data:`JOB_KINDS`); anything else -> None. Never raises."""
+    parts = topic.split("/")
+    if (len(parts) != 5 or parts[0] != "swarmbus" or parts[1] != "jobs" or parts[3] not in JOB_KINDS
+            or not AGENT_ID_RE.match(parts[2]) or not AGENT_ID_RE.match(parts[4])):
+        return None
+    return JobTopic(parts[2], parts[3], parts[4])

@@ -127,6 +127,25 @@ def _archive(agent_id: str, envelope: Envelope, flag: str | None, configured: st
             sys.stderr.write(f"swarmbus: warning: could not append to outbox {archive}: {exc.strerror}\n")
 
 
+def deliver(args: argparse.Namespace, raw: RawConfig, envelope: Envelope, *, wait: float = 5.0) -> tuple[str, str]:
+    """Send ``envelope`` as ``swarmbus send`` does, for other commands that send a message (``job
+    submit``): through the sender's daemon when one runs and the broker flags in ``args`` name no
+    other broker, else over a connection of our own. ``wait``: seconds for the PUBACK.
+
+    Returns ``(status, via)``: status ``published`` or ``queued`` (the daemon spooled it while the
+    broker is away) or what the daemon answered; via ``daemon`` or ``direct``.
+
+    :raises SwarmbusError: the direct publish failed (unreachable broker, refused publish).
+    """
+    socket_path = AgentPaths.for_agent(envelope.from_agent, raw.get("state_dir")).socket
+    if not getattr(args, "direct", False) and not _elsewhere(args, raw, socket_path):
+        answer = _via_daemon(socket_path, envelope, wait)
+        if answer is not None:
+            return str(answer.get("status", "published")), "daemon"
+    _direct(raw, envelope, timeout=max(wait, 1.0))
+    return "published", "direct"
+
+
 def _elsewhere(args: argparse.Namespace, raw: RawConfig, socket_path: Path) -> bool:
     """True when broker flags name another broker than the running daemon's: the message then
     goes directly to the named one (said on stderr). False without broker flags (no cost), with
