@@ -106,6 +106,6 @@ with open("pyproject.toml", "rb") as f:
 dev_tools=()
 while IFS= read -r req; do dev_tools+=("$req"); done <<< "$dev_group"
 # one pip call: the plugins pin swarmbus==<version>, which only this checkout provides
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[mcp]" "${plugin_args[@]}" "${dev_tools[@]}"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[mcp,dashboard]" "${plugin_args[@]}" "${dev_tools[@]}"
 .venv/bin/python -c 'import swarmbus' >/dev/null
 printf '%s\n' "$stamp" > "$STAMP"

@@ -60,7 +60,7 @@ def bootstrap(root: Path) -> tuple[list[str], str]:
 def test_installs_once_then_only_after_a_change(tree: Path) -> None:
     (first,), said = bootstrap(tree)
     assert "installing swarmbus" in said and "\x1b" not in said  # not a terminal: no escape codes
-    assert "-e .[mcp]" in first and "-e plugins/one/" in first and "-e plugins/two/" in first
+    assert "-e .[mcp,dashboard]" in first and "-e plugins/one/" in first and "-e plugins/two/" in first
     assert "pytest>=8" in first and "import-linter>=2.1" in first  # the dev group, from pyproject.toml
     assert (tree / ".venv" / ".bootstrap-stamp").is_file()
 

@@ -200,7 +200,8 @@ def test_job_and_task_lines_for_agents_and_observers(env: dict[str, str], tmp_pa
               for block in (d / "acl").read_text().split("\n\n") if block.startswith("user ")}
     for line in ("topic write swarmbus/jobs/+/record/alice", "topic write swarmbus/jobs/+/events/alice",
                  "topic write swarmbus/jobs/+/outcome/alice", "topic read swarmbus/jobs/#",
-                 "topic write swarmbus/tasks/+/state/alice", "topic read swarmbus/tasks/#"):
+                 "topic write swarmbus/tasks/+/state/alice", "topic write swarmbus/tasks/_offer/+/+/+/alice",
+                 "topic read swarmbus/tasks/#"):
         assert line in blocks["user alice"], line
     dash = blocks["user dash"]
     assert "topic read swarmbus/jobs/#" in dash and "topic read swarmbus/tasks/+/state/+" in dash
@@ -456,6 +457,13 @@ def test_broker_enforces_the_acl(env: dict[str, str], tmp_path: Path, broker_fac
     for topic in ("swarmbus/jobs/j-1/record/dash", "swarmbus/jobs/j-1/events/dash", "swarmbus/jobs/j-1/outcome/dash",
                   "swarmbus/tasks/t-1/state/dash"):
         assert refused_publish("dash", topic, retain=True), topic
+    # task offers: under one's own id, read by every agent, also through a shared subscription
+    pool = peers(port, "bob", pw["bob"], topics=("$share/swarmbus-tasks/swarmbus/tasks/_offer/dev/coder/~/+",))
+    offer = "swarmbus/tasks/_offer/dev/coder/~/alice"
+    assert allowed(alice.publish_reason(offer, b"offer"))
+    wait_for(lambda: pool.received(offer), what="bob to get alice's offer through the shared subscription")
+    assert refused_publish("alice", "swarmbus/tasks/_offer/dev/coder/~/bob"), "an offer under another id"
+    assert refused_publish("dash", "swarmbus/tasks/_offer/dev/coder/~/dash"), "an observer's offer"
     late_job = peers(port, "dash", pw["dash"], topics=("swarmbus/jobs/+/outcome/+",))
     got = wait_for(lambda: next(iter(late_job.received("swarmbus/jobs/j-1/outcome/alice")), None),
                    what="alice's retained outcome, for a late observer")

@@ -723,3 +723,36 @@ def test_hook_swarmbus_services() -> None:
     with pytest.raises(ValueError, match="'demo-tick' registered twice"):
         fresh(Services(), Services()).services(ctx)
     # how the daemon runs them (restarts with backoff, cancels at shutdown): tests/test_operator.py
+
+
+# -- swarmbus_task_handlers -------------------------------------------------------------------
+def test_hook_swarmbus_task_handlers() -> None:
+    from swarmbus import Task, TaskHandler
+    from swarmbus.board.runtime import collect_handlers
+
+    async def echo(task: Task, ctx: HandlerContext) -> Any:
+        return {"echo": task.payload, "by": ctx.agent_id}
+
+    class Tasks:
+        @hookimpl
+        def swarmbus_task_handlers(self, register: Any, settings: Settings) -> None:
+            register(TaskHandler("demo.echo", echo, "echo the payload"))
+
+    relay = fresh(Tasks())
+    found = collect_handlers(relay, Settings())
+    assert list(found) == ["demo.echo"] and found["demo.echo"].description == "echo the payload"
+    task = Task("t-1", "demo.echo", "planner", {"x": 1}, attempt=1, fence=1, max_attempts=3)
+    assert asyncio.run(found["demo.echo"].run(task, context(relay, Settings()))) == {"echo": {"x": 1}, "by": AGENT}
+    assert collect_handlers(fresh(), Settings()) == {}  # the core runs no task type itself
+
+    with pytest.raises(ValueError, match=r"'demo\.echo' registered twice"):
+        collect_handlers(fresh(Tasks(), Tasks()), Settings())
+
+    class BadType:
+        @hookimpl
+        def swarmbus_task_handlers(self, register: Any) -> None:
+            register(TaskHandler("Not A Type", echo))
+
+    with pytest.raises(ValueError, match="task type"):
+        collect_handlers(fresh(BadType()), Settings())
+    # how the daemon runs them (claims, leases, results): tests/test_tasks.py

@@ -284,6 +284,9 @@ class HandlerContext:
     watched agent: ``{"agent", "online" (bool), "status", "ts" (ISO 8601 or None), "last_seen"
     (ISO 8601 or None), "instance", "host", "reason"}``; None when none came (not watched, not
     seen yet, or the broker has none). None outside a daemon."""
+    board: Any = None
+    """The daemon's task board (:mod:`swarmbus.board`; internal: the built-in ``tasks`` plugin
+    runs it), None outside a daemon."""
 
 
 HandleFunc = Callable[[StoredMessage, HandlerContext], Awaitable[str | None]]
@@ -359,6 +362,54 @@ class Handler:
     timeout: float | None = None
     description: str = ""
     concurrency: int | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task from the task board, as a :class:`TaskHandler` (or a host) gets it once this agent's
+    claim was granted (docs/swarm.md).
+
+    ``task_id`` is unique per poster (``owner``, whose daemon is the task's arbiter); ``type``
+    says what to do (``example.echo``), ``payload`` with what (any JSON value). ``attempt`` is
+    1 for the first offer and grows each time the task is offered again (a lease expired, a
+    claimer failed), up to ``max_attempts``. ``fence`` is this claim's fencing token: a
+    completion counts only while the claim it was granted with still holds. ``role``,
+    ``capabilities`` and ``swarm`` are what the task needs; ``lease`` is how long (seconds) a
+    claim lasts without a renewal (the daemon renews it while the task runs); ``created_at``
+    is when it was posted (RFC 3339).
+    """
+
+    task_id: str
+    type: str
+    owner: str
+    payload: Any
+    attempt: int
+    fence: int
+    max_attempts: int
+    role: str | None = None
+    capabilities: tuple[str, ...] = ()
+    swarm: str | None = None
+    lease: float = 60.0
+    created_at: str = ""
+
+
+TaskRun = Callable[[Task, "HandlerContext"], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class TaskHandler:
+    """Runs tasks of one ``type`` from the task board (``swarmbus_task_handlers``).
+
+    ``run(task, context)`` is an ``async`` function: it returns the task's result (any JSON
+    value, at most 48 KiB as JSON), which completes the task; raising fails this attempt (the
+    task is offered again while attempts remain; the exception's text is the error). It is
+    cancelled (``asyncio.CancelledError``) when the claim's lease is lost or the daemon stops.
+    ``type`` is 1-64 of a-z 0-9 . _ - (``example.echo``).
+    """
+
+    type: str
+    run: TaskRun
+    description: str = ""
 
 
 CheckStatus = Literal["ok", "warn", "fail", "skip"]

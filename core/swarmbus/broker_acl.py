@@ -239,8 +239,10 @@ def _agent_rules(agent: str, verified: bool) -> list[str]:
         f"topic write {JOBS_PREFIX}/+/events/{agent}",
         f"topic write {JOBS_PREFIX}/+/outcome/{agent}",
         f"topic read {JOBS_PREFIX}/#",
-        "# the task board (docs/swarm.md): the state of the tasks it arbitrates; every task's to read",
+        "# the task board (docs/swarm.md): the state of the tasks it arbitrates and its offers;",
+        "# every task's to read (claims, grants and completions are inbox messages)",
         f"topic write {TASKS_PREFIX}/+/state/{agent}",
+        f"topic write {TASKS_PREFIX}/_offer/+/+/+/{agent}",
         f"topic read {TASKS_PREFIX}/#",
     ]
     return lines

@@ -33,6 +33,13 @@ answers with one JSON object and a newline. Requests (``op``):
   true, "agent_id", "manual_hold": {"since", "until", "reason"} | null, "held": n}``, ``release``
   also ``released`` (how many messages the hold held).
 
+- ``task`` with ``action``: ``post`` (``type``, ``role``, ``capabilities``, ``payload``,
+  ``max_attempts``, ``lease``) makes this daemon the task's arbiter and answers ``{"ok": true,
+  "task": <state record>}``; ``complete`` / ``fail`` (``task_id``, ``owner``, ``result`` or
+  ``error``, ``timeout``) send this agent's outcome of a task it holds and answer with the
+  arbiter's verdict (``{"ok": false, "kind": "failure", "error"}`` when refused, e.g. a stale
+  fence; ``"pending": true`` when no answer came in time). See :mod:`swarmbus.board`.
+
 - a ``send`` may carry ``deadline`` (Unix seconds): a daemon that takes the request after it
   refuses it without spooling (``{"ok": false, "status": "expired"}``), so a client that gave
   up waiting can say "not sent" and be right (:func:`send_request` sets it).

@@ -16,7 +16,8 @@ Lifecycle:
 4. Per recorded delivery step (both sides): ``swarmbus_delivery_event``; per operator event
    (a wake failed, the loop guard tripped, a message held, a watched agent's presence changed):
    ``swarmbus_operator_event``.
-5. Daemon running (after its MQTT link starts, until shutdown): ``swarmbus_services``.
+5. Daemon running (after its MQTT link starts, until shutdown): ``swarmbus_services``; at its
+   start, ``swarmbus_task_handlers`` (the task types it runs from the task board).
 6. ``swarmbus doctor``: ``swarmbus_doctor_checks``. ``swarmbus init``: ``swarmbus_host_types``.
 
 ``docs/plugin-hooks.md`` documents each hook; ``tests/test_hookspecs.py`` fails when a hook
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
         PolicyState,
         Service,
         StoredMessage,
+        TaskHandler,
         Verdict,
         WakeDecision,
         WakeOutcome,
@@ -245,6 +247,23 @@ def swarmbus_services(register: Callable[[Service], None], context: HandlerConte
     :param context: the daemon's :class:`swarmbus.HandlerContext` (agent id, settings, logger,
         send, presence), the one ``service.run`` gets.
     :returns: nothing; all implementations are called. Registering a name twice is an error
+        (the daemon does not start).
+    """
+
+
+@hookspec
+def swarmbus_task_handlers(register: Callable[[TaskHandler], None], settings: Settings) -> None:
+    """Register handlers that run tasks of a type from the task board (docs/swarm.md).
+
+    Called once when the daemon starts, after the settings are valid. The agent then claims
+    offered tasks of these types that fit its role, capabilities and swarm, runs them with the
+    handler (renewing the claim's lease meanwhile) and completes them with its result; tasks of
+    other types go to the host agent as wakes, when it takes them (``[tasks] host``).
+
+    :param register: ``register(handler)`` with a :class:`swarmbus.TaskHandler` (``type``,
+        async ``run(task, context)``, ``description``).
+    :param settings: the validated :class:`swarmbus.Settings`.
+    :returns: nothing; all implementations are called. Registering a type twice is an error
         (the daemon does not start).
     """
 

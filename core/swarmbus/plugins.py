@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         PolicyState,
         Service,
         StoredMessage,
+        TaskHandler,
         Verdict,
         WakeDecision,
         WakeOutcome,
@@ -65,6 +66,7 @@ DEFAULT_PLUGINS = (
     "swarmbus.default_plugins.wake",
     "swarmbus.default_plugins.doctor",
     "swarmbus.default_plugins.security",
+    "swarmbus.default_plugins.tasks",
 )
 
 
@@ -277,6 +279,10 @@ class HookRelay:
         """The host plugin's wake paths for ``settings`` (``swarmbus_wake_paths``), in the
         configured order; empty when no plugin offers any."""
         return list(self.hook.swarmbus_wake_paths(settings=settings) or [])
+
+    def task_handlers(self, register: Callable[[TaskHandler], None], settings: Settings) -> None:
+        """Call every plugin's ``swarmbus_task_handlers`` with ``register``."""
+        self.hook.swarmbus_task_handlers(register=register, settings=settings)
 
     def host_sessions(self, environ: Mapping[str, str]) -> list[HostSession]:
         """Every host session found in ``environ`` (``swarmbus_host_session``)."""

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+from swarmbus.envelope import AGENT_ID_RE
 from swarmbus.topics import agent_of
 
 
@@ -33,6 +34,12 @@ class Presence:
     receipts: int | None = None
     """The receipt version its daemon sends (:mod:`swarmbus.receipts`); None: it sends none
     (the predecessor, or a swarmbus older than receipts)."""
+    role: str | None = None
+    """The agent's declared role (``swarmbus start --role``), or None."""
+    capabilities: tuple[str, ...] = ()
+    """The agent's declared capabilities (``--capability``), at most 32; malformed ones are dropped."""
+    swarm: str | None = None
+    """The swarm the agent declared it belongs to (``--swarm``), or None."""
 
     @property
     def online(self) -> bool:
@@ -97,7 +104,27 @@ def parse_presence(topic: str, payload: bytes) -> Presence | None:
         pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
         reason=_str(data, "reason"),
         receipts=receipts if isinstance(receipts, int) and not isinstance(receipts, bool) and receipts > 0 else None,
+        role=_name(data, "role"),
+        capabilities=_names(data.get("capabilities")),
+        swarm=_name(data, "swarm"),
     )
+
+
+MAX_CAPABILITIES = 32
+
+
+def _name(data: dict[str, Any], key: str) -> str | None:
+    """A role or swarm name (the agent-id charset), or None when absent or malformed."""
+    value = data.get(key)
+    return value if isinstance(value, str) and AGENT_ID_RE.match(value) else None
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """Capability names: the well-formed ones of a list, first 32, without duplicates."""
+    if not isinstance(value, list):
+        return ()
+    names = (v for v in value if isinstance(v, str) and AGENT_ID_RE.match(v))
+    return tuple(dict.fromkeys(names))[:MAX_CAPABILITIES]
 
 
 def _str(data: dict[str, Any], key: str) -> str | None:

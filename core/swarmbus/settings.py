@@ -23,7 +23,7 @@ from swarmbus.broker_options import (
     read_password,
 )
 from swarmbus.config import RawConfig, load_raw
-from swarmbus.envelope import EnvelopeError, validate_own_id
+from swarmbus.envelope import AGENT_ID_RE, EnvelopeError, validate_own_id
 from swarmbus.errors import ConfigError
 
 
@@ -105,6 +105,63 @@ class SecuritySettings(_Model):
     """
 
     verify_senders: bool = False
+
+
+MAX_CAPABILITIES = 32
+"""The most capabilities an agent may declare (``capabilities``; each is named like an agent id)."""
+
+
+def _name(value: Any, what: str) -> str:
+    """A role, capability or swarm name: the agent-id charset (1-64 of a-z 0-9 _ -).
+    :raises ValueError: anything else."""
+    if isinstance(value, str) and AGENT_ID_RE.match(value.strip()):
+        return value.strip()
+    raise ValueError(f"{what} {value!r} is not a name: use 1-64 of a-z, 0-9, '_' and '-'")
+
+
+def parse_names(value: Any, what: str = "capability") -> list[str]:
+    """A list of names from a list or a comma-separated string (``"gpu, python"``), without
+    duplicates, in the given order. :raises ValueError: a bad name, or more than
+    :data:`MAX_CAPABILITIES` of them."""
+    if value is None:
+        return []
+    items = [part for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"a list of {what} names (or one comma-separated string), not {value!r}")
+    names = list(dict.fromkeys(_name(item, what) for item in items))
+    if len(names) > MAX_CAPABILITIES:
+        raise ValueError(f"at most {MAX_CAPABILITIES} {what} names, not {len(names)}")
+    return names
+
+
+class TaskSettings(_Model):
+    """``[tasks]``: this agent on the task board (docs/swarm.md). Times are seconds.
+
+    ``host``: take tasks no plugin handler runs, as wakes for the host agent (``auto``: when a
+    host is configured, i.e. ``host_type`` or ``wake.command`` is set). ``capacity``: tasks run
+    by plugin handlers at once; ``host_capacity``: tasks held for the host at once. ``lease``
+    and ``max_attempts``: the defaults of tasks this agent posts. ``offer_interval``: the first
+    wait before an unclaimed task is offered again (doubling up to ``offer_max``). ``shared``:
+    take offers through MQTT 5 shared subscriptions (``auto``: when the connection is MQTT 5).
+    """
+
+    host: Literal["auto", "yes", "no"] = "auto"
+    capacity: int = Field(default=4, ge=0, le=256)
+    host_capacity: int = Field(default=1, ge=0, le=256)
+    lease: float = Field(default=60.0, ge=0.5, le=86_400)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    offer_interval: float = Field(default=2.0, gt=0, le=3600)
+    offer_max: float = Field(default=60.0, gt=0, le=86_400)
+    shared: Literal["auto", "yes", "no"] = "auto"
+
+    @field_validator("host", "shared", mode="before")
+    @classmethod
+    def _words(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "on", "0", "false", "off"):
+            return "yes" if value.strip().lower() in ("1", "true", "on") else "no"
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -306,7 +363,26 @@ class Settings(_Model):
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     wake: WakeSettings = Field(default_factory=WakeSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    role: str | None = None
+    """This agent's role in its swarm (a name like an agent id), or None."""
+    capabilities: list[str] = Field(default_factory=list)
+    """What this agent can do (names like agent ids, at most 32): tasks that need them may go to it."""
+    swarm: str | None = None
+    """The swarm this agent belongs to (a name like an agent id), or None; it takes only its swarm's tasks."""
+    tasks: TaskSettings = Field(default_factory=TaskSettings)
     plugins: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("role", "swarm", mode="before")
+    @classmethod
+    def _one_name(cls, value: Any, info: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return _name(value, info.field_name)
+
+    @field_validator("capabilities", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return parse_names(value)
 
     @field_validator("agent_id", mode="after")
     @classmethod

@@ -42,6 +42,9 @@ FLAG_KEYS: tuple[tuple[str, str, str], ...] = (
     ("daemon.handler_concurrency", "handler_concurrency", "--handler-concurrency"),
     ("daemon.heartbeat_interval", "heartbeat_interval", "--heartbeat-interval"),
     ("daemon.session_expiry", "session_expiry", "--session-expiry"),
+    ("role", "role", "--role"),
+    ("capabilities", "capability", "--capability"),
+    ("swarm", "swarm", "--swarm"),
 )
 
 

@@ -197,6 +197,24 @@ def _start(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session-expiry", type=int, metavar="SECONDS", help="MQTT 5 session expiry (default 604800)")
     p.add_argument("--detach", action="store_true",
                    help="run in the background (log and pid in the agent's state dir); if it already runs, say so, exit 0")
+    class _Joined(argparse.Action):
+        """Repeated values as one comma-separated string (`start --detach` forwards it as one flag)."""
+
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                     option_string: str | None = None) -> None:
+            before = getattr(namespace, self.dest, None)
+            setattr(namespace, self.dest, f"{before},{values}" if before else str(values))
+
+    g = p.add_argument_group("swarm (docs/swarm.md; shown in presence, used by the task board)")
+    g.add_argument("--role", metavar="R", help="this agent's role, e.g. reviewer (env SWARMBUS_ROLE)")
+    g.add_argument("--capability", metavar="C", action=_Joined,
+                   help="a capability, e.g. python; repeat it (at most 32; env SWARMBUS_CAPABILITIES=a,b)")
+    g.add_argument("--swarm", metavar="NAME", help="the swarm this agent belongs to (env SWARMBUS_SWARM)")
+    p.description = (p.description or "") + (
+        "\n\n--role, --capability and --swarm declare what this agent is in its swarm: its presence\n"
+        "shows them (`swarmbus list --role R`), and the task board offers it the tasks they fit\n"
+        "(docs/swarm.md).\n\n"
+        "  swarmbus start --agent-id rev-1 --swarm ci --role reviewer --capability python --detach")
     _broker(p)
     _common(p)
 
@@ -262,6 +280,14 @@ def _agent_broker(p: argparse.ArgumentParser) -> None:
 
 def _list(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="include offline agents")
+    p.add_argument("--role", dest="filter_role", metavar="R", help="only agents with this role")
+    p.add_argument("--capability", dest="filter_capabilities", metavar="C", action="append",
+                   help="only agents with this capability (repeat it: all of them)")
+    p.add_argument("--swarm", dest="filter_swarm", metavar="S", help="only agents of this swarm")
+    p.description = (p.description or "") + (
+        "\n\n--role, --capability and --swarm keep only the agents whose presence declares them\n"
+        "(`swarmbus start --role R --capability C --swarm S`); --json shows them for each agent.\n\n"
+        "  swarmbus list --swarm ci --role reviewer --capability python --json")
     p.add_argument("--timeout", type=float, metavar="S", default=None,
                    help="keep asking a broker that does not answer the scan (a cluster electing a leader) "
                         "for up to S seconds (default 30); an unreachable broker fails at once")
@@ -353,7 +379,7 @@ BROKER_ACL_DESCRIPTION = """\
 Write a least-privilege mosquitto set-up for AGENTs into DIR (mode 0700): the password file
 (through mosquitto_passwd; passwords never in argv), the ACL (one user block per agent: it
 sends only under its own id, reads only its own inbox, receipts, broadcasts and everyone's
-presence; observers read presence and broadcasts only), and for each one
+presence; observers read presence, broadcasts, jobs and task states), and for each one
 agents/<id>/password (0600) and agents/<id>/swarmbus.toml (for `swarmbus start --config`).
 registry.json (no secrets) records who exists; mosquitto.conf is a snippet for a system broker;
 nats-users.conf holds the same users and permissions for nats-server (it includes passwords: 0600).
@@ -378,7 +404,7 @@ def _broker_acl(p: argparse.ArgumentParser) -> None:
     p.add_argument("agents", nargs="*", metavar="AGENT", help="agent ids to have (1-64 of a-z 0-9 _ -)")
     p.add_argument("--dir", required=True, metavar="DIR", help="where everything is written (created mode 0700)")
     p.add_argument("--observer", action="extend", nargs="+", metavar="NAME",
-                   help="read-only principals (dashboards, cut-over checks): presence and broadcasts")
+                   help="read-only principals (dashboards, cut-over checks): presence, broadcasts, jobs, task states")
     p.add_argument("--rotate", action="extend", nargs="+", metavar="ID", help="give an existing id a new password")
     p.add_argument("--remove", action="extend", nargs="+", metavar="ID",
                    help="delete an id: its password file entry, its ACL block and agents/<id>/")

@@ -8,7 +8,7 @@ import time
 
 from swarmbus.cli.common import load_settings_for, print_json
 from swarmbus.control import daemon_status
-from swarmbus.envelope import parse_timestamp, validate_agent_id
+from swarmbus.envelope import AGENT_ID_RE, parse_timestamp, validate_agent_id
 from swarmbus.errors import BrokerNotReady, TimeoutExpired
 from swarmbus.oneshot import known_agents, retire_agent, scan_presence, stale
 from swarmbus.paths import AgentPaths
@@ -84,20 +84,25 @@ def run(args: argparse.Namespace) -> int:
     # making its subscriptions) must not make a live agent look stale
     records, now = _scan(settings, known, float(getattr(args, "timeout", None) or PATIENCE))
     rows = []
+    wanted = _filters(args)
     for r in records:
         state = "stale" if stale(r, now) else r.status
         if state == "offline" and not args.all:
+            continue
+        if not matches(r, *wanted):
             continue
         rows.append((r, state))
     if args.json:
         print_json([
             {"agent": r.agent, "status": state, "ts": r.ts, "last_seen": r.last_seen, "heartbeat_s": r.heartbeat_s,
-             "version": r.version, "host": r.host, "pid": r.pid, "reason": r.reason}
+             "version": r.version, "host": r.host, "pid": r.pid, "reason": r.reason, "role": r.role,
+             "capabilities": list(r.capabilities), "swarm": r.swarm}
             for r, state in rows
         ])
         return 0
     if not rows:
-        print("no agents online" if not args.all else "no agents known to the broker")
+        what = "online" if not args.all else "known to the broker"
+        print(f"no agents {what}" + (f" with {_describe(*wanted)}" if any(wanted) else ""))
         if not records and known:
             print(f"  (none of the {len(known)} agent(s) known on this machine has a presence record either; "
                   "a broker that keeps no retained messages, or delivers none to wildcard subscriptions "
@@ -105,5 +110,39 @@ def run(args: argparse.Namespace) -> int:
         return 0
     width = max(len(r.agent) for r, _ in rows)
     for r, state in rows:
-        print(f"{r.agent:<{width}}  {state:<7}  {_age(r.last_seen, now)}")
+        print(f"{r.agent:<{width}}  {state:<7}  {_age(r.last_seen, now)}{_profile(r)}")
     return 0
+
+
+def _filters(args: argparse.Namespace) -> tuple[str | None, list[str], str | None]:
+    """``list --role R --capability C ... --swarm S`` (each validated like an agent id).
+
+    :raises UsageError: a value that is not a name."""
+    from swarmbus.errors import UsageError
+
+    role, swarm = getattr(args, "filter_role", None), getattr(args, "filter_swarm", None)
+    capabilities = list(getattr(args, "filter_capabilities", None) or [])
+    for flag, value in [("--role", role), ("--swarm", swarm), *(("--capability", c) for c in capabilities)]:
+        if value is not None and AGENT_ID_RE.match(value) is None:
+            raise UsageError(f"{flag} {value!r}: use 1-64 of a-z, 0-9, '_' and '-'")
+    return role, capabilities, swarm
+
+
+def matches(record: Presence, role: str | None, capabilities: list[str], swarm: str | None) -> bool:
+    """True when ``record`` declares ``role`` and ``swarm`` (when given) and every one of
+    ``capabilities``."""
+    return ((role is None or record.role == role) and (swarm is None or record.swarm == swarm)
+            and all(c in record.capabilities for c in capabilities))
+
+
+def _describe(role: str | None, capabilities: list[str], swarm: str | None) -> str:
+    parts = ([f"role {role}"] if role else []) + [f"capability {c}" for c in capabilities]
+    return " and ".join(parts + ([f"in swarm {swarm}"] if swarm else []))
+
+
+def _profile(record: Presence) -> str:
+    """``  role reviewer  swarm ci  [python, gpu]`` (what the record declares), or ``""``."""
+    parts = ([f"role {record.role}"] if record.role else []) + ([f"swarm {record.swarm}"] if record.swarm else [])
+    if record.capabilities:
+        parts.append("[" + ", ".join(record.capabilities) + "]")
+    return "".join(f"  {p}" for p in parts)

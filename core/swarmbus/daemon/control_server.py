@@ -83,7 +83,10 @@ class ControlServer:
                  ladder: Ladder | None = None, peers: Peers | None = None,
                  policy: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None,
                  sessions: HostSessions | None = None,
-                 wake_test: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> None:
+                 wake_test: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+                 tasks: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None) -> None:
+        self.tasks = tasks
+        """Answers ``task`` requests (the task board: :meth:`swarmbus.board.runtime.TaskBoard.control`)."""
         self.policy = policy
         self.sessions = sessions
         self.wake_test = wake_test
@@ -165,6 +168,10 @@ class ControlServer:
             return await self._step(req)
         if op == "mark":
             return self._mark(req)
+        if op == "task":
+            if self.tasks is None:
+                return {"ok": False, "error": "this daemon has no task board", "kind": "usage"}
+            return await self.tasks(req)
         if op in ("hold", "release"):
             if self.policy is None:
                 return {"ok": False, "error": "this daemon keeps no wake policy", "kind": "usage"}

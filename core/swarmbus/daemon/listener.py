@@ -33,6 +33,9 @@ from typing import Any
 
 from swarmbus._version import __version__
 from swarmbus.api import HandlerContext, OperatorEvent, StoredMessage
+from swarmbus.board.ledger import FILE_NAME as BOARD_FILE
+from swarmbus.board.ledger import Ledger
+from swarmbus.board.runtime import TaskBoard, collect_handlers
 from swarmbus.children import ChildReaper
 from swarmbus.default_plugins import manual
 from swarmbus.default_plugins.attention import Attention
@@ -43,9 +46,9 @@ from swarmbus.paths import AgentPaths
 from swarmbus.plugins import HookRelay, PluginManager
 from swarmbus.receipts import ACKNOWLEDGED, REPLIED, SURFACED, WAKE
 from swarmbus.settings import Settings
-from swarmbus.store import Store
+from swarmbus.store import Prepared, Store
 from swarmbus.supervise import current_supervisor
-from swarmbus.topics import QOS, receipt_filters, receive_filters, route_of
+from swarmbus.topics import QOS, inbox_topic, receipt_filters, receive_filters, route_of
 from swarmbus.transport.aio_link import AsyncMqttLink
 from swarmbus.transport.link import Subscription
 from swarmbus.transport.negotiated import ProtocolMemory
@@ -90,7 +93,9 @@ class Daemon:
         :raises UsageError: the control socket's directory is not private to this user.
         """
         self.paths.ensure()
-        with Ownership(self.paths.lock, "daemon"), Store(self.paths.store, sync=self.settings.daemon.store_sync) as store:
+        with Ownership(self.paths.lock, "daemon"), Store(self.paths.store, sync=self.settings.daemon.store_sync) as store, \
+                Ledger(self.paths.root / BOARD_FILE, sync=self.settings.daemon.store_sync) as ledger:
+            self.ledger = ledger
             return asyncio.run(self._main(store))
 
     async def _main(self, store: Store) -> int:
@@ -147,6 +152,7 @@ class Daemon:
         self.outbox.on_refused = self._on_refused
 
         handlers = self.relay.handlers(settings)
+        self.board = self._task_board(store)
         self.attention = Attention(store, self.relay, settings)
         self.outbox.on_spooled = self.attention.note_sent
         self.attention.on_released = self._released_woken
@@ -155,7 +161,7 @@ class Daemon:
             agent_id=agent_id, settings=settings, logger=logging.getLogger(f"swarmbus.handler.{agent_id}"),
             send=self._send_from_handler, hooks=self.relay, attention=self.attention, mark_step=self._mark_step,
             watch_presence=self._watch_presence, presence=self._presence_of, host_sessions=self.sessions.live,
-            waiting_readers=lambda: self.control.waiting,
+            waiting_readers=lambda: self.control.waiting, board=self.board,
         )
         self.context = context
         self.dispatcher = Dispatcher(store, self.relay, handlers, context, self._record_outcomes,
@@ -164,7 +170,7 @@ class Daemon:
         self.control = ControlServer(self.paths.make_socket_path(), agent_id=agent_id, store=store,
                                      outbox=self.outbox, new_messages=self.new_messages, status=self.status,
                                      ladder=self.ladder, peers=self.peers, policy=self._policy_request,
-                                     sessions=self.sessions, wake_test=self._wake_test)
+                                     sessions=self.sessions, wake_test=self._wake_test, tasks=self.board.control)
         self.reaper = ChildReaper.install()
         await self.control.start()
         loaded = [name for name, info in self.pm.infos.items() if info.status == "loaded" and not info.builtin]
@@ -191,6 +197,7 @@ class Daemon:
     async def _shutdown(self, heartbeat: asyncio.Task[None]) -> None:
         heartbeat.cancel()
         await self.services.close()
+        self.board.close()
         self.control.close()
         self.paths.release_socket_path()
         self.attention.close()
@@ -228,6 +235,7 @@ class Daemon:
         self.peers.on_connected()
         self.presence.on_connected()
         self.outbox.publish_pending()
+        self.board.on_connected(self.link.protocol)
 
     def _on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         if self.presence.handles(topic):
@@ -248,7 +256,51 @@ class Daemon:
             self.peers.on_message(topic, payload)
             self.link.ack(mid, qos)
             return
+        if self.board.handles(topic):
+            self.board.on_offer(topic, payload)  # a claim it makes is committed before this returns
+            self.link.ack(mid, qos)
+            return
         self.receiver.on_message(topic, payload, mid, qos)
+
+    # -- the task board -----------------------------------------------------------------------------------
+    def _task_board(self, store: Store) -> TaskBoard:
+        """The task board (:mod:`swarmbus.board`), wired into the receive path, the link, the
+        outbox and the quarantine; the built-in ``tasks`` plugin runs its service.
+
+        :raises ValueError: a plugin registered a task type twice (the daemon does not start)."""
+        board = TaskBoard(self.ledger, self.settings, self.agent_id, collect_handlers(self.relay, self.settings))
+
+        def publish(topic: str, payload: bytes, retain: bool) -> None:
+            self.link.publish(topic, payload, retain=retain, qos=QOS)
+
+        def quarantine(topic: str, payload: bytes, reason: str, message_id: str | None) -> None:
+            kept = Prepared.__new__(Prepared)  # a publish already judged: no parsing, just the quarantine row
+            kept.topic, kept.payload, kept.kind, kept.reason = topic, payload, "quarantine", reason
+            kept.message_id, kept.envelope = message_id, None
+            try:
+                store.commit_prepared([kept])
+            except StoreError as exc:
+                log.error("could not quarantine a publish on %s (%s): %s", topic, reason, exc)
+                return
+            log.warning("quarantined a publish on %s: %s", topic, reason)
+
+        def unsubscribe(topics: list[str]) -> None:
+            self.link.unsubscribe(topics)
+
+        async def send(envelope: Envelope) -> str:
+            return await self.outbox.send(envelope, wait=0)
+
+        def inject(envelope: Envelope) -> None:
+            # a protocol message to this agent itself (it took its own task): straight to the
+            # receive path, as if it had arrived (QoS 0: nothing to acknowledge)
+            self.receiver.on_message(inbox_topic(self.agent_id, self.agent_id), envelope.to_wire(), 0, 0)
+            self.link.wake()
+
+        board.attach(publish=publish, subscribe=self.link.subscribe, send=send, quarantine=quarantine,
+                     receipts=self.ladder.duplicates, unsubscribe=unsubscribe,
+                     connected=lambda: self.link.connected, inject=inject)
+        self.receiver.divert = board.divert
+        return board
 
     # -- the event loop ----------------------------------------------------------------------------------
     def _on_stored(self, messages: list[StoredMessage]) -> None:
@@ -415,6 +467,7 @@ class Daemon:
             "manual_hold": manual.describe(self.attention.history.manual, time.time()),
             "unread": max(0, store.last_seq() - store.cursor("default")),
             "services": self.services.status(),
+            "tasks": self.board.status(),
             "receipts_rejected": self.ladder.rejected,
             "store": str(self.paths.store),
             "conflict": self.stop_reason,

@@ -93,8 +93,10 @@ class PresenceKeeper:
         fields.update(extra)
         if status == "online":
             fields.setdefault("heartbeat_s", self.heartbeat_s)
+        settings = self.settings  # role, capabilities and swarm: left out when unset
         return presence_payload(self.agent_id, status, version=__version__, instance=self.instance,
-                                host=self.host, pid=self.pid, receipts=RECEIPT_VERSION, **fields)
+                                host=self.host, pid=self.pid, receipts=RECEIPT_VERSION, role=settings.role,
+                                capabilities=list(settings.capabilities) or None, swarm=settings.swarm, **fields)
 
     def will(self) -> Will:
         """The Last Will: offline, reason ``connection lost``, no time (nobody knows when)."""

@@ -92,6 +92,11 @@ class Receiver:
         self._failures = 0
         self.store_error: str | None = None
         self.store_error_since: float | None = None
+        self.divert: Callable[[list[Prepared]], set[int]] | None = None
+        """Takes the publishes of a burst that are not for the store before it commits (the task
+        board's protocol messages, :meth:`swarmbus.board.runtime.TaskBoard.divert`): applies them
+        in its own transaction and returns their indices, which the store then skips; every one
+        is acknowledged with the burst. Raising StoreError fails the whole burst (retried)."""
 
     # -- from the link --------------------------------------------------------------------------
     def on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
@@ -144,8 +149,13 @@ class Receiver:
 
     def _commit_intake(self) -> bool:
         batch = self._pending
+        kept = batch
         try:
-            results = self.store.commit_prepared([i.prepared for i in batch])
+            if self.divert is not None:  # first: a failed store commit then retries both, and the board dedups
+                taken = self.divert([i.prepared for i in batch])
+                if taken:
+                    kept = [inbound for n, inbound in enumerate(batch) if n not in taken]
+            results = self.store.commit_prepared([i.prepared for i in kept]) if kept else []
         except StoreError as exc:
             self._failed(exc, f"not acknowledging {len(batch)} received message(s)")
             return False
@@ -158,7 +168,7 @@ class Receiver:
                     link.ack(inbound.mid, inbound.qos)
         stored = []
         duplicates: list[Envelope] = []
-        for inbound, result in zip(batch, results, strict=True):
+        for inbound, result in zip(kept, results, strict=True):
             if result.outcome == "stored" and result.message is not None:
                 stored.append(result.message)
             elif result.outcome == "quarantined":

@@ -707,6 +707,14 @@ class MqttLink:
                 sent = self._client.subscribe([(s.topic, s.qos) for s in new])
             self._track_subscribe(sent, [s.topic for s in new])
 
+    def unsubscribe(self, topics: list[str]) -> None:
+        """Drop ``topics`` (filters) now, if connected, and from the ones renewed after every
+        reconnect: e.g. subscriptions a persistent session kept from an earlier configuration."""
+        gone = set(topics)
+        self.subscriptions = [s for s in self.subscriptions if s.topic not in gone]
+        if self.connected and topics:
+            self._client.unsubscribe(list(topics))
+
     def ack(self, mid: int, qos: int) -> None:
         """Send the PUBACK for an inbound publish (manual-ack mode)."""
         self._client.ack(mid, qos)

@@ -29,6 +29,8 @@ from swarmbus import (
     HookRelay,
     Settings,
     StoredMessage,
+    Task,
+    TaskHandler,
     get_plugin_manager,
     new_envelope,
 )
@@ -162,6 +164,43 @@ def test_pings_do_not_wake_the_host(relay: HookRelay) -> None:
     assert relay.wake_decision(stored("ping"), disabled).wake
 
 
+# -- tasks ------------------------------------------------------------------------------------
+def task_handlers(relay: HookRelay, settings: Settings) -> list[TaskHandler]:
+    found: list[TaskHandler] = []
+    relay.hook.swarmbus_task_handlers(register=found.append, settings=settings)
+    return found
+
+
+def test_runs_echo_tasks(relay: HookRelay) -> None:
+    settings = settings_with(relay)
+    [handler] = task_handlers(relay, settings)
+    assert handler.type == swarmbus_example.ECHO == "example.echo"
+    task = Task("t-1", "example.echo", "planner", {"text": "hi"}, attempt=2, fence=2, max_attempts=3)
+    result = asyncio.run(handler.run(task, context_for(relay, settings, FakeSend())))
+    assert result == {"echo": {"text": "hi"}, "by": AGENT, "attempt": 2}
+    assert json.loads(json.dumps(result)) == result  # a result is a JSON value
+
+
+def test_no_task_handler_when_disabled(relay: HookRelay) -> None:
+    assert task_handlers(relay, settings_with(relay, enabled=False)) == []
+
+
+def test_a_daemon_completes_an_echo_task_it_posted(tmp_path: Path) -> None:
+    """End to end on a private broker: the agent posts a task (its daemon is the arbiter), is
+    offered it (it runs ``example.echo``), claims it, runs it and completes it."""
+    from swarmbus.testing import DaemonBus
+
+    with DaemonBus.open(tmp_path, "solo", plugins="example") as bus:
+        bus.start_daemon()
+        posted = bus.cli("task", "post", "example.echo", "--agent-id", "solo", "--payload", '{"text": "hi"}')
+        assert posted.returncode == 0, posted.stderr
+        waited = bus.cli("task", "wait", posted.stdout.strip(), "--agent-id", "solo", "--timeout", "30", "--json")
+        assert waited.returncode == 0, (waited.stdout, waited.stderr)
+        record = json.loads(waited.stdout.splitlines()[-1])
+        assert (record["state"], record["claimer"], record["fence"]) == ("completed", "solo", 1)
+        assert record["result"] == {"echo": {"text": "hi"}, "by": "solo", "attempt": 1}
+
+
 # -- doctor -----------------------------------------------------------------------------------
 def _run_check(relay: HookRelay, settings: Settings) -> Any:
     checks = {c.name: c for c in relay.doctor_checks(settings)}
@@ -220,7 +259,7 @@ def test_entry_point_loads_the_plugin(tmp_path: Path) -> None:
     assert info["builtin"] is False
     assert info["hooks"] == sorted([
         "swarmbus_commands", "swarmbus_doctor_checks", "swarmbus_register_handlers",
-        "swarmbus_route", "swarmbus_settings_sections", "swarmbus_wake_decision",
+        "swarmbus_route", "swarmbus_settings_sections", "swarmbus_task_handlers", "swarmbus_wake_decision",
     ])
 
 

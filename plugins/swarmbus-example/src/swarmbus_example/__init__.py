@@ -9,7 +9,9 @@ kind of hook a plugin typically needs:
 - ``swarmbus_route``: sends ``ping`` messages to that handler;
 - ``swarmbus_wake_decision``: a ping is answered here, so it never wakes the host agent;
 - ``swarmbus_doctor_checks``: the ``example`` line of ``swarmbus doctor``;
-- ``swarmbus_commands``: ``swarmbus example-hello``.
+- ``swarmbus_commands``: ``swarmbus example-hello``;
+- ``swarmbus_task_handlers``: runs ``example.echo`` tasks from the task board (``swarmbus task
+  post example.echo --payload '{"text": "hi"}'``): the result echoes the payload.
 
 It imports only names from ``swarmbus`` itself (the public API), never ``swarmbus.<module>``.
 """
@@ -30,6 +32,8 @@ from swarmbus import (
     HandlerContext,
     Settings,
     StoredMessage,
+    Task,
+    TaskHandler,
     WakeDecision,
     hookimpl,
     skip,
@@ -41,6 +45,8 @@ NAME = "example"
 """The plugin's name: its entry-point name and its settings section ``[plugins.example]``."""
 HANDLER = "example-pong"
 PING = "ping"
+ECHO = "example.echo"
+"""The task type this plugin runs from the task board."""
 
 
 class ExampleSettings(BaseModel):
@@ -117,6 +123,20 @@ def swarmbus_wake_decision(message: StoredMessage, settings: Settings) -> WakeDe
     if is_ping(message) and config(settings).enabled:
         return skip("ping is answered by the example plugin")
     return None
+
+
+# -- tasks ------------------------------------------------------------------------------------
+async def echo(task: Task, context: HandlerContext) -> dict[str, object]:
+    """The ``example.echo`` task: its result is its payload, and who ran it (which attempt).
+    A handler returns the result (any JSON value) or raises to fail the attempt."""
+    context.logger.info("example: echoing task %s (attempt %d) for %s", task.task_id, task.attempt, task.owner)
+    return {"echo": task.payload, "by": context.agent_id, "attempt": task.attempt}
+
+
+@hookimpl
+def swarmbus_task_handlers(register: Callable[[TaskHandler], None], settings: Settings) -> None:
+    if config(settings).enabled:
+        register(TaskHandler(ECHO, echo, "echo the payload back as the result"))
 
 
 # -- doctor -----------------------------------------------------------------------------------
