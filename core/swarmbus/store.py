@@ -34,14 +34,12 @@ references them commits; bytes left behind by a transaction that failed are neve
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -49,6 +47,7 @@ from typing import Any, Literal, TypeVar
 from swarmbus.api import StoredMessage
 from swarmbus.envelope import BROADCAST, Envelope, EnvelopeError
 from swarmbus.errors import StoreError
+from swarmbus.sqlite_tx import NestedTransactions
 from swarmbus.topics import route_of
 
 T = TypeVar("T")
@@ -337,7 +336,7 @@ def is_store_failure(exc: BaseException) -> bool:
             or type(exc) is sqlite3.DatabaseError)
 
 
-class Store:
+class Store(NestedTransactions):
     """Open (creating if needed) the store at ``path``.
 
     ``sync`` is SQLite's ``synchronous`` level: ``normal`` survives a process crash (WAL),
@@ -436,37 +435,7 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One transaction; nested uses become savepoints, so a failing inner part rolls back
-        alone and the caller decides whether the outer one goes on. Commits on normal exit."""
-        with self._lock:
-            depth = self._depth
-            self._db.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT sp{depth}")
-            self._depth = depth + 1
-            try:
-                yield self._db
-            except BaseException:
-                self._depth = depth
-                with contextlib.suppress(sqlite3.Error):  # the database may already have rolled back
-                    if depth == 0:
-                        self._db.execute("ROLLBACK")
-                    else:
-                        self._db.execute(f"ROLLBACK TO sp{depth}")
-                        self._db.execute(f"RELEASE sp{depth}")
-                raise
-            self._depth = depth
-            if depth:
-                self._db.execute(f"RELEASE sp{depth}")
-                return
-            try:
-                self._db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise
-
-    _tx = transaction
+    _tx = NestedTransactions.transaction
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -19,19 +19,18 @@ the CLI reads it (``task list|show``) without a daemon. Tables:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from swarmbus.errors import StoreError
+from swarmbus.sqlite_tx import NestedTransactions
 
 from .wire import WIRE_VERSION, TaskSpec, iso, parse_spec
 
@@ -202,7 +201,7 @@ def work_row(r: sqlite3.Row) -> WorkRow:
                    r["claimed_at"], r["updated_at"])
 
 
-class Ledger:
+class Ledger(NestedTransactions):
     """Open (creating if needed, unless ``readonly``) the board database at ``path``.
 
     One connection, guarded by a lock; writes go through :meth:`transaction` (``BEGIN
@@ -211,6 +210,8 @@ class Ledger:
 
     :raises StoreError: the file cannot be opened, or was written by a newer swarmbus.
     """
+
+    _savepoint = "b"
 
     def __init__(self, path: Path, *, sync: str = "normal", readonly: bool = False) -> None:
         self.path = path
@@ -261,37 +262,6 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One transaction (``BEGIN IMMEDIATE``: writers are serialised); nested uses are
-        savepoints. Commits on normal exit, rolls back on any exception (which propagates).
-        A database failure surfaces as :class:`sqlite3.Error`; :meth:`write` turns it into
-        StoreError."""
-        with self._lock:
-            depth = self._depth
-            self._db.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT b{depth}")
-            self._depth = depth + 1
-            try:
-                yield self._db
-            except BaseException:
-                self._depth = depth
-                with contextlib.suppress(sqlite3.Error):
-                    if depth == 0:
-                        self._db.execute("ROLLBACK")
-                    else:
-                        self._db.execute(f"ROLLBACK TO b{depth}")
-                        self._db.execute(f"RELEASE b{depth}")
-                raise
-            self._depth = depth
-            if depth:
-                self._db.execute(f"RELEASE b{depth}")
-                return
-            try:
-                self._db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise
 
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a transaction. :raises StoreError: the database failed (nothing written)."""

@@ -42,29 +42,9 @@ extra not installed) or broker unreachable; 130 stopped by Ctrl-C.
 DEFAULT_PORT = 8765
 
 
-def _broker_flags(p: argparse.ArgumentParser) -> None:
-    """The shared broker flags without ``--port`` (here the web page's port)."""
-    from swarmbus.cli.main import _BrokerAction
-
-    g = p.add_argument_group("broker (env SWARMBUS_BROKER_* or MQTT_*)")
-    g.add_argument("--broker", metavar="URL", action=_BrokerAction,
-                   help="mqtt://, mqtts://, ws://, wss:// URL, or HOST[:PORT] (default localhost:1883); repeat it "
-                        "for the nodes of a cluster")
-    g.add_argument("--username", help="broker user name (a read-only one is enough)")
-    g.add_argument("--password", help="broker password (prefer --password-file: arguments are visible in ps)")
-    g.add_argument("--password-file", metavar="PATH", help="file holding the broker password")
-    g.add_argument("--tls", dest="tls", action="store_const", const=True, help="use TLS")
-    g.add_argument("--no-tls", dest="tls", action="store_const", const=False, help="do not use TLS")
-    g.add_argument("--ca-cert", metavar="PATH", help="CA bundle to verify the broker (implies --tls)")
-    g.add_argument("--client-cert", metavar="PATH", help="client certificate for mTLS (with --client-key)")
-    g.add_argument("--client-key", metavar="PATH", help="client private key for mTLS")
-    g.add_argument("--client-id-prefix", metavar="PREFIX", help="MQTT client id prefix (default swarmbus)")
-    g.add_argument("--mqtt-version", choices=("auto", "5", "3.1.1"), help="MQTT protocol (default auto: 5, else 3.1.1)")
-
-
 def configure(p: argparse.ArgumentParser) -> None:
     """Add this command's description and arguments to p."""
-    from swarmbus.cli.main import _common
+    from swarmbus.cli.main import _broker, _common
 
     p.description = DESCRIPTION
     p.epilog = None
@@ -78,7 +58,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file", metavar="F",
                    help="require the token in this file (its first line, at least 16 characters), also on loopback; "
                         "without it a token is generated when --bind is not a loopback address")
-    _broker_flags(p)
+    _broker(p, port=False)
     _common(p)
 
 

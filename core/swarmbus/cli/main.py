@@ -101,12 +101,15 @@ class _BrokerAction(argparse.Action):
         namespace.broker = brokers[0]
 
 
-def _broker(p: argparse.ArgumentParser) -> None:
+def _broker(p: argparse.ArgumentParser, *, port: bool = True) -> None:
+    """The broker flags; ``port=False`` leaves out ``--port`` (for a command whose own port it is:
+    the broker's then goes in ``--broker HOST:PORT``)."""
     g = p.add_argument_group("broker (env SWARMBUS_BROKER_* or MQTT_*)")
     g.add_argument("--broker", metavar="URL", action=_BrokerAction,
                    help="mqtt://, mqtts://, ws://, wss:// URL, or HOST[:PORT] (default localhost:1883); repeat it "
                         "for the nodes of a cluster, tried in order (env SWARMBUS_BROKER_HOSTS=a:1883,b:1883)")
-    g.add_argument("--port", type=int, help="broker port")
+    if port:
+        g.add_argument("--port", type=int, help="broker port")
     g.add_argument("--username", help="broker user name")
     g.add_argument("--password", help="broker password (prefer --password-file: arguments are visible in ps)")
     g.add_argument("--password-file", metavar="PATH", help="file holding the broker password")
