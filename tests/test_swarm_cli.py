@@ -239,23 +239,46 @@ def test_a_daemon_that_does_not_come_up_is_named_with_its_last_lines(run: Run, t
     wait_for(lambda: not run.alive(), 10, "every process of the swarm to be gone")
 
 
+FAKE_HOST_PLUGIN = '''\
+from swarmbus import HostType, hookimpl
+
+
+@hookimpl
+def swarmbus_host_types(register):
+    register(HostType("fakehost", "a host type for tests"))
+'''
+
+
+def fake_host_site(root: Path) -> dict[str, str]:
+    """The environment that installs a ``fakehost`` host-type plugin (PYTHONPATH and a dist-info
+    with its entry point): the core env has no host plugin of its own."""
+    site = root / "fakehost-site"
+    site.mkdir(exist_ok=True)
+    (site / "fakehost_plugin.py").write_text(FAKE_HOST_PLUGIN)
+    dist = site / "swarmbus_fakehost-0.1.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: swarmbus-fakehost\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[swarmbus]\nfakehost = fakehost_plugin\n")
+    return {"PYTHONPATH": str(site), "SWARMBUS_LOAD_PLUGINS": "priority,fakehost"}
+
+
 @pytest.mark.broker
 @pytest.mark.parametrize("tmux", [pytest.param(True, marks=needs_tmux), False], ids=["tmux", "detached"])
 def test_host_type_and_env_reach_the_daemon_and_the_users_own_role_does_not(run: Run, tmux: bool) -> None:
     (run.swarm.root / "config.toml").write_text('role = "my-own-role"\ncapabilities = ["mine"]\n')
     file = run.swarm.root / "one.toml"
-    file.write_text('name = "solo"\n[[agents]]\nid = "cx"\nhost_type = "codex"\n'
+    file.write_text('name = "solo"\n[[agents]]\nid = "cx"\nhost_type = "fakehost"\n'
                     'env = { SWARMBUS_HANDLER_TIMEOUT = "123", SB_MARK = "two words; $(not run)" }\n')
-    data = run.up(file, tmux=tmux, env={"SWARMBUS_LOAD_PLUGINS": "priority,swarmbus-codex"})
+    plugin = fake_host_site(run.swarm.root)
+    data = run.up(file, tmux=tmux, env=plugin)
     (agent,) = data["agents"]
     assert agent["state"] == "started", data
     environ = dict(item.split("=", 1) for item in Path(f"/proc/{agent['pid']}/environ").read_text().split("\0") if "=" in item)
-    assert environ["SWARMBUS_HOST_TYPE"] == "codex"
+    assert environ["SWARMBUS_HOST_TYPE"] == "fakehost"
     assert environ["SB_MARK"] == "two words; $(not run)"
     assert environ["SWARMBUS_HANDLER_TIMEOUT"] == "123"
-    wake = run.cli("wake", "test", "--agent-id", "cx", "--json", tmux=tmux,
-                   env={"SWARMBUS_LOAD_PLUGINS": "priority,swarmbus-codex"})
-    assert json.loads(wake.stdout)["host_type"] == "codex", out(wake)
+    wake = run.cli("wake", "test", "--agent-id", "cx", "--json", tmux=tmux, env=plugin)
+    assert json.loads(wake.stdout)["host_type"] == "fakehost", out(wake)
     (record,) = wait_for(lambda: json.loads(run.swarm.cli("list", "--json", "--swarm", "solo").stdout), 10, "cx online")
     assert record["role"] is None and record["capabilities"] == [], record
     down = run.cli("swarm", "down", "solo", tmux=tmux)

@@ -34,15 +34,44 @@ from swarmbus.envelope import new_envelope
 from swarmbus.paths import AgentPaths
 from swarmbus.store import Store
 
-FAST = {"SWARMBUS_TASK_OFFER_INTERVAL": "0.3", "SWARMBUS_LOAD_PLUGINS": "example,priority"}
-"""Every daemon here: offers an unclaimed task again after 0.3 s; runs example.echo."""
+ECHO_PLUGIN = '''\
+"""A task-handler plugin for the core's tests: ``example.echo``, as the example plugin runs it
+(the core env installs no example plugin; this one comes through PYTHONPATH)."""
+from swarmbus import TaskHandler, hookimpl
+
+
+async def echo(task, context):
+    return {"echo": task.payload, "by": context.agent_id, "attempt": task.attempt}
+
+
+@hookimpl
+def swarmbus_task_handlers(register, settings):
+    register(TaskHandler("example.echo", echo, "echo the payload back"))
+'''
+
+FAST = {"SWARMBUS_TASK_OFFER_INTERVAL": "0.3", "SWARMBUS_LOAD_PLUGINS": "taskecho,priority"}
+"""Every daemon here: offers an unclaimed task again after 0.3 s; runs example.echo (the
+``taskecho`` test plugin, on PYTHONPATH: see :func:`_echo_plugin`)."""
 HOST = {**FAST, "SWARMBUS_TASK_HOST": "yes", "SWARMBUS_LOAD_PLUGINS": "priority"}
 """A worker whose host takes every task (no plugin handler): the grant is a stored message."""
 
 
+@pytest.fixture(scope="module")
+def echo_site(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A directory with the ``taskecho`` plugin and its entry point (a dist-info), for PYTHONPATH."""
+    site = tmp_path_factory.mktemp("taskecho-site")
+    (site / "taskecho_plugin.py").write_text(ECHO_PLUGIN)
+    dist = site / "swarmbus_taskecho-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: swarmbus-taskecho\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[swarmbus]\ntaskecho = taskecho_plugin\n")
+    return str(site)
+
+
 @pytest.fixture(autouse=True)
-def _quick_reoffers(swarm: SwarmEnv) -> None:
+def _quick_reoffers(swarm: SwarmEnv, echo_site: str) -> None:
     (swarm.root / "config.toml").write_text("[tasks]\noffer_max = 1\n")
+    swarm.env["PYTHONPATH"] = echo_site  # every daemon and CLI call of the test can load taskecho
 
 
 def start(swarm: SwarmEnv, agent: str, *flags: str, env: dict[str, str] | None = None) -> Daemon:
