@@ -114,6 +114,23 @@ def test_own_loose_dir_is_tightened_and_symlink_refused(tmp_path: Path) -> None:
 
 @as_root
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peer credentials (SO_PEERCRED) are Linux's")
+def test_a_file_in_the_way_of_a_state_dir_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "agents").mkdir()
+    (tmp_path / "agents" / "odd").write_text("not a directory")
+    with pytest.raises(UsageError, match="is not a directory"):
+        ensure_private_dir(tmp_path / "agents" / "odd")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="Not a directory"):
+        ensure_private_dir(tmp_path / "file" / "agents" / "a")
+    env = {**os.environ, "SWARMBUS_STATE_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "swarmbus", "start", "--agent-id", "odd", "--broker", "localhost:9"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "is not a directory" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "swarmbus", "status", "--agent-id", "odd"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and "not running" in proc.stdout and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_client_refuses_a_socket_served_by_another_user(tmp_path: Path) -> None:
     """An impostor listening (as another user) where the daemon's socket should be gets nothing."""
     where = tmp_path / "impostor"

@@ -337,6 +337,21 @@ def test_an_agent_would_not_inherit_the_users_own_host_type(tmp_path: Path) -> N
     assert "agents[0] (id a): it would inherit host_type 'cc'" in proc.stderr, out(proc)
 
 
+@pytest.mark.broker
+def test_host_type_none_clears_the_users_own(run: Run) -> None:
+    (run.swarm.root / "config.toml").write_text('host_type = "cc"\n')
+    file = run.swarm.root / "plain.toml"
+    file.write_text('name = "plain"\n[[agents]]\nid = "bare"\nhost_type = "none"\n')
+    (agent,) = run.up(file, tmux=False)["agents"]
+    assert agent["state"] == "started"
+    environ = dict(item.split("=", 1) for item in Path(f"/proc/{agent['pid']}/environ").read_text().split("\0") if "=" in item)
+    assert environ["SWARMBUS_HOST_TYPE"] == "none"
+    wake = run.cli("wake", "test", "--agent-id", "bare", "--json", tmux=False)
+    assert json.loads(wake.stdout)["host_type"] is None, out(wake)  # "none": no host, not the user's cc
+    assert run.cli("swarm", "down", "plain", tmux=False).returncode == 0
+    wait_for(lambda: not run.alive(), 10, "every process of the swarm to be gone")
+
+
 def test_down_and_status_of_an_unknown_swarm_say_so(tmp_path: Path) -> None:
     env = _offline_env(tmp_path)
     for action in ("down", "status"):

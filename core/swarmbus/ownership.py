@@ -54,10 +54,11 @@ class Ownership:
 
 
 def owner_of(path: Path) -> str | None:
-    """Who holds the lock (``"daemon pid 123"``), or None when nobody does."""
+    """Who holds the lock (``"daemon pid 123"``), or None when nobody does (also when its
+    directory is missing or is not a directory: no daemon could hold a lock there)."""
     try:
         fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     try:
         try:

@@ -61,8 +61,13 @@ def ensure_private_dir(path: Path) -> None:
 
     :raises UsageError: it belongs to another user, is a symlink or not a directory.
     """
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = os.lstat(path)
+    with contextlib.suppress(FileExistsError, NotADirectoryError):  # a file there: said below
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except OSError as exc:  # a file where a parent directory should be
+        raise UsageError(f"refusing to keep swarmbus state in {path}: {exc.strerror}",
+                         hint="use a directory of your own (--state-dir), or remove what is in the way") from None
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
         raise UsageError(f"refusing to keep swarmbus state in {path}: {private_dir_problem(path)}",
                          hint="use a directory of your own (--state-dir), or remove that one")

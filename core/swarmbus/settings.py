@@ -372,6 +372,13 @@ class Settings(_Model):
     tasks: TaskSettings = Field(default_factory=TaskSettings)
     plugins: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("host_type", mode="before")
+    @classmethod
+    def _no_host(cls, value: Any) -> Any:
+        """``none`` (as ``swarmbus init --host-type none`` spells it) means no host type: it
+        overrides one a config file would give (``SWARMBUS_HOST_TYPE=none``)."""
+        return None if isinstance(value, str) and value.strip().lower() == "none" else value
+
     @field_validator("role", "swarm", mode="before")
     @classmethod
     def _one_name(cls, value: Any, info: Any) -> Any:

@@ -269,7 +269,7 @@ def _plan(spec: SwarmSpec, source: str, args: argparse.Namespace, state_dir: Pat
     launches = []
     for i, agent in enumerate(spec.agents):
         where = f"{source}: agents[{i}] (id {agent.id})"
-        if agent.host_type is not None:
+        if agent.host_type not in (None, "none"):
             host_types = relay.host_types() if host_types is None else host_types
             if agent.host_type not in host_types:
                 known = ", ".join(sorted(host_types)) or "none"
@@ -294,8 +294,8 @@ def _plan(spec: SwarmSpec, source: str, args: argparse.Namespace, state_dir: Pat
             if agent.host_type is None and raw.get("host_type"):
                 raise ConfigError(
                     f"it would inherit host_type {raw.get('host_type')!r} from {raw.sources.get('host_type')} (your "
-                    "own agent's setting); give it a host_type in the swarm file, or run `swarm up` with a config "
-                    "file without one (--config)")
+                    "own agent's setting); give it a host_type in the swarm file (\"none\" for no host), or run "
+                    "`swarm up` with a config file without one (--config)")
             settings = build_settings(raw, sections)
             require_runnable_wake_command(settings, pm)
         except UsageError as exc:
