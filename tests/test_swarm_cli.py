@@ -163,6 +163,9 @@ def test_nine_agents_in_tmux_come_up_idempotently_and_go_down(run: Run) -> None:
     assert shown["running"] == 9 and shown["tmux"]["running"] is True
     assert {a["agent_id"]: (a["pid"], a["mode"]) for a in shown["agents"]} == {
         a: (agents[a]["pid"], "tmux") for a in NINE}
+    assert all((run.swarm.status(a) or {}).get("supervisor") == "tmux" for a in NINE)  # as `swarmbus status` says
+    said = run.cli("status", "--agent-id", "docs")
+    assert "supervisor: tmux (a pane of `swarmbus swarm up`" in said.stdout, out(said)
 
     again = run.up(EXAMPLE)  # idempotent: nothing started, nothing touched
     assert {a["agent_id"]: (a["state"], a["pid"]) for a in again["agents"]} == {

@@ -65,11 +65,16 @@ def log_path(paths: AgentPaths) -> Path:
 
 
 def current_supervisor() -> str:
-    """How this process (a daemon) is run: ``systemd``, ``launchd``, ``detached`` or ``foreground``."""
-    named = os.environ.get(SUPERVISOR_ENV, "")
-    if named in ("systemd", "launchd", "detached"):
+    """How this process (a daemon) is run: ``systemd``, ``launchd``, ``detached``, ``tmux`` (a
+    pane of ``swarmbus swarm up``) or ``foreground``."""
+    return _supervisor_of(os.environ)
+
+
+def _supervisor_of(env: Mapping[str, str]) -> str:
+    named = env.get(SUPERVISOR_ENV, "")
+    if named in ("systemd", "launchd", "detached", "tmux"):
         return named
-    if os.environ.get("INVOCATION_ID"):  # systemd sets it for every unit it runs
+    if env.get("INVOCATION_ID"):  # systemd sets it for every unit it runs
         return "systemd"
     return "foreground"
 
@@ -129,10 +134,7 @@ def _supervisor_from_environ(pid: int) -> str:
     except OSError:
         return "unknown"
     env = dict(w.decode("utf-8", "replace").partition("=")[::2] for w in data.split(b"\0") if b"=" in w)
-    named = env.get(SUPERVISOR_ENV, "")
-    if named in ("systemd", "launchd", "detached"):
-        return named
-    return "systemd" if env.get("INVOCATION_ID") else "foreground"
+    return _supervisor_of(env)
 
 
 def looks_like_daemon(pid: int, agent_id: str) -> bool | None:

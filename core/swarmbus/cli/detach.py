@@ -68,6 +68,8 @@ def _log_for(supervisor: str, paths: AgentPaths) -> str:
         return str(log_path(paths))
     if supervisor == "foreground":
         return "the terminal (or supervisor) that runs it"
+    if supervisor == "tmux":
+        return "its tmux pane (`swarmbus swarm status` names the session)"
     return f"{log_path(paths)} if it was started detached"
 
 
@@ -270,6 +272,8 @@ def run_status(args: argparse.Namespace) -> int:
                        "does not survive a reboot)")
     elif supervisor == "detached":
         supervisor += " (swarmbus start --detach; does not survive a reboot)"
+    elif supervisor == "tmux":
+        supervisor += " (a pane of `swarmbus swarm up`; does not survive a reboot)"
     print(f"  supervisor: {supervisor}")
     print(f"  log:        {info['log']}")
     if daemon.status is not None:

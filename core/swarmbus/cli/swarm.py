@@ -43,6 +43,7 @@ from swarmbus.cli.main import HelpFormatter, Parser, _common, _json
 from swarmbus.control import daemon_status
 from swarmbus.errors import ConfigError, OwnershipError, SwarmbusError, UsageError
 from swarmbus.paths import AgentPaths, default_state_dir, ensure_private_dir
+from swarmbus.supervise import SUPERVISOR_ENV
 from swarmbus.swarm_file import (
     AgentSpec,
     SwarmSpec,
@@ -404,7 +405,8 @@ class Tmux:
         return panes
 
     def _env_flags(self, env: Mapping[str, str]) -> list[str]:
-        return [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
+        """``-e KEY=VALUE`` for the pane: ``env``, and that tmux supervises it (``swarmbus status``)."""
+        return [arg for key, value in {**env, SUPERVISOR_ENV: "tmux"}.items() for arg in ("-e", f"{key}={value}")]
 
     def _label(self, pane: str, agent: str) -> None:
         self("set-option", "-p", "-t", pane, "@swarmbus_agent", agent)
