@@ -12,12 +12,9 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +30,7 @@ pytest.importorskip("uvicorn", reason="the dashboard extra is not installed (pip
 
 from conftest import SwarmEnv, wait_for
 from peers import raw_client
+from swarmbus import testing
 from swarmbus.dashboard.app import host_of
 from swarmbus.dashboard.records import MAX_PAYLOAD, TaskState, classify
 from swarmbus.dashboard.state import MAX_AGENTS, MAX_TASKS, DashboardState
@@ -46,30 +44,8 @@ pytestmark = pytest.mark.broker
 # -- a dashboard process and a reader of its stream ------------------------------------------------------
 
 
-class Dashboard:
-    """``swarmbus dashboard --port 0 ARGS`` in its own process group; ``url`` is what it printed."""
-
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "swarmbus", "dashboard", "--port", "0", *args], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        self.out: list[str] = []
-        self.err: list[str] = []
-        for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
-            threading.Thread(target=self._drain, args=(stream, lines), daemon=True).start()
-        line = wait_for(self._url_line, 30, what=f"the dashboard's address (stderr: {self.err})")
-        self.url = line.split(": ", 1)[1].strip()
-        parts = urlsplit(self.url)
-        self.port = int(parts.port or 0)
-
-    @staticmethod
-    def _drain(stream: Any, lines: list[str]) -> None:
-        for line in stream:
-            lines.append(line)
-
-    def _url_line(self) -> str | None:
-        if self.proc.poll() is not None:
-            pytest.fail(f"swarmbus dashboard exited {self.proc.returncode}: {''.join(self.err)}")
-        return next((line for line in self.out if line.startswith("swarmbus dashboard: ")), None)
+class Dashboard(testing.DashboardProcess):
+    """:class:`swarmbus.testing.DashboardProcess`, with the HTTP calls the tests make."""
 
     def get(self, path: str, headers: dict[str, str] | None = None,
             host: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
@@ -86,16 +62,6 @@ class Dashboard:
         assert status == 200, body
         assert headers["content-type"].startswith("application/json")
         return json.loads(body)  # type: ignore[no-any-return]
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        return self.proc.returncode
 
 
 class Stream:

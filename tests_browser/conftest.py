@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -52,32 +50,7 @@ class Env:
         testing.wait_daemon_connected(self.env, agent_id, proc, 20, log_path=self.root / f"{agent_id}.log")
 
 
-class Dashboard:
-    """``swarmbus dashboard --port 0`` in its own process group; ``url`` is the address it printed."""
-
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "swarmbus", "dashboard", "--port", "0", *args], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        self.out: list[str] = []
-        self.err: list[str] = []
-        for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
-            threading.Thread(target=lambda s=stream, acc=lines: acc.extend(s), daemon=True).start()
-
-        def printed() -> str | None:
-            if self.proc.poll() is not None:
-                pytest.fail(f"swarmbus dashboard exited {self.proc.returncode}: {''.join(self.err)}")
-            return next((line for line in self.out if line.startswith("swarmbus dashboard: ")), None)
-
-        self.url = testing.wait_for(printed, 30, "the dashboard's address").split(": ", 1)[1].strip()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+Dashboard = testing.DashboardProcess
 
 
 class Publisher:

@@ -30,6 +30,7 @@ A daemon on a private broker:
   start`` in its own process group, until its control socket reports it connected.
 - :func:`agent_status`, :func:`finished_delivery`: what the daemon's control socket and
   ``swarmbus inbox --json`` say.
+- :class:`DashboardProcess`: ``swarmbus dashboard`` on a free port, until it printed its address.
 - :class:`DaemonBus`: all of it for one agent (broker, environment, daemons, ``send``,
   ``status``, ``messages``), opened and closed by a plugin's ``bus`` fixture.
 
@@ -75,6 +76,7 @@ __all__ = [
     "AgentPaths",
     "BrokerConfig",
     "DaemonBus",
+    "DashboardProcess",
     "FakeProgram",
     "InitHome",
     "RunningBroker",
@@ -416,6 +418,44 @@ def plugin_relay(module: Any, name: str) -> Any:
     pm = get_plugin_manager(entry_points=False)
     pm.register(module, name=name)
     return HookRelay(pm)
+
+
+class DashboardProcess:
+    """``python -m swarmbus dashboard --port 0 ARGS`` in ``env``, in its own process group, until
+    it printed its address: :attr:`url` and :attr:`port`; :attr:`out` and :attr:`err` collect
+    what it writes. Raises AssertionError when it exits first or prints no address in 30 s."""
+
+    def __init__(self, env: Mapping[str, str], *args: str) -> None:
+        import threading
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "swarmbus", "dashboard", "--port", "0", *args],
+                                     env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=lines.extend, args=(stream,), daemon=True).start()
+        line = wait_for(self._url_line, 30, "the dashboard's address")
+        self.url = line.split(": ", 1)[1].strip()
+        from urllib.parse import urlsplit
+
+        self.port = int(urlsplit(self.url).port or 0)
+
+    def _url_line(self) -> str | None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"swarmbus dashboard exited {self.proc.returncode}: {''.join(self.err)}")
+        return next((line for line in self.out if line.startswith("swarmbus dashboard: ")), None)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Signal its process group (SIGKILL after 15 s) and return its exit code."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
 
 
 def finished_delivery(env: Mapping[str, str], agent_id: str, handler: str = "wake") -> dict[str, Any] | None:

@@ -273,14 +273,19 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(args: argparse.Namespace) -> int:
-    agent_id, paths = _agent_of(args)
+def _task_id(args: argparse.Namespace) -> str:
+    """``args.task_id``, checked; a malformed one is a usage error."""
     from swarmbus.board.wire import TaskWireError, check_task_id
 
     try:
-        task_id = check_task_id(args.task_id)
+        return check_task_id(args.task_id)
     except TaskWireError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _show(args: argparse.Namespace) -> int:
+    agent_id, paths = _agent_of(args)
+    task_id = _task_id(args)
     ledger = _ledger(paths)
     record = None
     events: list[Any] = []
@@ -406,12 +411,7 @@ def _follow(settings: Any, agent_id: str, task_id: str, out: queue.Queue[dict[st
 
 def _wait(args: argparse.Namespace) -> int:
     agent_id, _ = _agent_of(args)
-    from swarmbus.board.wire import TaskWireError, check_task_id
-
-    try:
-        task_id = check_task_id(args.task_id)
-    except TaskWireError as exc:
-        raise UsageError(str(exc)) from None
+    task_id = _task_id(args)
     settings = load_settings_for(args)
     records = queue.Queue[dict[str, Any]]()
     follower = _follow(settings, agent_id, task_id, records)
