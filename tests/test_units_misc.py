@@ -192,3 +192,15 @@ def test_env_passthrough_refuses_broker_variables_and_bad_names() -> None:
                       ("A\n", "not an environment variable name")):
         with pytest.raises(ValueError, match=says):
             check_env_passthrough([bad], "Codex")
+
+
+def test_strict_json_refuses_what_a_hostile_peer_would_send() -> None:
+    from swarmbus.strict_json import StrictJSONError, strict_loads
+
+    assert strict_loads(b'{"a": [1, 2.5, "x", null]}', max_bytes=100) == {"a": [1, 2.5, "x", None]}
+    for data, says in ((b'{"a": 1, "a": 2}', "twice (a duplicate key)"), (b'{"a": NaN}', "contains NaN"),
+                       (b"[" + b"9" * 21 + b"]", "at most 20 digits"), (b"\xff", "is not UTF-8"),
+                       (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"), (b"{bad", "is not JSON"),
+                       (b"[1]" + b" " * 200, "too large: the limit is 100"), ("é" * 60, "too large")):
+        with pytest.raises(StrictJSONError, match=says.replace("(", r"\(").replace(")", r"\)")):
+            strict_loads(data, max_bytes=100 if len(data) <= 300 else 10**6)

@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from swarmbus.envelope import AGENT_ID_RE, parse_timestamp
+from swarmbus.strict_json import StrictJSONError, strict_loads
 
 WIRE_VERSION = 1
 TASK_CONTENT_TYPE = "application/vnd.swarmbus.task+json"
@@ -134,50 +135,16 @@ def _kind(value: object) -> str:
 
 
 # -- strict JSON ------------------------------------------------------------------------------------
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise TaskWireError("duplicate key in JSON object")
-    return obj
-
-
-def _no_constant(name: str) -> Any:
-    raise TaskWireError(f"{name} is not JSON")
-
-
-def _int(digits: str) -> int:
-    if len(digits) > 20:
-        raise TaskWireError(f"an integer of {len(digits)} characters")
-    return int(digits)
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique, parse_constant=_no_constant, parse_int=_int)
-
-
 def loads(data: str | bytes, limit: int = MAX_BODY_BYTES) -> Any:
-    """Strict JSON: UTF-8, at most ``limit`` bytes, no duplicate keys, no NaN/Infinity, no huge
-    integers, nesting at most 64 deep. :raises TaskWireError:"""
-    if isinstance(data, bytes | bytearray):
-        if len(data) > limit:
-            raise TaskWireError(f"{len(data)} bytes; the limit is {limit}")
-        try:
-            text = bytes(data).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise TaskWireError(f"not UTF-8 (invalid byte at offset {exc.start})") from None
-    elif isinstance(data, str):
-        text = data
-        if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
-            raise TaskWireError(f"more than {limit} bytes")
-    else:
+    """Strict JSON (:func:`swarmbus.strict_json.strict_loads`: UTF-8, at most ``limit`` bytes, no
+    duplicate keys, no NaN/Infinity, no huge integers), nesting at most 64 deep, ASCII-safe text.
+    :raises TaskWireError:"""
+    if not isinstance(data, str | bytes | bytearray):
         raise TaskWireError(f"expected text, not {_kind(data)}")
     try:
-        value = _DECODER.decode(text)
-    except TaskWireError:
-        raise
-    except RecursionError:
-        raise TaskWireError("JSON nests too deeply") from None
-    except ValueError as exc:
-        raise TaskWireError(f"not JSON: {str(exc)[:120]}") from None
+        value = strict_loads(data, max_bytes=limit)
+    except StrictJSONError as exc:
+        raise TaskWireError(f"the JSON {exc}") from None
     _check_depth(value, 0)
     return value
 

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringC
 
 from swarmbus.envelope import AGENT_ID_RE
 from swarmbus.presence_records import parse_heartbeat, parse_presence
+from swarmbus.strict_json import StrictJSONError, strict_loads
 from swarmbus.topics import PRESENCE_FILTER
 
 PREFIX = "swarmbus"
@@ -124,36 +125,13 @@ class _Malformed(ValueError):
     pass
 
 
-def _reject_constant(name: str) -> Any:
-    raise _Malformed(f"{name} is not JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Malformed(f"duplicate key {key[:40]!r}")
-        out[key] = value
-    return out
-
-
 def load_json(payload: bytes) -> Any:
     """Strict JSON: at most :data:`MAX_PAYLOAD` bytes of UTF-8, no duplicate keys, no NaN or
     Infinity, no nesting deep enough to exhaust the stack. :raises ValueError: with the reason."""
-    if len(payload) > MAX_PAYLOAD:
-        raise _Malformed(f"too large ({len(payload)} bytes; at most {MAX_PAYLOAD})")
     try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _Malformed("not UTF-8") from None
-    try:
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
-    except _Malformed:
-        raise
-    except RecursionError:
-        raise _Malformed("nested too deeply") from None
-    except ValueError as exc:
-        raise _Malformed(f"not JSON ({str(exc)[:80]})") from None
+        return strict_loads(payload, max_bytes=MAX_PAYLOAD)
+    except StrictJSONError as exc:
+        raise _Malformed(str(exc)) from None
 
 
 def _errors(exc: ValidationError) -> str:

@@ -31,6 +31,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from swarmbus.envelope import AGENT_ID_RE
 from swarmbus.errors import UsageError
+from swarmbus.strict_json import StrictJSONError, strict_loads
 
 __all__ = [
     "EVENTS",
@@ -235,56 +236,16 @@ class JobEvent(_Strict):
 # -- the codec ---------------------------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> Any:
-    raise JobDataError(f"contains {name}, which is not JSON (only finite numbers are)")
-
-
-def _parse_int(digits: str) -> int:
-    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
-        raise JobDataError(f"has an integer of {len(digits)} characters; at most {MAX_INT_DIGITS} digits")
-    return int(digits)
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise JobDataError(f"has the key {key[:40]!r} twice")
-            seen.add(key)
-    return obj
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique, parse_int=_parse_int, parse_constant=_reject_constant)
-
-
 def decode_json(data: bytes | str, *, max_bytes: int = MAX_INBOUND_BYTES, what: str = "JSON") -> Any:
     """Strict JSON: at most ``max_bytes`` of UTF-8, no duplicate keys, no NaN/Infinity, integers
     of at most 20 digits, nesting bounded. Returns the value.
 
     :raises JobDataError: anything else (the message names ``what``).
     """
-    size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
-    if size > max_bytes:
-        raise JobDataError(f"{what} is {size} bytes; the limit is {max_bytes}")
-    if isinstance(data, bytes | bytearray):
-        try:
-            text = bytes(data).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise JobDataError(f"{what} is not UTF-8 (invalid byte at offset {exc.start})") from None
-    else:
-        text = data
     try:
-        value = _DECODER.decode(text)
-    except JobDataError as exc:
+        value = strict_loads(data, max_bytes=max_bytes, max_int_digits=MAX_INT_DIGITS)
+    except StrictJSONError as exc:
         raise JobDataError(f"{what} {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise JobDataError(f"{what} is not JSON: {exc.msg} at offset {exc.pos}") from None
-    except RecursionError:
-        raise JobDataError(f"{what} nests arrays/objects too deeply") from None
-    except ValueError as exc:  # anything else json refuses (kept as a safety net)
-        raise JobDataError(f"{what} is not acceptable JSON: {str(exc)[:120]}") from None
     try:
         _check_value(value)
     except ValueError as exc:
